@@ -1,0 +1,1 @@
+//! RNS-CKKS homomorphic encryption.
