@@ -1,0 +1,634 @@
+//! Homomorphic evaluation: arithmetic with ciphertexts, plaintexts and constants; relinearization;
+//! rescaling; rotations (single and hoisted); conjugation; slot sums. Level and scale mismatches
+//! are typed errors. The evaluator is `Send + Sync` and uses rayon inside each operation.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::ciphertext::{Ciphertext, Plaintext};
+use crate::encoder::check_scale;
+use crate::error::{Error, Result};
+use crate::keys::{EvaluationKeys, SwitchingKey, check_params};
+use crate::params::Parameters;
+use crate::ring;
+
+/// Relative tolerance under which two scales count as equal.
+const SCALE_TOLERANCE: f64 = 1e-9;
+
+/// A polynomial decomposed for key switching: one extended polynomial over Q_level ∪ P per
+/// digit, NTT domain. Computing it is the expensive half of a key switch; hoisted rotations
+/// reuse one decomposition for many rotation steps.
+#[derive(Clone)]
+pub struct Decomposition {
+    level: usize,
+    digits: Vec<Vec<u64>>,
+}
+
+impl fmt::Debug for Decomposition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decomposition")
+            .field("level", &self.level)
+            .field("digits", &self.digits.len())
+            .finish()
+    }
+}
+
+/// Evaluates operations on ciphertexts with a set of public evaluation keys.
+pub struct Evaluator {
+    params: Arc<Parameters>,
+    keys: EvaluationKeys,
+    perms: HashMap<u64, Vec<u32>>,
+}
+
+impl fmt::Debug for Evaluator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Evaluator")
+            .field("params", &self.params.id_hex())
+            .field("galois_elements", &self.keys.galois_elements())
+            .field("relinearization", &self.keys.relin.is_some())
+            .finish()
+    }
+}
+
+fn scales_match(a: f64, b: f64) -> bool {
+    ((a - b) / a.max(b)).abs() <= SCALE_TOLERANCE
+}
+
+impl Evaluator {
+    /// An evaluator over the given evaluation keys.
+    pub fn new(keys: EvaluationKeys) -> Self {
+        let params = keys.params.clone();
+        let perms = keys
+            .galois
+            .keys()
+            .map(|&g| (g, params.automorphism_permutation(g)))
+            .collect();
+        Self { params, keys, perms }
+    }
+
+    /// The parameters.
+    pub fn parameters(&self) -> &Arc<Parameters> {
+        &self.params
+    }
+
+    /// The evaluation keys.
+    pub fn keys(&self) -> &EvaluationKeys {
+        &self.keys
+    }
+
+    fn check(&self, ct: &Ciphertext) -> Result<()> {
+        check_params(&self.params, &ct.params)
+    }
+
+    fn check_pair(&self, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.check(a)?;
+        self.check(b)?;
+        if a.level != b.level {
+            return Err(Error::LevelMismatch {
+                left: a.level,
+                right: b.level,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_scales(a: f64, b: f64) -> Result<()> {
+        if !scales_match(a, b) {
+            return Err(Error::ScaleMismatch {
+                left: a.log2(),
+                right: b.log2(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_plain(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<()> {
+        self.check(ct)?;
+        check_params(&self.params, &pt.params)?;
+        if pt.level < ct.level {
+            return Err(Error::LevelMismatch {
+                left: ct.level,
+                right: pt.level,
+            });
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- addition
+
+    /// `a + b` (same level and scale; degrees may differ).
+    pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.add_assign(&mut out, b)?;
+        Ok(out)
+    }
+
+    /// `a += b`.
+    pub fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.check_pair(a, b)?;
+        Self::check_scales(a.scale, b.scale)?;
+        let idx = a.indices();
+        while a.polys.len() < b.polys.len() {
+            a.polys.push(vec![0u64; a.polys[0].len()]);
+        }
+        for (x, y) in a.polys.iter_mut().zip(&b.polys) {
+            ring::add_assign(&self.params, x, y, &idx);
+        }
+        a.seed = None;
+        Ok(())
+    }
+
+    /// `a - b` (same level and scale).
+    pub fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.sub_assign(&mut out, b)?;
+        Ok(out)
+    }
+
+    /// `a -= b`.
+    pub fn sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.check_pair(a, b)?;
+        Self::check_scales(a.scale, b.scale)?;
+        let idx = a.indices();
+        while a.polys.len() < b.polys.len() {
+            a.polys.push(vec![0u64; a.polys[0].len()]);
+        }
+        for (x, y) in a.polys.iter_mut().zip(&b.polys) {
+            ring::sub_assign(&self.params, x, y, &idx);
+        }
+        a.seed = None;
+        Ok(())
+    }
+
+    /// `-a`.
+    pub fn negate(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        self.check(a)?;
+        let mut out = a.clone();
+        let idx = out.indices();
+        for x in out.polys.iter_mut() {
+            ring::neg_assign(&self.params, x, &idx);
+        }
+        out.seed = None;
+        Ok(out)
+    }
+
+    /// `ct + pt` (plaintext at the same scale, level at least the ciphertext's).
+    pub fn add_plain(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        self.check_plain(ct, pt)?;
+        Self::check_scales(ct.scale, pt.scale)?;
+        let mut out = ct.clone();
+        let k = (ct.level + 1) * self.params.n();
+        ring::add_assign(&self.params, &mut out.polys[0], &pt.poly[..k], &ct.indices());
+        Ok(out)
+    }
+
+    /// `ct - pt`.
+    pub fn sub_plain(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        self.check_plain(ct, pt)?;
+        Self::check_scales(ct.scale, pt.scale)?;
+        let mut out = ct.clone();
+        let k = (ct.level + 1) * self.params.n();
+        ring::sub_assign(&self.params, &mut out.polys[0], &pt.poly[..k], &ct.indices());
+        Ok(out)
+    }
+
+    fn const_residues(&self, value: f64, level: usize) -> Result<Vec<u64>> {
+        if !value.is_finite() || value.abs() >= 2f64.powi(120) {
+            return Err(Error::OutOfRange(format!("constant {value} cannot be represented")));
+        }
+        let r = value.round() as i128;
+        Ok((0..=level).map(|i| self.params.modulus(i).reduce_i128(r)).collect())
+    }
+
+    /// `ct + c` for a real constant (added to every slot).
+    pub fn add_const(&self, ct: &Ciphertext, c: f64) -> Result<Ciphertext> {
+        self.check(ct)?;
+        let res = self.const_residues(c * ct.scale, ct.level)?;
+        let mut out = ct.clone();
+        ring::add_scalar_assign(&self.params, &mut out.polys[0], &res, &ct.indices());
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- multiplication
+
+    /// `ct · k` for an integer `k` (scale unchanged, no level consumed).
+    pub fn mul_integer(&self, ct: &Ciphertext, k: i64) -> Result<Ciphertext> {
+        self.check(ct)?;
+        let res: Vec<u64> = (0..=ct.level).map(|i| self.params.modulus(i).reduce_i64(k)).collect();
+        let mut out = ct.clone();
+        let idx = ct.indices();
+        for x in out.polys.iter_mut() {
+            ring::mul_scalar_assign(&self.params, x, &res, &idx);
+        }
+        out.seed = None;
+        Ok(out)
+    }
+
+    /// `ct · c` with `c` encoded as the integer `round(c · const_scale)`: the scale is
+    /// multiplied by `const_scale`; no rescale.
+    pub fn mul_const(&self, ct: &Ciphertext, c: f64, const_scale: f64) -> Result<Ciphertext> {
+        self.check(ct)?;
+        let new_scale = ct.scale * const_scale;
+        check_scale(&self.params, new_scale, ct.level)?;
+        let res = self.const_residues(c * const_scale, ct.level)?;
+        let mut out = ct.clone();
+        let idx = ct.indices();
+        for x in out.polys.iter_mut() {
+            ring::mul_scalar_assign(&self.params, x, &res, &idx);
+        }
+        out.scale = new_scale;
+        out.seed = None;
+        Ok(out)
+    }
+
+    /// `ct · c`, then rescale, landing exactly on `target_scale` one level down. The constant
+    /// is encoded at `target_scale · q_level / scale`. Consumes one level.
+    pub fn mul_const_rescale_to(&self, ct: &Ciphertext, c: f64, target_scale: f64) -> Result<Ciphertext> {
+        self.check(ct)?;
+        if ct.level == 0 {
+            return Err(Error::OutOfLevels);
+        }
+        let ql = self.params.modulus(ct.level).value() as f64;
+        let const_scale = target_scale * ql / ct.scale;
+        if const_scale < 1.0 {
+            return Err(Error::InvalidScale {
+                log_scale: target_scale.log2(),
+                reason: "target scale too small for this ciphertext",
+            });
+        }
+        let mut out = self.rescale(&self.mul_const(ct, c, const_scale)?)?;
+        out.scale = target_scale;
+        Ok(out)
+    }
+
+    /// `ct ⊙ pt` (scales multiply; no rescale).
+    pub fn mul_plain(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        self.check_plain(ct, pt)?;
+        let new_scale = ct.scale * pt.scale;
+        check_scale(&self.params, new_scale, ct.level)?;
+        let k = (ct.level + 1) * self.params.n();
+        let idx = ct.indices();
+        let mut out = ct.clone();
+        for x in out.polys.iter_mut() {
+            ring::mul_assign(&self.params, x, &pt.poly[..k], &idx);
+        }
+        out.scale = new_scale;
+        out.seed = None;
+        Ok(out)
+    }
+
+    /// `a · b` without relinearization (degree 2 result; scales multiply).
+    pub fn mul_no_relin(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        self.check_pair(a, b)?;
+        if a.degree() != 1 || b.degree() != 1 {
+            return Err(Error::CiphertextDegree {
+                found: a.degree().max(b.degree()),
+                expected: 1,
+            });
+        }
+        let new_scale = a.scale * b.scale;
+        check_scale(&self.params, new_scale, a.level)?;
+        let idx = a.indices();
+        let p = &self.params;
+        let (a0, a1, b0, b1) = (&a.polys[0], &a.polys[1], &b.polys[0], &b.polys[1]);
+        let d0 = ring::mul(p, a0, b0, &idx);
+        let mut d1 = ring::mul(p, a0, b1, &idx);
+        ring::mul_add_assign(p, &mut d1, a1, b0, &idx);
+        let d2 = ring::mul(p, a1, b1, &idx);
+        Ok(Ciphertext {
+            params: self.params.clone(),
+            polys: vec![d0, d1, d2],
+            level: a.level,
+            scale: new_scale,
+            seed: None,
+        })
+    }
+
+    /// `a · b` with relinearization (scales multiply; no rescale).
+    pub fn mul(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let d = self.mul_no_relin(a, b)?;
+        self.relinearize(&d)
+    }
+
+    /// `a · b`, relinearize, rescale: the usual homomorphic product. Consumes one level.
+    pub fn mul_rescale(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        if a.level == 0 {
+            return Err(Error::OutOfLevels);
+        }
+        self.rescale(&self.mul(a, b)?)
+    }
+
+    /// `a²` with relinearization (no rescale).
+    pub fn square(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        self.mul(a, a)
+    }
+
+    /// Brings a degree-2 ciphertext back to degree 1 with the relinearization key.
+    pub fn relinearize(&self, ct: &Ciphertext) -> Result<Ciphertext> {
+        self.check(ct)?;
+        match ct.degree() {
+            1 => return Ok(ct.clone()),
+            2 => {}
+            d => {
+                return Err(Error::CiphertextDegree {
+                    found: d,
+                    expected: 2,
+                });
+            }
+        }
+        let key = &self
+            .keys
+            .relin
+            .as_ref()
+            .ok_or(Error::MissingKey {
+                kind: "relinearization",
+                galois_element: None,
+            })?
+            .0;
+        let dec = self.decompose_poly(&ct.polys[2], ct.level);
+        let (k0, k1) = self.switch(&dec, key, None);
+        let idx = ct.indices();
+        let mut c0 = ct.polys[0].clone();
+        let mut c1 = ct.polys[1].clone();
+        ring::add_assign(&self.params, &mut c0, &k0, &idx);
+        ring::add_assign(&self.params, &mut c1, &k1, &idx);
+        Ok(Ciphertext {
+            params: self.params.clone(),
+            polys: vec![c0, c1],
+            level: ct.level,
+            scale: ct.scale,
+            seed: None,
+        })
+    }
+
+    /// Divides by the last prime with rounding: level − 1, scale / q_level.
+    pub fn rescale(&self, ct: &Ciphertext) -> Result<Ciphertext> {
+        self.check(ct)?;
+        if ct.level == 0 {
+            return Err(Error::OutOfLevels);
+        }
+        let q = self.params.modulus(ct.level).value() as f64;
+        let polys = ct
+            .polys
+            .par_iter()
+            .map(|p| ring::rescale(&self.params, p, ct.level))
+            .collect();
+        Ok(Ciphertext {
+            params: self.params.clone(),
+            polys,
+            level: ct.level - 1,
+            scale: ct.scale / q,
+            seed: None,
+        })
+    }
+
+    /// Drops the ciphertext to a lower level without changing its scale.
+    pub fn drop_to_level(&self, ct: &Ciphertext, level: usize) -> Result<Ciphertext> {
+        self.check(ct)?;
+        if level > ct.level {
+            return Err(Error::InvalidLevel {
+                level,
+                min: 0,
+                max: ct.level,
+            });
+        }
+        let k = (level + 1) * self.params.n();
+        Ok(Ciphertext {
+            params: self.params.clone(),
+            polys: ct.polys.iter().map(|p| p[..k].to_vec()).collect(),
+            level,
+            scale: ct.scale,
+            seed: if level == ct.level { ct.seed } else { None },
+        })
+    }
+
+    // ---------------------------------------------------------------- key switching
+
+    /// Decomposes `c` (NTT domain, level `level`) into digits extended to Q_level ∪ P.
+    fn decompose_poly(&self, c: &[u64], level: usize) -> Decomposition {
+        let p = &*self.params;
+        let n = p.n();
+        let q_idx: Vec<usize> = (0..=level).collect();
+        let ext = p.ext_indices(level);
+        let num_q = p.num_q();
+        let pos = |g: usize| if g <= level { g } else { level + 1 + (g - num_q) };
+        let mut coef = c.to_vec();
+        ring::intt(p, &mut coef, &q_idx);
+        let convs = p.modup(level);
+        let digits = convs
+            .par_iter()
+            .map(|conv| {
+                let mut out = vec![0u64; ext.len() * n];
+                let lo = conv.from[0];
+                let hi = conv.from[conv.from.len() - 1] + 1;
+                let mut tmp = vec![0u64; conv.to.len() * n];
+                ring::convert_basis(p, conv, &coef[lo * n..hi * n], &mut tmp);
+                ring::ntt(p, &mut tmp, &conv.to);
+                for (j, &t) in conv.to.iter().enumerate() {
+                    let d = pos(t);
+                    out[d * n..(d + 1) * n].copy_from_slice(&tmp[j * n..(j + 1) * n]);
+                }
+                for &g in &conv.from {
+                    out[g * n..(g + 1) * n].copy_from_slice(&c[g * n..(g + 1) * n]);
+                }
+                out
+            })
+            .collect();
+        Decomposition { level, digits }
+    }
+
+    /// Decomposes the `c_1` part of a ciphertext once, for [`Evaluator::rotate_hoisted`].
+    pub fn decompose(&self, ct: &Ciphertext) -> Result<Decomposition> {
+        self.check(ct)?;
+        if ct.degree() != 1 {
+            return Err(Error::CiphertextDegree {
+                found: ct.degree(),
+                expected: 1,
+            });
+        }
+        Ok(self.decompose_poly(&ct.polys[1], ct.level))
+    }
+
+    /// Inner product of a decomposition (optionally permuted by an automorphism) with a
+    /// switching key, then division by P: returns the two NTT-domain polynomials over Q_level.
+    fn switch(&self, dec: &Decomposition, key: &SwitchingKey, perm: Option<&[u32]>) -> (Vec<u64>, Vec<u64>) {
+        let p = &*self.params;
+        let n = p.n();
+        let level = dec.level;
+        let ext = p.ext_indices(level);
+        let mut acc0 = vec![0u64; ext.len() * n];
+        let mut acc1 = vec![0u64; ext.len() * n];
+        let inner = |(d, (o0, o1)): (usize, (&mut [u64], &mut [u64]))| {
+            let g = ext[d];
+            let m = p.modulus(g);
+            let digits: Vec<&[u64]> = dec.digits.iter().map(|x| &x[d * n..(d + 1) * n]).collect();
+            let kb: Vec<&[u64]> = key.b.iter().take(digits.len()).map(|x| &x[g * n..(g + 1) * n]).collect();
+            let ka: Vec<&[u64]> = key.a.iter().take(digits.len()).map(|x| &x[g * n..(g + 1) * n]).collect();
+            for k in 0..n {
+                let src = match perm {
+                    Some(pm) => pm[k] as usize,
+                    None => k,
+                };
+                let mut s0: u128 = 0;
+                let mut s1: u128 = 0;
+                for j in 0..digits.len() {
+                    let x = digits[j][src] as u128;
+                    s0 += x * kb[j][k] as u128;
+                    s1 += x * ka[j][k] as u128;
+                }
+                o0[k] = m.reduce_u128(s0);
+                o1[k] = m.reduce_u128(s1);
+            }
+        };
+        if rayon::current_num_threads() > 1 {
+            acc0.par_chunks_mut(n)
+                .zip(acc1.par_chunks_mut(n))
+                .enumerate()
+                .for_each(inner);
+        } else {
+            acc0.chunks_mut(n).zip(acc1.chunks_mut(n)).enumerate().for_each(inner);
+        }
+        let (r0, r1) = rayon::join(|| self.mod_down(acc0, level), || self.mod_down(acc1, level));
+        (r0, r1)
+    }
+
+    /// (x − [x]_P) / P: from Q_level ∪ P (NTT) down to Q_level (NTT).
+    fn mod_down(&self, mut x: Vec<u64>, level: usize) -> Vec<u64> {
+        let p = &*self.params;
+        let n = p.n();
+        let conv = p.moddown(level);
+        let qn = (level + 1) * n;
+        let mut xp = x[qn..].to_vec();
+        ring::intt(p, &mut xp, &conv.from);
+        let mut t = vec![0u64; qn];
+        ring::convert_basis(p, conv, &xp, &mut t);
+        let q_idx: Vec<usize> = (0..=level).collect();
+        ring::ntt(p, &mut t, &q_idx);
+        x.truncate(qn);
+        for (i, (lx, lt)) in x.chunks_mut(n).zip(t.chunks(n)).enumerate() {
+            let m = p.modulus(i);
+            let (inv, inv_s) = p.p_inv_mod_q(i);
+            for (a, &b) in lx.iter_mut().zip(lt) {
+                *a = m.mul_shoup(m.sub(*a, b), inv, inv_s);
+            }
+        }
+        x
+    }
+
+    // ---------------------------------------------------------------- automorphisms
+
+    fn galois_key(&self, g: u64) -> Result<(&SwitchingKey, &[u32])> {
+        let kind = if g == self.params.galois_element_conjugate() {
+            "conjugation"
+        } else {
+            "rotation"
+        };
+        let key = self.keys.galois.get(&g).ok_or(Error::MissingKey {
+            kind,
+            galois_element: Some(g),
+        })?;
+        let perm = self.perms.get(&g).ok_or(Error::MissingKey {
+            kind,
+            galois_element: Some(g),
+        })?;
+        Ok((&key.key, perm))
+    }
+
+    /// Applies X -> X^g to a ciphertext whose `c_1` was decomposed in `dec`.
+    fn automorphism_hoisted(&self, ct: &Ciphertext, dec: &Decomposition, g: u64) -> Result<Ciphertext> {
+        if g == 1 {
+            return Ok(ct.clone());
+        }
+        let (key, perm) = self.galois_key(g)?;
+        let (k0, k1) = self.switch(dec, key, Some(perm));
+        let n = self.params.n();
+        let mut c0 = ring::permute(&ct.polys[0], perm, n);
+        ring::add_assign(&self.params, &mut c0, &k0, &ct.indices());
+        Ok(Ciphertext {
+            params: self.params.clone(),
+            polys: vec![c0, k1],
+            level: ct.level,
+            scale: ct.scale,
+            seed: None,
+        })
+    }
+
+    /// Rotates the slots left by `step` (negative: right). Needs the rotation key for `step`.
+    pub fn rotate(&self, ct: &Ciphertext, step: i64) -> Result<Ciphertext> {
+        let g = self.params.galois_element(step);
+        if g == 1 {
+            self.check(ct)?;
+            return Ok(ct.clone());
+        }
+        self.galois_key(g)?;
+        let dec = self.decompose(ct)?;
+        self.automorphism_hoisted(ct, &dec, g)
+    }
+
+    /// Rotations of one ciphertext by many steps from a single decomposition (hoisting): the
+    /// expensive basis extension is done once instead of once per step.
+    pub fn rotate_hoisted(&self, ct: &Ciphertext, steps: &[i64]) -> Result<Vec<Ciphertext>> {
+        for &s in steps {
+            let g = self.params.galois_element(s);
+            if g != 1 {
+                self.galois_key(g)?;
+            }
+        }
+        let dec = self.decompose(ct)?;
+        self.rotate_decomposed(ct, &dec, steps)
+    }
+
+    /// Rotations of `ct` by `steps` using a decomposition computed by [`Evaluator::decompose`].
+    pub fn rotate_decomposed(&self, ct: &Ciphertext, dec: &Decomposition, steps: &[i64]) -> Result<Vec<Ciphertext>> {
+        self.check(ct)?;
+        if dec.level != ct.level {
+            return Err(Error::LevelMismatch {
+                left: ct.level,
+                right: dec.level,
+            });
+        }
+        steps
+            .iter()
+            .map(|&s| self.automorphism_hoisted(ct, dec, self.params.galois_element(s)))
+            .collect()
+    }
+
+    /// Complex conjugation of every slot. Needs the conjugation key.
+    pub fn conjugate(&self, ct: &Ciphertext) -> Result<Ciphertext> {
+        let g = self.params.galois_element_conjugate();
+        self.galois_key(g)?;
+        let dec = self.decompose(ct)?;
+        self.automorphism_hoisted(ct, &dec, g)
+    }
+
+    /// Rotation steps [`Evaluator::sum_slots`] needs for `n` slots (a power of two).
+    pub fn sum_slots_steps(n: usize) -> Vec<i64> {
+        let mut out = Vec::new();
+        let mut k = 1usize;
+        while k < n {
+            out.push(k as i64);
+            k <<= 1;
+        }
+        out
+    }
+
+    /// Sums each window of `n` consecutive slots (power of two, cyclically): slot `j` of the
+    /// result holds `Σ_{i<n} x_{j+i}`. Uses log2(n) rotations.
+    pub fn sum_slots(&self, ct: &Ciphertext, n: usize) -> Result<Ciphertext> {
+        if !n.is_power_of_two() || n > self.params.slots() {
+            return Err(Error::Encoding(format!(
+                "slot-sum width {n} must be a power of two at most {}",
+                self.params.slots()
+            )));
+        }
+        let mut acc = ct.clone();
+        for step in Self::sum_slots_steps(n) {
+            let r = self.rotate(&acc, step)?;
+            self.add_assign(&mut acc, &r)?;
+        }
+        Ok(acc)
+    }
+}

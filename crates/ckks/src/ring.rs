@@ -1,0 +1,217 @@
+//! RNS polynomials in Z[X]/(X^N + 1): flat limb storage, NTT, automorphisms, basis conversion,
+//! rescaling. A polynomial is a `Vec<u64>` of `k·N` residues; limb `j` belongs to the prime with
+//! global index `indices[j]` (ciphertext primes first, then special primes).
+
+use rayon::prelude::*;
+
+use crate::params::{BasisConversion, Parameters};
+
+/// Below this many limbs·N words, per-limb work stays on the calling thread.
+const PAR_THRESHOLD: usize = 1 << 14;
+
+fn par_limbs<F>(data: &mut [u64], n: usize, indices: &[usize], f: F)
+where
+    F: Fn(usize, &mut [u64]) + Sync + Send,
+{
+    debug_assert_eq!(data.len(), n * indices.len());
+    if data.len() >= PAR_THRESHOLD * 2 && rayon::current_num_threads() > 1 {
+        data.par_chunks_mut(n)
+            .zip(indices.par_iter())
+            .for_each(|(limb, &i)| f(i, limb));
+    } else {
+        for (limb, &i) in data.chunks_mut(n).zip(indices) {
+            f(i, limb);
+        }
+    }
+}
+
+/// Forward NTT of every limb.
+pub(crate) fn ntt(params: &Parameters, data: &mut [u64], indices: &[usize]) {
+    par_limbs(data, params.n(), indices, |i, limb| params.plan(i).fwd(limb));
+}
+
+/// Inverse NTT (normalized) of every limb.
+pub(crate) fn intt(params: &Parameters, data: &mut [u64], indices: &[usize]) {
+    par_limbs(data, params.n(), indices, |i, limb| {
+        let plan = params.plan(i);
+        plan.inv(limb);
+        plan.normalize(limb);
+    });
+}
+
+/// `a += b` limb-wise.
+pub(crate) fn add_assign(params: &Parameters, a: &mut [u64], b: &[u64], indices: &[usize]) {
+    let n = params.n();
+    for ((la, lb), &i) in a.chunks_mut(n).zip(b.chunks(n)).zip(indices) {
+        let m = params.modulus(i);
+        for (x, &y) in la.iter_mut().zip(lb) {
+            *x = m.add(*x, y);
+        }
+    }
+}
+
+/// `a -= b` limb-wise.
+pub(crate) fn sub_assign(params: &Parameters, a: &mut [u64], b: &[u64], indices: &[usize]) {
+    let n = params.n();
+    for ((la, lb), &i) in a.chunks_mut(n).zip(b.chunks(n)).zip(indices) {
+        let m = params.modulus(i);
+        for (x, &y) in la.iter_mut().zip(lb) {
+            *x = m.sub(*x, y);
+        }
+    }
+}
+
+/// `a = -a` limb-wise.
+pub(crate) fn neg_assign(params: &Parameters, a: &mut [u64], indices: &[usize]) {
+    let n = params.n();
+    for (la, &i) in a.chunks_mut(n).zip(indices) {
+        let m = params.modulus(i);
+        for x in la.iter_mut() {
+            *x = m.neg(*x);
+        }
+    }
+}
+
+/// `a ⊙= b` limb-wise (NTT domain).
+pub(crate) fn mul_assign(params: &Parameters, a: &mut [u64], b: &[u64], indices: &[usize]) {
+    let n = params.n();
+    for ((la, lb), &i) in a.chunks_mut(n).zip(b.chunks(n)).zip(indices) {
+        let m = params.modulus(i);
+        for (x, &y) in la.iter_mut().zip(lb) {
+            *x = m.mul(*x, y);
+        }
+    }
+}
+
+/// `out = a ⊙ b` limb-wise (NTT domain).
+pub(crate) fn mul(params: &Parameters, a: &[u64], b: &[u64], indices: &[usize]) -> Vec<u64> {
+    let mut out = a.to_vec();
+    mul_assign(params, &mut out, b, indices);
+    out
+}
+
+/// `acc += a ⊙ b` limb-wise (NTT domain).
+pub(crate) fn mul_add_assign(
+    params: &Parameters,
+    acc: &mut [u64],
+    a: &[u64],
+    b: &[u64],
+    indices: &[usize],
+) {
+    let n = params.n();
+    for (((lc, la), lb), &i) in acc.chunks_mut(n).zip(a.chunks(n)).zip(b.chunks(n)).zip(indices) {
+        let m = params.modulus(i);
+        for ((c, &x), &y) in lc.iter_mut().zip(la).zip(lb) {
+            *c = m.reduce_u128(*c as u128 + x as u128 * y as u128);
+        }
+    }
+}
+
+/// Multiplies every limb by a per-limb scalar given as residues (one per limb).
+pub(crate) fn mul_scalar_assign(params: &Parameters, a: &mut [u64], scalars: &[u64], indices: &[usize]) {
+    let n = params.n();
+    for ((la, &s), &i) in a.chunks_mut(n).zip(scalars).zip(indices) {
+        let m = params.modulus(i);
+        let ss = m.shoup(s);
+        for x in la.iter_mut() {
+            *x = m.mul_shoup(*x, s, ss);
+        }
+    }
+}
+
+/// Adds a per-limb scalar (residues) to every coefficient of an NTT-domain polynomial, which
+/// adds that constant to the polynomial's constant term.
+pub(crate) fn add_scalar_assign(params: &Parameters, a: &mut [u64], scalars: &[u64], indices: &[usize]) {
+    let n = params.n();
+    for ((la, &s), &i) in a.chunks_mut(n).zip(scalars).zip(indices) {
+        let m = params.modulus(i);
+        for x in la.iter_mut() {
+            *x = m.add(*x, s);
+        }
+    }
+}
+
+/// Applies an NTT-domain permutation (automorphism) to every limb: `out[k] = a[perm[k]]`.
+pub(crate) fn permute(a: &[u64], perm: &[u32], n: usize) -> Vec<u64> {
+    let mut out = vec![0u64; a.len()];
+    for (lo, la) in out.chunks_mut(n).zip(a.chunks(n)) {
+        for (o, &p) in lo.iter_mut().zip(perm) {
+            *o = la[p as usize];
+        }
+    }
+    out
+}
+
+/// Fast basis conversion of coefficient-domain limbs (`src`, one per `conv.from` prime) to
+/// coefficient-domain limbs for every `conv.to` prime, written to `dst` (one limb per target).
+pub(crate) fn convert_basis(params: &Parameters, conv: &BasisConversion, src: &[u64], dst: &mut [u64]) {
+    let n = params.n();
+    let k = conv.from.len();
+    // y_i = x_i * (B/b_i)^{-1} mod b_i, stored interleaved per coefficient for cache locality.
+    let mut y = vec![0u64; n * k];
+    for (j, (&i, &(inv, inv_s))) in conv.from.iter().zip(&conv.qhat_inv).enumerate() {
+        let m = params.modulus(i);
+        let limb = &src[j * n..(j + 1) * n];
+        for (c, &x) in limb.iter().enumerate() {
+            y[c * k + j] = m.mul_shoup(x, inv, inv_s);
+        }
+    }
+    let work = |(t_pos, out): (usize, &mut [u64])| {
+        let t = conv.to[t_pos];
+        let m = params.modulus(t);
+        let factors = &conv.qhat_mod[t_pos];
+        for (c, o) in out.iter_mut().enumerate() {
+            let ys = &y[c * k..(c + 1) * k];
+            let mut acc: u128 = 0;
+            for (&yy, &f) in ys.iter().zip(factors) {
+                acc += yy as u128 * f as u128;
+            }
+            *o = m.reduce_u128(acc);
+        }
+    };
+    if dst.len() >= PAR_THRESHOLD * 2 && rayon::current_num_threads() > 1 {
+        dst.par_chunks_mut(n).enumerate().for_each(work);
+    } else {
+        dst.chunks_mut(n).enumerate().for_each(work);
+    }
+}
+
+/// Divides an NTT-domain polynomial at `level` by its last prime with rounding, returning the
+/// NTT-domain polynomial at `level - 1`.
+pub(crate) fn rescale(params: &Parameters, a: &[u64], level: usize) -> Vec<u64> {
+    let n = params.n();
+    let ql = *params.modulus(level);
+    let mut last = a[level * n..(level + 1) * n].to_vec();
+    params.plan(level).inv(&mut last);
+    params.plan(level).normalize(&mut last);
+    let half = ql.value() / 2;
+    let invs = params.rescale_inv(level);
+    let mut out = a[..level * n].to_vec();
+    let indices: Vec<usize> = (0..level).collect();
+    par_limbs(&mut out, n, &indices, |i, limb| {
+        let m = params.modulus(i);
+        let ql_mod = m.reduce(ql.value());
+        // Centered representative of the last limb, reduced mod q_i, then NTT.
+        let mut r: Vec<u64> = last
+            .iter()
+            .map(|&x| {
+                if x > half {
+                    m.sub(m.reduce(x), ql_mod)
+                } else {
+                    m.reduce(x)
+                }
+            })
+            .collect();
+        params.plan(i).fwd(&mut r);
+        let (inv, inv_s) = invs[i];
+        for (o, &ri) in limb.iter_mut().zip(&r) {
+            *o = m.mul_shoup(m.sub(*o, ri), inv, inv_s);
+        }
+    });
+    out
+}
+
+/// Reads limbs of a polynomial stored over all primes (keys) for the given global indices.
+pub(crate) fn select_limbs<'a>(full: &'a [u64], n: usize, i: usize) -> &'a [u64] {
+    &full[i * n..(i + 1) * n]
+}

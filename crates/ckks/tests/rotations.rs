@@ -1,0 +1,70 @@
+//! Rotations by random steps, hoisting, conjugation and slot sums against plaintext.
+
+mod common;
+use common::*;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+fn rotated(v: &[f64], k: i64) -> Vec<f64> {
+    let n = v.len() as i64;
+    (0..n).map(|i| v[(i + k).rem_euclid(n) as usize]).collect()
+}
+
+#[test]
+fn rotations_by_random_steps_and_hoisting() {
+    for params in param_sets() {
+        let slots = params.slots() as i64;
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let mut steps: Vec<i64> = (0..6).map(|_| (rng.next_u64() % slots as u64) as i64).collect();
+        steps.extend([1, -1, -5, slots - 1]);
+        let mut c = ctx(params.clone(), &steps, false);
+        let v = random_vec(slots as usize, 12, 1.0);
+        let ct = c.encrypt(&v);
+        let mut one_by_one = Vec::new();
+        for &k in &steps {
+            let r = c.ev.rotate(&ct, k).expect("rotate");
+            let got = c.decrypt(&r);
+            let bits = precision_bits(&got, &rotated(&v, k));
+            eprintln!("n={} rotate {k}: {bits:.2} bits", params.n());
+            assert!(bits > 20.0, "rotate {k}: {bits:.1} bits");
+            one_by_one.push(got);
+        }
+        let hoisted = c.ev.rotate_hoisted(&ct, &steps).expect("hoisted");
+        for ((h, o), &k) in hoisted.iter().zip(&one_by_one).zip(&steps) {
+            let got = c.decrypt(h);
+            assert!(precision_bits(&got, &rotated(&v, k)) > 20.0);
+            assert!(precision_bits(&got, o) > 20.0, "hoisted differs from one-by-one at {k}");
+        }
+        // Rotation at a lower level, after a multiplication.
+        let sq = c.ev.mul_rescale(&ct, &ct).expect("sq");
+        let r = c.ev.rotate(&sq, 1).expect("rot");
+        let want: Vec<f64> = rotated(&v, 1).iter().map(|x| x * x).collect();
+        assert!(precision_bits(&c.decrypt(&r), &want) > 20.0);
+        // A missing key is a typed error.
+        let err = c.ev.rotate(&ct, 2).expect_err("no key for 2");
+        assert_eq!(err.code(), "missing_key");
+    }
+}
+
+#[test]
+fn conjugation_and_slot_sums() {
+    let params = small_insecure();
+    let steps = cipherinfer_ckks::Evaluator::sum_slots_steps(64);
+    let mut c = ctx(params.clone(), &steps, true);
+    let z = random_complex(params.slots(), 21);
+    let pt = c.encoder.encode_complex(&z, params.max_level(), params.default_scale()).expect("enc");
+    let ct = c.dec.encrypt_symmetric(&pt).expect("enc");
+    let cj = c.ev.conjugate(&ct).expect("conj");
+    let got = c.encoder.decode_complex(&c.dec.decrypt(&cj).expect("d")).expect("d");
+    let err = got.iter().zip(&z).map(|(a, b)| (a - b.conj()).norm()).fold(0.0, f64::max);
+    assert!(err < 2f64.powi(-20), "conjugate err {err}");
+
+    let v = random_vec(params.slots(), 22, 1.0);
+    let ct = c.encrypt(&v);
+    let s = c.ev.sum_slots(&ct, 64).expect("sum");
+    let n = v.len();
+    let want: Vec<f64> = (0..n).map(|j| (0..64).map(|i| v[(j + i) % n]).sum()).collect();
+    let bits = precision_bits(&c.decrypt(&s), &want);
+    assert!(bits > 18.0, "sum_slots {bits:.1} bits");
+}
