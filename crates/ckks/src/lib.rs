@@ -32,7 +32,9 @@ pub mod encryption;
 pub mod error;
 pub mod evaluator;
 pub mod keys;
+pub mod linear;
 pub mod params;
+pub mod polynomial;
 mod ring;
 pub mod sampling;
 
@@ -41,6 +43,8 @@ pub use encoder::Encoder;
 pub use encryption::{Decryptor, Encryptor};
 pub use error::{DecodeErrorCode, Error, Result};
 pub use evaluator::{Decomposition, Evaluator};
+pub use linear::{EncodedLinearTransform, LinearTransform};
+pub use polynomial::{Basis, Polynomial};
 pub use keys::{EvaluationKeys, GaloisKey, KeyGenerator, PublicKey, RelinearizationKey, SecretKey};
 pub use num_complex::Complex64;
 pub use params::{Parameters, ParametersLiteral, Preset, SecretDistribution, SecurityLevel};
