@@ -12,6 +12,8 @@ pub struct Modulus {
     p: u64,
     /// floor(2^128 / p), as (low, high) words.
     ratio: (u64, u64),
+    /// floor(2^64 / p).
+    ratio64: u64,
     bits: u32,
 }
 
@@ -22,6 +24,7 @@ impl Modulus {
         Self {
             p,
             ratio: (r as u64, (r >> 64) as u64),
+            ratio64: (u64::MAX / p),
             bits: 64 - p.leading_zeros(),
         }
     }
@@ -78,17 +81,24 @@ impl Modulus {
         if r >= self.p { r - self.p } else { r }
     }
 
-    /// Reduces a 64-bit value modulo p.
+    /// Reduces a 64-bit value modulo p (Barrett, no division).
     #[inline]
     pub fn reduce(&self, x: u64) -> u64 {
-        if x < self.p { x } else { x % self.p }
+        let q = ((x as u128 * self.ratio64 as u128) >> 64) as u64;
+        // The estimate is at most 2 below the true quotient.
+        let r = x - q * self.p;
+        let r = if r >= self.p { r - self.p } else { r };
+        if r >= self.p { r - self.p } else { r }
     }
 
     /// Reduces a signed value modulo p.
     #[inline]
     pub fn reduce_i64(&self, x: i64) -> u64 {
-        let r = (x as i128).rem_euclid(self.p as i128);
-        r as u64
+        if x >= 0 {
+            self.reduce(x as u64)
+        } else {
+            self.neg(self.reduce(x.unsigned_abs()))
+        }
     }
 
     /// Reduces a signed 128-bit value modulo p.
@@ -111,6 +121,13 @@ impl Modulus {
     #[inline]
     pub fn shoup(&self, w: u64) -> u64 {
         (((w as u128) << 64) / self.p as u128) as u64
+    }
+
+    /// `a * w mod p + [0 or p]` (result below 2p) for a constant `w` with Shoup companion `ws`.
+    #[inline]
+    pub fn mul_shoup_lazy(&self, a: u64, w: u64, ws: u64) -> u64 {
+        let q = ((a as u128 * ws as u128) >> 64) as u64;
+        a.wrapping_mul(w).wrapping_sub(q.wrapping_mul(self.p))
     }
 
     /// `a * w mod p` for a constant `w` with Shoup companion `ws` (any `a < 2^64`).
@@ -241,8 +258,14 @@ mod tests {
                 assert_eq!(m.mul(a, b), ((a as u128 * b as u128) % p as u128) as u64);
                 let ws = m.shoup(b);
                 assert_eq!(m.mul_shoup(a, b, ws), m.mul(a, b));
+                let y = rng.next_u64();
+                assert_eq!(m.reduce(y), y % p);
+                let z = y as i64;
+                assert_eq!(m.reduce_i64(z), (z as i128).rem_euclid(p as i128) as u64);
             }
             assert_eq!(m.reduce_u128(u128::MAX), (u128::MAX % p as u128) as u64);
+            assert_eq!(m.reduce(u64::MAX), u64::MAX % p);
+            assert_eq!(m.reduce_i64(i64::MIN), (i64::MIN as i128).rem_euclid(p as i128) as u64);
         }
     }
 

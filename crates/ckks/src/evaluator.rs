@@ -36,19 +36,27 @@ impl fmt::Debug for Decomposition {
     }
 }
 
+/// A Galois key prepared for evaluation: its polynomials pre-permuted by the inverse
+/// automorphism, so the key-switch inner product needs no gather and the permutation is applied
+/// once to the two output polynomials.
+struct PreparedGaloisKey {
+    key: SwitchingKey,
+    perm: Vec<u32>,
+}
+
 /// Evaluates operations on ciphertexts with a set of public evaluation keys.
 pub struct Evaluator {
     params: Arc<Parameters>,
-    keys: EvaluationKeys,
-    perms: HashMap<u64, Vec<u32>>,
+    relin: Option<SwitchingKey>,
+    galois: HashMap<u64, PreparedGaloisKey>,
 }
 
 impl fmt::Debug for Evaluator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Evaluator")
             .field("params", &self.params.id_hex())
-            .field("galois_elements", &self.keys.galois_elements())
-            .field("relinearization", &self.keys.relin.is_some())
+            .field("galois_elements", &self.galois_elements())
+            .field("relinearization", &self.relin.is_some())
             .finish()
     }
 }
@@ -58,15 +66,32 @@ fn scales_match(a: f64, b: f64) -> bool {
 }
 
 impl Evaluator {
-    /// An evaluator over the given evaluation keys.
+    /// An evaluator over the given evaluation keys (consumed: Galois keys are re-laid out for
+    /// evaluation).
     pub fn new(keys: EvaluationKeys) -> Self {
         let params = keys.params.clone();
-        let perms = keys
+        let n = params.n();
+        let galois = keys
             .galois
-            .keys()
-            .map(|&g| (g, params.automorphism_permutation(g)))
+            .into_iter()
+            .map(|(g, gk)| {
+                let perm = params.automorphism_permutation(g);
+                let mut inv = vec![0u32; n];
+                for (k, &p) in perm.iter().enumerate() {
+                    inv[p as usize] = k as u32;
+                }
+                let mut key = gk.key;
+                for poly in key.b.iter_mut().chain(key.a.iter_mut()) {
+                    *poly = ring::permute(poly, &inv, n);
+                }
+                (g, PreparedGaloisKey { key, perm })
+            })
             .collect();
-        Self { params, keys, perms }
+        Self {
+            params,
+            relin: keys.relin.map(|r| r.0),
+            galois,
+        }
     }
 
     /// The parameters.
@@ -74,9 +99,22 @@ impl Evaluator {
         &self.params
     }
 
-    /// The evaluation keys.
-    pub fn keys(&self) -> &EvaluationKeys {
-        &self.keys
+    /// Galois elements the evaluator holds keys for, sorted.
+    pub fn galois_elements(&self) -> Vec<u64> {
+        let mut g: Vec<u64> = self.galois.keys().copied().collect();
+        g.sort_unstable();
+        g
+    }
+
+    /// Whether a rotation by `step` is possible (key present, or a trivial step).
+    pub fn can_rotate(&self, step: i64) -> bool {
+        let g = self.params.galois_element(step);
+        g == 1 || self.galois.contains_key(&g)
+    }
+
+    /// Whether the relinearization key is present.
+    pub fn has_relinearization_key(&self) -> bool {
+        self.relin.is_some()
     }
 
     fn check(&self, ct: &Ciphertext) -> Result<()> {
@@ -339,17 +377,12 @@ impl Evaluator {
                 });
             }
         }
-        let key = &self
-            .keys
-            .relin
-            .as_ref()
-            .ok_or(Error::MissingKey {
-                kind: "relinearization",
-                galois_element: None,
-            })?
-            .0;
+        let key = self.relin.as_ref().ok_or(Error::MissingKey {
+            kind: "relinearization",
+            galois_element: None,
+        })?;
         let dec = self.decompose_poly(&ct.polys[2], ct.level);
-        let (k0, k1) = self.switch(&dec, key, None);
+        let (k0, k1) = self.switch(&dec, key);
         let idx = ct.indices();
         let mut c0 = ct.polys[0].clone();
         let mut c1 = ct.polys[1].clone();
@@ -452,9 +485,9 @@ impl Evaluator {
         Ok(self.decompose_poly(&ct.polys[1], ct.level))
     }
 
-    /// Inner product of a decomposition (optionally permuted by an automorphism) with a
-    /// switching key, then division by P: returns the two NTT-domain polynomials over Q_level.
-    fn switch(&self, dec: &Decomposition, key: &SwitchingKey, perm: Option<&[u32]>) -> (Vec<u64>, Vec<u64>) {
+    /// Inner product of a decomposition with a switching key, then division by P: returns the
+    /// two NTT-domain polynomials over Q_level.
+    fn switch(&self, dec: &Decomposition, key: &SwitchingKey) -> (Vec<u64>, Vec<u64>) {
         let p = &*self.params;
         let n = p.n();
         let level = dec.level;
@@ -463,24 +496,11 @@ impl Evaluator {
         let mut acc1 = vec![0u64; ext.len() * n];
         let inner = |(d, (o0, o1)): (usize, (&mut [u64], &mut [u64]))| {
             let g = ext[d];
-            let m = p.modulus(g);
-            let digits: Vec<&[u64]> = dec.digits.iter().map(|x| &x[d * n..(d + 1) * n]).collect();
-            let kb: Vec<&[u64]> = key.b.iter().take(digits.len()).map(|x| &x[g * n..(g + 1) * n]).collect();
-            let ka: Vec<&[u64]> = key.a.iter().take(digits.len()).map(|x| &x[g * n..(g + 1) * n]).collect();
-            for k in 0..n {
-                let src = match perm {
-                    Some(pm) => pm[k] as usize,
-                    None => k,
-                };
-                let mut s0: u128 = 0;
-                let mut s1: u128 = 0;
-                for j in 0..digits.len() {
-                    let x = digits[j][src] as u128;
-                    s0 += x * kb[j][k] as u128;
-                    s1 += x * ka[j][k] as u128;
-                }
-                o0[k] = m.reduce_u128(s0);
-                o1[k] = m.reduce_u128(s1);
+            let plan = p.plan(g);
+            for (j, digit) in dec.digits.iter().enumerate() {
+                let x = &digit[d * n..(d + 1) * n];
+                plan.mul_accumulate(o0, x, &key.b[j][g * n..(g + 1) * n]);
+                plan.mul_accumulate(o1, x, &key.a[j][g * n..(g + 1) * n]);
             }
         };
         if rayon::current_num_threads() > 1 {
@@ -491,8 +511,7 @@ impl Evaluator {
         } else {
             acc0.chunks_mut(n).zip(acc1.chunks_mut(n)).enumerate().for_each(inner);
         }
-        let (r0, r1) = rayon::join(|| self.mod_down(acc0, level), || self.mod_down(acc1, level));
-        (r0, r1)
+        rayon::join(|| self.mod_down(acc0, level), || self.mod_down(acc1, level))
     }
 
     /// (x − [x]_P) / P: from Q_level ∪ P (NTT) down to Q_level (NTT).
@@ -520,36 +539,31 @@ impl Evaluator {
 
     // ---------------------------------------------------------------- automorphisms
 
-    fn galois_key(&self, g: u64) -> Result<(&SwitchingKey, &[u32])> {
+    fn galois_key(&self, g: u64) -> Result<&PreparedGaloisKey> {
         let kind = if g == self.params.galois_element_conjugate() {
             "conjugation"
         } else {
             "rotation"
         };
-        let key = self.keys.galois.get(&g).ok_or(Error::MissingKey {
+        self.galois.get(&g).ok_or(Error::MissingKey {
             kind,
             galois_element: Some(g),
-        })?;
-        let perm = self.perms.get(&g).ok_or(Error::MissingKey {
-            kind,
-            galois_element: Some(g),
-        })?;
-        Ok((&key.key, perm))
+        })
     }
 
-    /// Applies X -> X^g to a ciphertext whose `c_1` was decomposed in `dec`.
+    /// Applies X -> X^g to a ciphertext whose `c_1` was decomposed in `dec`:
+    /// `σ_g(c_0 + KS'(c_1)_0, KS'(c_1)_1)` with the pre-permuted key.
     fn automorphism_hoisted(&self, ct: &Ciphertext, dec: &Decomposition, g: u64) -> Result<Ciphertext> {
         if g == 1 {
             return Ok(ct.clone());
         }
-        let (key, perm) = self.galois_key(g)?;
-        let (k0, k1) = self.switch(dec, key, Some(perm));
+        let gk = self.galois_key(g)?;
+        let (mut k0, k1) = self.switch(dec, &gk.key);
         let n = self.params.n();
-        let mut c0 = ring::permute(&ct.polys[0], perm, n);
-        ring::add_assign(&self.params, &mut c0, &k0, &ct.indices());
+        ring::add_assign(&self.params, &mut k0, &ct.polys[0], &ct.indices());
         Ok(Ciphertext {
             params: self.params.clone(),
-            polys: vec![c0, k1],
+            polys: vec![ring::permute(&k0, &gk.perm, n), ring::permute(&k1, &gk.perm, n)],
             level: ct.level,
             scale: ct.scale,
             seed: None,

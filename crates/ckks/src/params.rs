@@ -159,6 +159,12 @@ pub(crate) struct BasisConversion {
     pub qhat_inv: Vec<(u64, u64)>,
     /// (B / b_i) mod t, indexed [target][source].
     pub qhat_mod: Vec<Vec<u64>>,
+    /// Shoup companions of `qhat_mod`.
+    pub qhat_mod_shoup: Vec<Vec<u64>>,
+    /// 1 / b_i as floating point, to find the overflow multiple of B exactly.
+    pub inv_from: Vec<f64>,
+    /// [target][u] = (u · B) mod t for u in 0..=|from|: subtracted to center the result.
+    pub b_multiples: Vec<Vec<u64>>,
 }
 
 impl BasisConversion {
@@ -187,12 +193,29 @@ impl BasisConversion {
                     })
                     .collect()
             })
+            .collect::<Vec<Vec<u64>>>();
+        let qhat_mod_shoup = to
+            .iter()
+            .zip(&qhat_mod)
+            .map(|(&t, row)| row.iter().map(|&f| moduli[t].shoup(f)).collect())
+            .collect();
+        let inv_from = from.iter().map(|&i| 1.0 / moduli[i].value() as f64).collect();
+        let b_multiples = to
+            .iter()
+            .map(|&t| {
+                let mt = &moduli[t];
+                let b = from.iter().fold(1u64, |acc, &j| mt.mul(acc, mt.reduce(moduli[j].value())));
+                (0..=from.len() as u64).map(|u| mt.mul(u, b)).collect()
+            })
             .collect();
         Self {
             from,
             to,
             qhat_inv,
             qhat_mod,
+            qhat_mod_shoup,
+            inv_from,
+            b_multiples,
         }
     }
 }

@@ -142,31 +142,61 @@ pub(crate) fn permute(a: &[u64], perm: &[u32], n: usize) -> Vec<u64> {
     out
 }
 
-/// Fast basis conversion of coefficient-domain limbs (`src`, one per `conv.from` prime) to
-/// coefficient-domain limbs for every `conv.to` prime, written to `dst` (one limb per target).
+/// Exact, centered basis conversion of coefficient-domain limbs (`src`, one per `conv.from`
+/// prime, value x mod B) to coefficient-domain limbs for every `conv.to` prime (`dst`, one limb
+/// per target): the result represents the centered remainder of x mod B, in (-B/2, B/2].
+///
+/// The fast (HPS) conversion `Σ y_i·(B/b_i)` overshoots by `u·B` with `u = Σ y_i/b_i`; `u` is
+/// found by rounding that sum in floating point and subtracted. Centering matters: a biased
+/// remainder adds a low-frequency error that concentrates in a few slots.
 pub(crate) fn convert_basis(params: &Parameters, conv: &BasisConversion, src: &[u64], dst: &mut [u64]) {
     let n = params.n();
     let k = conv.from.len();
     // y_i = x_i * (B/b_i)^{-1} mod b_i, stored interleaved per coefficient for cache locality.
     let mut y = vec![0u64; n * k];
+    let mut frac = vec![0f64; n];
     for (j, (&i, &(inv, inv_s))) in conv.from.iter().zip(&conv.qhat_inv).enumerate() {
         let m = params.modulus(i);
         let limb = &src[j * n..(j + 1) * n];
-        for (c, &x) in limb.iter().enumerate() {
-            y[c * k + j] = m.mul_shoup(x, inv, inv_s);
+        let inv_b = conv.inv_from[j];
+        for (c, (&x, f)) in limb.iter().zip(frac.iter_mut()).enumerate() {
+            let yy = m.mul_shoup(x, inv, inv_s);
+            y[c * k + j] = yy;
+            *f += yy as f64 * inv_b;
         }
     }
+    // Overflow multiple, rounded so the represented value is centered.
+    let u: Vec<u8> = frac.iter().map(|&f| f.round() as u8).collect();
     let work = |(t_pos, out): (usize, &mut [u64])| {
         let t = conv.to[t_pos];
         let m = params.modulus(t);
         let factors = &conv.qhat_mod[t_pos];
-        for (c, o) in out.iter_mut().enumerate() {
-            let ys = &y[c * k..(c + 1) * k];
-            let mut acc: u128 = 0;
-            for (&yy, &f) in ys.iter().zip(factors) {
-                acc += yy as u128 * f as u128;
+        let shoups = &conv.qhat_mod_shoup[t_pos];
+        let mults = &conv.b_multiples[t_pos];
+        match k {
+            // Few sources (the common dnum = L+1 and two-prime digits): Shoup products.
+            1 => {
+                let (f, fs) = (factors[0], shoups[0]);
+                for ((o, &yy), &uu) in out.iter_mut().zip(&y).zip(&u) {
+                    *o = m.sub(m.mul_shoup(yy, f, fs), mults[uu as usize]);
+                }
             }
-            *o = m.reduce_u128(acc);
+            2 => {
+                let (f0, fs0, f1, fs1) = (factors[0], shoups[0], factors[1], shoups[1]);
+                for ((o, ys), &uu) in out.iter_mut().zip(y.chunks_exact(2)).zip(&u) {
+                    let s = m.mul_shoup_lazy(ys[0], f0, fs0) + m.mul_shoup_lazy(ys[1], f1, fs1);
+                    *o = m.sub(m.reduce(s), mults[uu as usize]);
+                }
+            }
+            _ => {
+                for ((o, ys), &uu) in out.iter_mut().zip(y.chunks_exact(k)).zip(&u) {
+                    let mut acc: u128 = 0;
+                    for (&yy, &f) in ys.iter().zip(factors) {
+                        acc += yy as u128 * f as u128;
+                    }
+                    *o = m.sub(m.reduce_u128(acc), mults[uu as usize]);
+                }
+            }
         }
     };
     if dst.len() >= PAR_THRESHOLD * 2 && rayon::current_num_threads() > 1 {
@@ -214,4 +244,33 @@ pub(crate) fn rescale(params: &Parameters, a: &[u64], level: usize) -> Vec<u64> 
 /// Reads limbs of a polynomial stored over all primes (keys) for the given global indices.
 pub(crate) fn select_limbs<'a>(full: &'a [u64], n: usize, i: usize) -> &'a [u64] {
     &full[i * n..(i + 1) * n]
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::params::Preset;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::{Rng, SeedableRng};
+
+    #[test]
+    fn ntt_library_multiply_accumulate_is_exact_and_reduced() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        for preset in [Preset::Pn14Depth7, Preset::Pn14SealChain, Preset::Pn13Depth4] {
+            let params = preset.build().expect("params");
+            let n = params.n();
+            for i in 0..params.num_q() + params.num_p() {
+                let m = params.modulus(i);
+                let p = m.value();
+                let a: Vec<u64> = (0..n).map(|_| rng.next_u64() % p).collect();
+                let b: Vec<u64> = (0..n).map(|_| rng.next_u64() % p).collect();
+                let c: Vec<u64> = (0..n).map(|_| rng.next_u64() % p).collect();
+                let mut acc = c.clone();
+                params.plan(i).mul_accumulate(&mut acc, &a, &b);
+                for k in 0..n {
+                    assert!(acc[k] < p, "prime {p}: unreduced output");
+                    assert_eq!(acc[k], m.add(c[k], m.mul(a[k], b[k])), "prime {p}");
+                }
+            }
+        }
+    }
 }

@@ -13,7 +13,12 @@ fn rotated(v: &[f64], k: i64) -> Vec<f64> {
 
 #[test]
 fn rotations_by_random_steps_and_hoisting() {
-    for params in param_sets() {
+    let mut sets = param_sets();
+    sets.push(cipherinfer_ckks::Preset::Pn14SealChain.build().expect("preset"));
+    for params in sets {
+        // The SEAL-compatible chain has P (58 bits) below its first prime (60 bits), so its
+        // key switching is noisier (about 22 bits; SEAL itself reaches about 18 there).
+        let min_bits = if params.dnum() == 9 { 20.0 } else { 24.0 };
         let slots = params.slots() as i64;
         let mut rng = ChaCha20Rng::seed_from_u64(11);
         let mut steps: Vec<i64> = (0..6).map(|_| (rng.next_u64() % slots as u64) as i64).collect();
@@ -27,20 +32,20 @@ fn rotations_by_random_steps_and_hoisting() {
             let got = c.decrypt(&r);
             let bits = precision_bits(&got, &rotated(&v, k));
             eprintln!("n={} rotate {k}: {bits:.2} bits", params.n());
-            assert!(bits > 20.0, "rotate {k}: {bits:.1} bits");
+            assert!(bits > min_bits, "rotate {k}: {bits:.1} bits");
             one_by_one.push(got);
         }
         let hoisted = c.ev.rotate_hoisted(&ct, &steps).expect("hoisted");
         for ((h, o), &k) in hoisted.iter().zip(&one_by_one).zip(&steps) {
             let got = c.decrypt(h);
-            assert!(precision_bits(&got, &rotated(&v, k)) > 20.0);
-            assert!(precision_bits(&got, o) > 20.0, "hoisted differs from one-by-one at {k}");
+            assert!(precision_bits(&got, &rotated(&v, k)) > min_bits);
+            assert!(precision_bits(&got, o) > min_bits, "hoisted differs from one-by-one at {k}");
         }
         // Rotation at a lower level, after a multiplication.
         let sq = c.ev.mul_rescale(&ct, &ct).expect("sq");
         let r = c.ev.rotate(&sq, 1).expect("rot");
         let want: Vec<f64> = rotated(&v, 1).iter().map(|x| x * x).collect();
-        assert!(precision_bits(&c.decrypt(&r), &want) > 20.0);
+        assert!(precision_bits(&c.decrypt(&r), &want) > min_bits);
         // A missing key is a typed error.
         let err = c.ev.rotate(&ct, 2).expect_err("no key for 2");
         assert_eq!(err.code(), "missing_key");
