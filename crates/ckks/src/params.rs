@@ -396,6 +396,18 @@ impl Parameters {
                 "dnum = {dnum} leaves an empty digit for {num_q} primes"
             )));
         }
+        // Key-switching noise grows as (largest digit modulus) / P: refuse sets where it would
+        // swamp the message.
+        let log_p: f64 = p.iter().map(|&x| (x as f64).log2()).sum();
+        let max_digit: f64 = q
+            .chunks(alpha)
+            .map(|d| d.iter().map(|&x| (x as f64).log2()).sum::<f64>())
+            .fold(0.0, f64::max);
+        if max_digit > log_p + 8.0 {
+            return Err(Error::InvalidParameters(format!(
+                "special primes too small: P has {log_p:.0} bits but a key-switching digit has {max_digit:.0}; add special primes or raise dnum"
+            )));
+        }
         if lit.log_scale == 0 || lit.log_scale > 60 {
             return Err(Error::InvalidParameters(format!(
                 "log_scale = {} outside 1..=60",
