@@ -352,11 +352,42 @@ impl Evaluator {
     }
 
     /// `a · b`, relinearize, rescale: the usual homomorphic product. Consumes one level.
+    /// The key switch's division by P and the rescale's division by q_level are fused into
+    /// one basis conversion.
     pub fn mul_rescale(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
         if a.level == 0 {
             return Err(Error::OutOfLevels);
         }
-        self.rescale(&self.mul(a, b)?)
+        let d = self.mul_no_relin(a, b)?;
+        let key = self.relin.as_ref().ok_or(Error::MissingKey {
+            kind: "relinearization",
+            galois_element: None,
+        })?;
+        let level = d.level;
+        let n = self.params.n();
+        let dec = self.decompose_poly(&d.polys[2], level);
+        let (acc0, acc1) = self.inner_product(&dec, key);
+        // Lift c_0, c_1 to the extended basis as P·c_i (zero modulo the special primes).
+        let lift = |mut acc: Vec<u64>, c: &[u64]| {
+            for (i, (la, lc)) in acc.chunks_mut(n).zip(c.chunks(n)).enumerate().take(level + 1) {
+                let m = self.params.modulus(i);
+                let pm = self.params.p_mod_q(i);
+                let pms = m.shoup(pm);
+                for (x, &y) in la.iter_mut().zip(lc) {
+                    *x = m.add(*x, m.mul_shoup(y, pm, pms));
+                }
+            }
+            self.mod_down_rescale(acc, level)
+        };
+        let (c0, c1) = rayon::join(|| lift(acc0, &d.polys[0]), || lift(acc1, &d.polys[1]));
+        let q = self.params.modulus(level).value() as f64;
+        Ok(Ciphertext {
+            params: self.params.clone(),
+            polys: vec![c0, c1],
+            level: level - 1,
+            scale: d.scale / q,
+            seed: None,
+        })
     }
 
     /// `a²` with relinearization (no rescale).
@@ -485,13 +516,11 @@ impl Evaluator {
         Ok(self.decompose_poly(&ct.polys[1], ct.level))
     }
 
-    /// Inner product of a decomposition with a switching key, then division by P: returns the
-    /// two NTT-domain polynomials over Q_level.
-    fn switch(&self, dec: &Decomposition, key: &SwitchingKey) -> (Vec<u64>, Vec<u64>) {
+    /// Inner product of a decomposition with a switching key, over Q_level ∪ P (NTT domain).
+    fn inner_product(&self, dec: &Decomposition, key: &SwitchingKey) -> (Vec<u64>, Vec<u64>) {
         let p = &*self.params;
         let n = p.n();
-        let level = dec.level;
-        let ext = p.ext_indices(level);
+        let ext = p.ext_indices(dec.level);
         let mut acc0 = vec![0u64; ext.len() * n];
         let mut acc1 = vec![0u64; ext.len() * n];
         let inner = |(d, (o0, o1)): (usize, (&mut [u64], &mut [u64]))| {
@@ -511,7 +540,40 @@ impl Evaluator {
         } else {
             acc0.chunks_mut(n).zip(acc1.chunks_mut(n)).enumerate().for_each(inner);
         }
+        (acc0, acc1)
+    }
+
+    /// Key switch: inner product with the key, then division by P. Returns the two NTT-domain
+    /// polynomials over Q_level.
+    fn switch(&self, dec: &Decomposition, key: &SwitchingKey) -> (Vec<u64>, Vec<u64>) {
+        let (acc0, acc1) = self.inner_product(dec, key);
+        let level = dec.level;
         rayon::join(|| self.mod_down(acc0, level), || self.mod_down(acc1, level))
+    }
+
+    /// Fused division by P·q_level: from Q_level ∪ P (NTT) to Q_{level-1} (NTT), rounding.
+    fn mod_down_rescale(&self, x: Vec<u64>, level: usize) -> Vec<u64> {
+        let p = &*self.params;
+        let n = p.n();
+        let conv = p.moddown_rescale(level);
+        let mut src = x[level * n..].to_vec();
+        ring::intt(p, &mut src, &conv.from);
+        let mut t = vec![0u64; level * n];
+        ring::convert_basis(p, conv, &src, &mut t);
+        let q_idx: Vec<usize> = (0..level).collect();
+        ring::ntt(p, &mut t, &q_idx);
+        let invs = p.rescale_inv(level);
+        let mut out = x;
+        out.truncate(level * n);
+        for (i, (lx, lt)) in out.chunks_mut(n).zip(t.chunks(n)).enumerate() {
+            let m = p.modulus(i);
+            let (pinv, pinv_s) = p.p_inv_mod_q(i);
+            let (qinv, qinv_s) = invs[i];
+            for (a, &b) in lx.iter_mut().zip(lt) {
+                *a = m.mul_shoup(m.mul_shoup(m.sub(*a, b), pinv, pinv_s), qinv, qinv_s);
+            }
+        }
+        out
     }
 
     /// (x − [x]_P) / P: from Q_level ∪ P (NTT) down to Q_level (NTT).

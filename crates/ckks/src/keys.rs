@@ -75,6 +75,15 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+impl PublicKey {
+    /// Rebuilds a public key from `b` and the seed of `a` (used by decoders).
+    pub(crate) fn from_parts(params: Arc<Parameters>, b: Vec<u64>, seed: [u8; 32]) -> Self {
+        let q: Vec<usize> = (0..params.num_q()).collect();
+        let a = expand_uniform(&params, &seed, 0, &q);
+        Self { params, b, a, seed }
+    }
+}
+
 /// A hybrid key-switching key: for each digit `j`, `(b_j, a_j)` over all primes with
 /// `b_j = -a_j·s + e_j + P·g_j·s'`, where `g_j` is the digit's CRT gadget; `a_j` is expanded
 /// from `seed` (stream `j`).
@@ -102,6 +111,12 @@ impl SwitchingKey {
             .map(|j| expand_uniform(params, seed, 1 + j as u64, &all))
             .collect()
     }
+
+    /// Rebuilds a key from its `b` polynomials and seed (the only constructor decoders use).
+    pub(crate) fn from_parts(params: Arc<Parameters>, b: Vec<Vec<u64>>, seed: [u8; 32]) -> Self {
+        let a = Self::expand_a(&params, &seed, b.len());
+        Self { params, b, a, seed }
+    }
 }
 
 /// Relinearization key: switches from s² to s.
@@ -117,6 +132,11 @@ pub struct GaloisKey {
 }
 
 impl GaloisKey {
+    /// Assembles a Galois key from its element and switching key (used by decoders).
+    pub(crate) fn from_parts(galois_element: u64, key: SwitchingKey) -> Self {
+        Self { galois_element, key }
+    }
+
     /// The Galois element g of the automorphism X -> X^g.
     pub fn galois_element(&self) -> u64 {
         self.galois_element

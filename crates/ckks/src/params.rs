@@ -245,6 +245,9 @@ pub struct Parameters {
     modup: Vec<Vec<BasisConversion>>,
     /// [level] conversion from P to Q_level.
     moddown: Vec<BasisConversion>,
+    /// [level] conversion from {q_level} ∪ P to Q_{level-1} (fused key switch + rescale);
+    /// entry 0 is unused.
+    moddown_rescale: Vec<BasisConversion>,
     /// [i] = P^{-1} mod q_i (Shoup pair).
     p_inv_mod_q: Vec<(u64, u64)>,
     /// [i] = P mod q_i.
@@ -462,6 +465,12 @@ impl Parameters {
         let moddown = (0..num_q)
             .map(|l| BasisConversion::new(&moduli, p_idx.clone(), (0..=l).collect()))
             .collect();
+        let moddown_rescale = (0..num_q)
+            .map(|l| {
+                let from: Vec<usize> = std::iter::once(l).chain(p_idx.iter().copied()).collect();
+                BasisConversion::new(&moduli, from, (0..l).collect())
+            })
+            .collect();
         let mut p_inv_mod_q = Vec::with_capacity(num_q);
         let mut p_mod_q = Vec::with_capacity(num_q);
         for m in &moduli[..num_q] {
@@ -501,6 +510,7 @@ impl Parameters {
             rescale_inv,
             modup,
             moddown,
+            moddown_rescale,
             p_inv_mod_q,
             p_mod_q,
         })
@@ -594,6 +604,9 @@ impl Parameters {
     }
     pub(crate) fn moddown(&self, level: usize) -> &BasisConversion {
         &self.moddown[level]
+    }
+    pub(crate) fn moddown_rescale(&self, level: usize) -> &BasisConversion {
+        &self.moddown_rescale[level]
     }
     pub(crate) fn p_inv_mod_q(&self, i: usize) -> (u64, u64) {
         self.p_inv_mod_q[i]

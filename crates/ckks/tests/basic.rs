@@ -51,6 +51,10 @@ fn multiply_relinearize_rescale_precision() {
         let bits = precision_bits(&c.decrypt(&prod), &want);
         eprintln!("n={} mul+relin+rescale precision: {bits:.2} bits", params.n());
         assert!(bits >= 20.0, "{bits:.1} bits");
+        // The fused path equals relinearize-then-rescale.
+        let unfused = c.ev.rescale(&c.ev.mul(&ca, &cb).expect("mul")).expect("rescale");
+        assert_eq!(unfused.scale(), prod.scale());
+        assert!(precision_bits(&c.decrypt(&unfused), &c.decrypt(&prod)) >= 20.0);
         // A chain down to level 0.
         let mut x = ca.clone();
         let mut want = a.clone();
