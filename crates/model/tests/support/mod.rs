@@ -1,0 +1,3 @@
+//! Test helpers: a structural ONNX check without an ONNX runtime.
+
+pub mod onnx;
