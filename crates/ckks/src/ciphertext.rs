@@ -39,6 +39,36 @@ impl Plaintext {
     }
 }
 
+/// An encoded message over the extended basis Q_level ∪ P (NTT domain): a mask for
+/// [`crate::Evaluator::rotate_and_combine`], multiplied before the key switch's division by P.
+#[derive(Clone)]
+pub struct ExtendedPlaintext {
+    pub(crate) params: Arc<Parameters>,
+    pub(crate) poly: Vec<u64>,
+    pub(crate) level: usize,
+    pub(crate) scale: f64,
+}
+
+impl fmt::Debug for ExtendedPlaintext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExtendedPlaintext")
+            .field("level", &self.level)
+            .field("log2_scale", &self.scale.log2())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExtendedPlaintext {
+    /// Level of the plaintext.
+    pub fn level(&self) -> usize {
+        self.level
+    }
+    /// Scale of the plaintext.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+}
+
 /// A CKKS ciphertext: polynomials `c_0 .. c_d` (d = 1 normally, 2 after a multiplication
 /// without relinearization) in the NTT domain over the primes `q_0 .. q_level`.
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use num_complex::Complex64;
 
-use crate::ciphertext::Plaintext;
+use crate::ciphertext::{ExtendedPlaintext, Plaintext};
 use crate::error::{Error, Result};
 use crate::params::Parameters;
 use crate::ring;
@@ -120,8 +120,8 @@ impl Encoder {
         }
     }
 
-    /// Encodes complex values (at most N/2; missing slots are zero) at `level` and `scale`.
-    pub fn encode_complex(&self, values: &[Complex64], level: usize, scale: f64) -> Result<Plaintext> {
+    /// Scaled coefficients of the polynomial encoding `values` (checked like an encoding).
+    fn scaled_coeffs(&self, values: &[Complex64], level: usize, scale: f64) -> Result<Vec<f64>> {
         let slots = self.slots();
         if values.len() > slots {
             return Err(Error::Encoding(format!(
@@ -149,8 +149,30 @@ impl Encoder {
             coeffs[i] = z.re * scale;
             coeffs[i + slots] = z.im * scale;
         }
-        let poly = self.coeffs_to_ntt(&coeffs, level)?;
+        Ok(coeffs)
+    }
+
+    /// Encodes complex values (at most N/2; missing slots are zero) at `level` and `scale`.
+    pub fn encode_complex(&self, values: &[Complex64], level: usize, scale: f64) -> Result<Plaintext> {
+        let coeffs = self.scaled_coeffs(values, level, scale)?;
+        let indices: Vec<usize> = (0..=level).collect();
+        let poly = self.coeffs_to_ntt(&coeffs, level, &indices)?;
         Ok(Plaintext {
+            params: self.params.clone(),
+            poly,
+            level,
+            scale,
+        })
+    }
+
+    /// Encodes real values over the extended basis Q_level ∪ P, for
+    /// [`crate::Evaluator::rotate_and_combine`] (masks applied before the division by P).
+    pub fn encode_extended(&self, values: &[f64], level: usize, scale: f64) -> Result<ExtendedPlaintext> {
+        let c: Vec<Complex64> = values.iter().map(|&x| Complex64::new(x, 0.0)).collect();
+        let coeffs = self.scaled_coeffs(&c, level, scale)?;
+        let indices = self.params.ext_indices(level);
+        let poly = self.coeffs_to_ntt(&coeffs, level, &indices)?;
+        Ok(ExtendedPlaintext {
             params: self.params.clone(),
             poly,
             level,
@@ -165,7 +187,7 @@ impl Encoder {
     }
 
     /// Rounds scaled coefficients to integers and writes them as an NTT-domain RNS polynomial.
-    pub(crate) fn coeffs_to_ntt(&self, coeffs: &[f64], level: usize) -> Result<Vec<u64>> {
+    pub(crate) fn coeffs_to_ntt(&self, coeffs: &[f64], level: usize, indices: &[usize]) -> Result<Vec<u64>> {
         let n = self.params.n();
         let limit = 2f64.powi(120).min(2f64.powf(self.params.log_q_at(level) - 1.0));
         if let Some(c) = coeffs.iter().find(|c| c.abs() >= limit) {
@@ -176,15 +198,14 @@ impl Encoder {
             )));
         }
         let rounded: Vec<i128> = coeffs.iter().map(|c| c.round() as i128).collect();
-        let indices: Vec<usize> = (0..=level).collect();
-        let mut poly = vec![0u64; n * (level + 1)];
-        for (limb, &i) in poly.chunks_mut(n).zip(&indices) {
+        let mut poly = vec![0u64; n * indices.len()];
+        for (limb, &i) in poly.chunks_mut(n).zip(indices) {
             let m = self.params.modulus(i);
             for (x, &c) in limb.iter_mut().zip(&rounded) {
                 *x = m.reduce_i128(c);
             }
         }
-        ring::ntt(&self.params, &mut poly, &indices);
+        ring::ntt(&self.params, &mut poly, indices);
         Ok(poly)
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::ciphertext::{Ciphertext, Plaintext};
+use crate::ciphertext::{Ciphertext, ExtendedPlaintext, Plaintext};
 use crate::encoder::check_scale;
 use crate::error::{Error, Result};
 use crate::keys::{EvaluationKeys, SwitchingKey, check_params};
@@ -670,6 +670,106 @@ impl Evaluator {
             .iter()
             .map(|&s| self.automorphism_hoisted(ct, dec, self.params.galois_element(s)))
             .collect()
+    }
+
+    /// `Σ_t mask_t ⊙ rot(ct, step_t)` by double hoisting: one decomposition of `c_1` (reused
+    /// from `dec` when given), then per term only the key inner product, a permutation and a
+    /// multiplication by the mask in the extended basis Q ∪ P — no NTT — and a single division by
+    /// P at the end. All masks must share one scale and be at the ciphertext's level; the result
+    /// has scale `ct.scale · mask.scale` and is not rescaled.
+    pub fn rotate_and_combine(
+        &self,
+        ct: &Ciphertext,
+        dec: Option<&Decomposition>,
+        terms: &[(i64, &ExtendedPlaintext)],
+    ) -> Result<Ciphertext> {
+        self.check(ct)?;
+        if ct.degree() != 1 {
+            return Err(Error::CiphertextDegree {
+                found: ct.degree(),
+                expected: 1,
+            });
+        }
+        let Some(first) = terms.first() else {
+            return Err(Error::Encoding("rotate_and_combine needs at least one term".into()));
+        };
+        let scale = first.1.scale;
+        for (step, pt) in terms {
+            check_params(&self.params, &pt.params)?;
+            if pt.level != ct.level {
+                return Err(Error::LevelMismatch {
+                    left: ct.level,
+                    right: pt.level,
+                });
+            }
+            Self::check_scales(scale, pt.scale)?;
+            let g = self.params.galois_element(*step);
+            if g != 1 {
+                self.galois_key(g)?;
+            }
+        }
+        let new_scale = ct.scale * scale;
+        check_scale(&self.params, new_scale, ct.level)?;
+        let p = &*self.params;
+        let n = p.n();
+        let level = ct.level;
+        let q_idx = ct.indices();
+        let ext = p.ext_indices(level);
+        let qn = (level + 1) * n;
+        let owned;
+        let dec = match dec {
+            Some(d) => {
+                if d.level != level {
+                    return Err(Error::LevelMismatch {
+                        left: level,
+                        right: d.level,
+                    });
+                }
+                d
+            }
+            None => {
+                owned = self.decompose_poly(&ct.polys[1], level);
+                &owned
+            }
+        };
+        let mut acc0 = vec![0u64; ext.len() * n];
+        let mut acc1 = vec![0u64; ext.len() * n];
+        let mut out0 = vec![0u64; qn];
+        let mut out1 = vec![0u64; qn];
+        let mut any_rotation = false;
+        for (step, pt) in terms {
+            let g = self.params.galois_element(*step);
+            let mask_q = &pt.poly[..qn];
+            if g == 1 {
+                ring::mul_add_assign(p, &mut out0, &ct.polys[0], mask_q, &q_idx);
+                ring::mul_add_assign(p, &mut out1, &ct.polys[1], mask_q, &q_idx);
+                continue;
+            }
+            any_rotation = true;
+            let gk = self.galois_key(g)?;
+            let (a0, a1) = self.inner_product(dec, &gk.key);
+            let (a0, a1) = (ring::permute(&a0, &gk.perm, n), ring::permute(&a1, &gk.perm, n));
+            let c0 = ring::permute(&ct.polys[0], &gk.perm, n);
+            let fold = |acc: &mut [u64], x: &[u64]| {
+                for ((lacc, lx), (lm, &i)) in acc.chunks_mut(n).zip(x.chunks(n)).zip(pt.poly.chunks(n).zip(&ext)) {
+                    p.plan(i).mul_accumulate(lacc, lx, lm);
+                }
+            };
+            rayon::join(|| fold(&mut acc0, &a0), || fold(&mut acc1, &a1));
+            ring::mul_add_assign(p, &mut out0, &c0, mask_q, &q_idx);
+        }
+        if any_rotation {
+            let (m0, m1) = rayon::join(|| self.mod_down(acc0, level), || self.mod_down(acc1, level));
+            ring::add_assign(p, &mut out0, &m0, &q_idx);
+            ring::add_assign(p, &mut out1, &m1, &q_idx);
+        }
+        Ok(Ciphertext {
+            params: self.params.clone(),
+            polys: vec![out0, out1],
+            level,
+            scale: new_scale,
+            seed: None,
+        })
     }
 
     /// Complex conjugation of every slot. Needs the conjugation key.

@@ -38,7 +38,7 @@ pub mod polynomial;
 mod ring;
 pub mod sampling;
 
-pub use ciphertext::{Ciphertext, Plaintext};
+pub use ciphertext::{Ciphertext, ExtendedPlaintext, Plaintext};
 pub use encoder::Encoder;
 pub use encryption::{Decryptor, Encryptor};
 pub use error::{DecodeErrorCode, Error, Result};

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ciphertext::{Ciphertext, Plaintext};
+use crate::ciphertext::{Ciphertext, ExtendedPlaintext};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::evaluator::Evaluator;
@@ -27,8 +27,9 @@ pub struct EncodedLinearTransform {
     level: usize,
     scale: f64,
     baby_steps: usize,
-    /// giant step index j -> [(baby step i, plaintext of rot(diag_{j·n1+i}, -j·n1))]
-    groups: BTreeMap<usize, Vec<(usize, Plaintext)>>,
+    /// giant step index j -> [(baby step i, plaintext of rot(diag_{j·n1+i}, -j·n1))], encoded
+    /// over Q ∪ P for double hoisting.
+    groups: BTreeMap<usize, Vec<(usize, ExtendedPlaintext)>>,
 }
 
 impl EncodedLinearTransform {
@@ -130,6 +131,9 @@ impl LinearTransform {
     }
 
     /// Rotation steps whose keys an evaluation needs (baby steps, then giant steps).
+    ///
+    /// Evaluation cost: one decomposition, one key inner product per non-zero diagonal (no
+    /// NTT), one division by P per giant step, one ordinary rotation per giant step.
     pub fn rotation_steps(&self) -> Vec<i64> {
         let n1 = self.baby_steps;
         let babies: BTreeSet<usize> = self.diagonals.keys().map(|&k| k % n1).filter(|&i| i != 0).collect();
@@ -161,13 +165,13 @@ impl LinearTransform {
         }
         let n = self.slots;
         let n1 = self.baby_steps;
-        let mut groups: BTreeMap<usize, Vec<(usize, Plaintext)>> = BTreeMap::new();
+        let mut groups: BTreeMap<usize, Vec<(usize, ExtendedPlaintext)>> = BTreeMap::new();
         for (&k, d) in &self.diagonals {
             let (j, i) = split(k, n1);
             let shift = j * n1;
             // rot(d, -shift)[t] = d[(t - shift) mod n]
             let rotated: Vec<f64> = (0..n).map(|t| d[(t + n - shift % n) % n]).collect();
-            let pt = encoder.encode(&rotated, level, scale)?;
+            let pt = encoder.encode_extended(&rotated, level, scale)?;
             groups.entry(j).or_default().push((i, pt));
         }
         Ok(EncodedLinearTransform {
@@ -189,24 +193,12 @@ impl Evaluator {
                 right: lt.level,
             });
         }
-        let babies: BTreeSet<usize> = lt.groups.values().flatten().map(|(i, _)| *i).collect();
-        let steps: Vec<i64> = babies.iter().map(|&i| i as i64).collect();
-        let rotated = self.rotate_hoisted(ct, &steps)?;
-        let by_step: BTreeMap<usize, &Ciphertext> = babies.iter().copied().zip(rotated.iter()).collect();
+        // One decomposition serves every baby step of every group (double hoisting).
+        let dec = self.decompose(ct)?;
         let mut total: Option<Ciphertext> = None;
         for (&j, items) in &lt.groups {
-            let mut inner: Option<Ciphertext> = None;
-            for (i, pt) in items {
-                let src = by_step
-                    .get(i)
-                    .ok_or_else(|| Error::Encoding("internal: missing baby step".into()))?;
-                let term = self.mul_plain(src, pt)?;
-                match inner.as_mut() {
-                    None => inner = Some(term),
-                    Some(acc) => self.add_assign(acc, &term)?,
-                }
-            }
-            let Some(inner) = inner else { continue };
+            let terms: Vec<(i64, &ExtendedPlaintext)> = items.iter().map(|(i, pt)| (*i as i64, pt)).collect();
+            let inner = self.rotate_and_combine(ct, Some(&dec), &terms)?;
             let moved = self.rotate(&inner, (j * lt.baby_steps) as i64)?;
             match total.as_mut() {
                 None => total = Some(moved),

@@ -90,7 +90,7 @@ pub(crate) fn mul(params: &Parameters, a: &[u64], b: &[u64], indices: &[usize]) 
     out
 }
 
-/// `acc += a ⊙ b` limb-wise (NTT domain).
+/// `acc += a ⊙ b` limb-wise (NTT domain), with the NTT library's SIMD multiply-accumulate.
 pub(crate) fn mul_add_assign(
     params: &Parameters,
     acc: &mut [u64],
@@ -100,10 +100,7 @@ pub(crate) fn mul_add_assign(
 ) {
     let n = params.n();
     for (((lc, la), lb), &i) in acc.chunks_mut(n).zip(a.chunks(n)).zip(b.chunks(n)).zip(indices) {
-        let m = params.modulus(i);
-        for ((c, &x), &y) in lc.iter_mut().zip(la).zip(lb) {
-            *c = m.reduce_u128(*c as u128 + x as u128 * y as u128);
-        }
+        params.plan(i).mul_accumulate(lc, la, lb);
     }
 }
 
@@ -242,7 +239,7 @@ pub(crate) fn rescale(params: &Parameters, a: &[u64], level: usize) -> Vec<u64> 
 }
 
 /// Reads limbs of a polynomial stored over all primes (keys) for the given global indices.
-pub(crate) fn select_limbs<'a>(full: &'a [u64], n: usize, i: usize) -> &'a [u64] {
+pub(crate) fn select_limbs(full: &[u64], n: usize, i: usize) -> &[u64] {
     &full[i * n..(i + 1) * n]
 }
 

@@ -43,6 +43,43 @@ fn linear_transform_equals_plaintext_matrix_vector_product() {
 }
 
 #[test]
+fn double_hoisted_rotation_sums_equal_one_by_one_rotations() {
+    for params in param_sets() {
+        let slots = params.slots();
+        let steps = [0i64, 1, 5, 28, -3, 117];
+        let mut c = ctx(params.clone(), &steps, false);
+        let v = random_vec(slots, 500, 1.0);
+        let ct = c.encrypt(&v);
+        let level = ct.level();
+        let scale = params.q_primes()[level] as f64;
+        let masks: Vec<Vec<f64>> = (0..steps.len()).map(|t| random_vec(slots, 600 + t as u64, 1.0)).collect();
+        let ext: Vec<_> = masks
+            .iter()
+            .map(|m| c.encoder.encode_extended(m, level, scale).expect("encode"))
+            .collect();
+        let terms: Vec<(i64, &cipherinfer_ckks::ExtendedPlaintext)> = steps.iter().copied().zip(ext.iter()).collect();
+        let combined = c.ev.rescale(&c.ev.rotate_and_combine(&ct, None, &terms).expect("combine")).expect("rs");
+        let n = slots as i64;
+        let want: Vec<f64> = (0..slots)
+            .map(|i| {
+                steps
+                    .iter()
+                    .zip(&masks)
+                    .map(|(&s, m)| m[i] * v[(i as i64 + s).rem_euclid(n) as usize])
+                    .sum()
+            })
+            .collect();
+        let bits = precision_bits(&c.decrypt(&combined), &want);
+        eprintln!("n={} rotate_and_combine: {bits:.1} bits", params.n());
+        assert!(bits > 20.0, "{bits:.1} bits");
+        // Missing key and level mismatch are typed errors.
+        let other = c.encoder.encode_extended(&masks[0], level - 1, scale).expect("encode");
+        assert!(c.ev.rotate_and_combine(&ct, None, &[(1, &other)]).is_err());
+        assert!(c.ev.rotate_and_combine(&ct, None, &[(2, &ext[0])]).is_err());
+    }
+}
+
+#[test]
 fn polynomial_evaluation_equals_plaintext_polynomial() {
     for params in param_sets() {
         let mut c = ctx(params.clone(), &[], false);
