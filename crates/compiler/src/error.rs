@@ -1,0 +1,45 @@
+//! Compiler and executor errors.
+
+use thiserror::Error;
+
+/// Everything the compiler and the executors can report.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// A layer does not fit its input shape.
+    #[error("layer {layer}: {detail}")]
+    Shape {
+        /// Index of the layer.
+        layer: usize,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The input tensor is unusable.
+    #[error("input: {0}")]
+    Input(String),
+    /// The network needs more than the parameters offer.
+    #[error("does not fit: {0}")]
+    DoesNotFit(String),
+    /// An error from the CKKS library.
+    #[error(transparent)]
+    Ckks(#[from] cipherinfer_ckks::Error),
+    /// The evaluation was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl CompileError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CompileError::Shape { .. } => "invalid_model",
+            CompileError::Input(_) => "invalid_input",
+            CompileError::DoesNotFit(_) => "depth_exceeded",
+            CompileError::Ckks(e) => e.code(),
+            CompileError::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, CompileError>;

@@ -1,0 +1,17 @@
+//! Compiles HE-friendly CNNs into CKKS plans and runs them.
+//!
+//! [`network`] holds the layer chain and its plaintext forward pass; [`linear`] turns linear
+//! layers into composable affine operators; [`plan`] chooses slot layouts, fuses linear runs and
+//! lowers them to diagonals (with a cleartext executor of the plan); [`exec`] binds a plan to
+//! CKKS parameters and evaluates it on ciphertexts.
+
+pub mod error;
+pub mod exec;
+pub mod linear;
+pub mod network;
+pub mod plan;
+
+pub use error::{CompileError, Result};
+pub use exec::{EvalReport, HeModel};
+pub use network::{Layer, Network, Shape};
+pub use plan::{Plan, SlotMap, Step, compile};

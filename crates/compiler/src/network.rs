@@ -1,0 +1,226 @@
+//! The network as the compiler sees it: a sequential chain of HE-friendly layers on a CHW tensor
+//! (batch 1), with a plaintext f64 forward pass that is the ground truth for every test.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CompileError, Result};
+
+/// One layer of an HE-friendly network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Layer {
+    /// 2-D convolution; `weight` is `[out_c][in_c / groups][kh][kw]` flattened.
+    Conv2d {
+        /// Input channels.
+        in_c: usize,
+        /// Output channels.
+        out_c: usize,
+        /// Kernel height and width.
+        kernel: (usize, usize),
+        /// Stride (rows, columns).
+        stride: (usize, usize),
+        /// Zero padding (rows, columns) on each side.
+        padding: (usize, usize),
+        /// Channel groups.
+        groups: usize,
+        /// Weights.
+        weight: Vec<f64>,
+        /// Bias per output channel.
+        bias: Vec<f64>,
+    },
+    /// Average pooling (no padding).
+    AvgPool2d {
+        /// Window (rows, columns).
+        kernel: (usize, usize),
+        /// Stride (rows, columns).
+        stride: (usize, usize),
+    },
+    /// Fully connected layer on the flattened input; `weight` is `[out][in]` flattened.
+    Dense {
+        /// Input features.
+        in_f: usize,
+        /// Output features.
+        out_f: usize,
+        /// Weights.
+        weight: Vec<f64>,
+        /// Bias.
+        bias: Vec<f64>,
+    },
+    /// Element-wise polynomial `Σ c_i x^i` (monomial basis).
+    Poly {
+        /// Coefficients, lowest degree first.
+        coeffs: Vec<f64>,
+    },
+    /// Reshape to a vector (CHW order), data unchanged.
+    Flatten,
+}
+
+/// A sequential network with its input shape (C, H, W).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    /// Input shape (channels, height, width).
+    pub input: (usize, usize, usize),
+    /// Layers in order.
+    pub layers: Vec<Layer>,
+}
+
+/// Shape of a tensor between layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shape {
+    /// Channels, height, width.
+    Chw(usize, usize, usize),
+    /// Flat vector.
+    Vector(usize),
+}
+
+impl Shape {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match *self {
+            Shape::Chw(c, h, w) => c * h * w,
+            Shape::Vector(n) => n,
+        }
+    }
+    /// Whether the tensor is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn out_dim(input: usize, k: usize, s: usize, p: usize) -> Option<usize> {
+    (input + 2 * p).checked_sub(k).map(|d| d / s + 1)
+}
+
+impl Layer {
+    /// Output shape for an input shape, checking every dimension.
+    pub fn output_shape(&self, input: Shape, index: usize) -> Result<Shape> {
+        let bad = |msg: String| CompileError::Shape {
+            layer: index,
+            detail: msg,
+        };
+        match (self, input) {
+            (
+                Layer::Conv2d {
+                    in_c,
+                    out_c,
+                    kernel,
+                    stride,
+                    padding,
+                    groups,
+                    weight,
+                    bias,
+                },
+                Shape::Chw(c, h, w),
+            ) => {
+                if *in_c != c || *groups == 0 || in_c % groups != 0 || out_c % groups != 0 {
+                    return Err(bad(format!(
+                        "conv expects {in_c} channels in {groups} groups, got {c}"
+                    )));
+                }
+                if weight.len() != out_c * (in_c / groups) * kernel.0 * kernel.1
+                    || bias.len() != *out_c
+                {
+                    return Err(bad("conv weight or bias has the wrong length".into()));
+                }
+                if stride.0 == 0 || stride.1 == 0 {
+                    return Err(bad("zero stride".into()));
+                }
+                let oh = out_dim(h, kernel.0, stride.0, padding.0)
+                    .ok_or_else(|| bad("kernel taller than input".into()))?;
+                let ow = out_dim(w, kernel.1, stride.1, padding.1)
+                    .ok_or_else(|| bad("kernel wider than input".into()))?;
+                Ok(Shape::Chw(*out_c, oh, ow))
+            }
+            (Layer::AvgPool2d { kernel, stride }, Shape::Chw(c, h, w)) => {
+                if stride.0 == 0 || stride.1 == 0 || kernel.0 == 0 || kernel.1 == 0 {
+                    return Err(bad("zero pooling window or stride".into()));
+                }
+                let oh = out_dim(h, kernel.0, stride.0, 0)
+                    .ok_or_else(|| bad("window taller than input".into()))?;
+                let ow = out_dim(w, kernel.1, stride.1, 0)
+                    .ok_or_else(|| bad("window wider than input".into()))?;
+                Ok(Shape::Chw(c, oh, ow))
+            }
+            (
+                Layer::Dense {
+                    in_f,
+                    out_f,
+                    weight,
+                    bias,
+                },
+                s,
+            ) => {
+                if s.len() != *in_f {
+                    return Err(bad(format!("dense expects {in_f} inputs, got {}", s.len())));
+                }
+                if weight.len() != in_f * out_f || bias.len() != *out_f {
+                    return Err(bad("dense weight or bias has the wrong length".into()));
+                }
+                Ok(Shape::Vector(*out_f))
+            }
+            (Layer::Poly { coeffs }, s) => {
+                if coeffs.is_empty() || coeffs.iter().any(|c| !c.is_finite()) {
+                    return Err(bad("polynomial needs finite coefficients".into()));
+                }
+                Ok(s)
+            }
+            (Layer::Flatten, s) => Ok(Shape::Vector(s.len())),
+            (l, s) => Err(bad(format!("{} cannot take a {s:?} input", l.name()))),
+        }
+    }
+
+    /// Short name for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layer::Conv2d { .. } => "Conv2d",
+            Layer::AvgPool2d { .. } => "AvgPool2d",
+            Layer::Dense { .. } => "Dense",
+            Layer::Poly { .. } => "Poly",
+            Layer::Flatten => "Flatten",
+        }
+    }
+
+    /// Whether the layer is linear (affine) in its input.
+    pub fn is_linear(&self) -> bool {
+        !matches!(self, Layer::Poly { .. })
+    }
+}
+
+impl Network {
+    /// Shapes after each layer (index 0 is the input shape), validating the whole chain.
+    pub fn shapes(&self) -> Result<Vec<Shape>> {
+        let (c, h, w) = self.input;
+        let mut shapes = vec![Shape::Chw(c, h, w)];
+        for (i, l) in self.layers.iter().enumerate() {
+            let s = l.output_shape(shapes[i], i)?;
+            shapes.push(s);
+        }
+        Ok(shapes)
+    }
+
+    /// Plaintext forward pass in f64.
+    pub fn forward(&self, input: &[f64]) -> Result<Vec<f64>> {
+        let shapes = self.shapes()?;
+        if input.len() != shapes[0].len() {
+            return Err(CompileError::Input(format!(
+                "input has {} values, the network takes {}",
+                input.len(),
+                shapes[0].len()
+            )));
+        }
+        let mut x = input.to_vec();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = match l {
+                Layer::Poly { coeffs } => x
+                    .iter()
+                    .map(|&v| coeffs.iter().rev().fold(0.0, |a, &c| a * v + c))
+                    .collect(),
+                Layer::Flatten => x,
+                _ => {
+                    let op = crate::linear::LinearOp::from_layer(l, shapes[i])?;
+                    op.apply(&x)
+                }
+            };
+        }
+        Ok(x)
+    }
+}

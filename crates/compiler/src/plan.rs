@@ -1,0 +1,449 @@
+//! Slot layouts and the compiled plan.
+//!
+//! A tensor lives in one or more ciphertexts; a [`SlotMap`] says at which (ciphertext, slot)
+//! positions each feature sits. Consecutive linear layers are fused into one [`LinearOp`] and
+//! lowered to a [`LinearStep`]: for every (output ciphertext, input ciphertext) pair, the
+//! generalized diagonals `d_k` with `out[s] = Σ_k d_k[s] · in[s + k]`. CHW outputs are placed on a
+//! grid anchored at the input pixels they start from (a stride-1 convolution moves no data: its
+//! diagonals are its taps); vector outputs use the replicated-block method — `m` diagonals, then
+//! log2(span/m) rotate-and-add steps — leaving feature `r` in slot `r`. Activations are slot-wise.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CompileError, Result};
+use crate::linear::LinearOp;
+use crate::network::{Layer, Network, Shape};
+
+/// Geometry of a CHW tensor laid out channel-per-block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grid {
+    /// Channels, height, width.
+    pub c: usize,
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+    /// Slots per channel block (power of two).
+    pub block: usize,
+    /// Slot distance between rows.
+    pub row_stride: usize,
+    /// Slot distance between columns.
+    pub col_stride: usize,
+    /// Channel blocks per ciphertext.
+    pub channels_per_ct: usize,
+}
+
+impl Grid {
+    /// (ciphertext, slot) of element (c, y, x).
+    pub fn position(&self, c: usize, y: usize, x: usize) -> (usize, usize) {
+        (
+            c / self.channels_per_ct,
+            (c % self.channels_per_ct) * self.block + y * self.row_stride + x * self.col_stride,
+        )
+    }
+    /// Ciphertexts needed.
+    pub fn num_cts(&self) -> usize {
+        self.c.div_ceil(self.channels_per_ct)
+    }
+}
+
+/// Where each feature of a tensor is stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotMap {
+    /// Number of ciphertexts.
+    pub num_cts: usize,
+    /// For each feature (CHW flattened order), the (ciphertext, slot) positions holding it; the
+    /// first is canonical.
+    pub positions: Vec<Vec<(usize, usize)>>,
+    /// Grid geometry, for CHW tensors.
+    pub grid: Option<Grid>,
+}
+
+impl SlotMap {
+    /// The client's packing of an input tensor: one channel per block of `next_pow2(h·w)`
+    /// slots, row-major; a single channel is replicated into every block of the ciphertext so
+    /// each output channel of the first layer finds it in its own block.
+    pub fn input(shape: (usize, usize, usize), slots: usize) -> Result<Self> {
+        let (c, h, w) = shape;
+        let block = (h * w).next_power_of_two();
+        if block > slots {
+            return Err(CompileError::DoesNotFit(format!(
+                "a {h}x{w} channel needs {block} slots, the parameters have {slots}"
+            )));
+        }
+        let grid = Grid {
+            c,
+            h,
+            w,
+            block,
+            row_stride: w,
+            col_stride: 1,
+            channels_per_ct: slots / block,
+        };
+        let mut positions = Vec::with_capacity(c * h * w);
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    let (ct, s) = grid.position(ch, y, x);
+                    let mut p = vec![(ct, s)];
+                    if c == 1 {
+                        p.extend((1..grid.channels_per_ct).map(|b| (0, b * block + s)));
+                    }
+                    positions.push(p);
+                }
+            }
+        }
+        Ok(Self {
+            num_cts: grid.num_cts(),
+            positions,
+            grid: Some(grid),
+        })
+    }
+
+    /// Packs a tensor into per-ciphertext slot vectors.
+    pub fn pack(&self, values: &[f64], slots: usize) -> Result<Vec<Vec<f64>>> {
+        if values.len() != self.positions.len() {
+            return Err(CompileError::Input(format!(
+                "expected {} values, got {}",
+                self.positions.len(),
+                values.len()
+            )));
+        }
+        let mut cts = vec![vec![0.0; slots]; self.num_cts];
+        for (v, ps) in values.iter().zip(&self.positions) {
+            for &(ct, s) in ps {
+                cts[ct][s] = *v;
+            }
+        }
+        Ok(cts)
+    }
+
+    /// Reads the canonical value of every feature.
+    pub fn unpack(&self, cts: &[Vec<f64>]) -> Vec<f64> {
+        self.positions
+            .iter()
+            .map(|ps| cts[ps[0].0][ps[0].1])
+            .collect()
+    }
+}
+
+/// One fused linear layer lowered to diagonals.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinearStep {
+    /// Ciphertexts in.
+    pub in_cts: usize,
+    /// Ciphertexts out.
+    pub out_cts: usize,
+    /// Baby-step size of the baby-step/giant-step evaluation.
+    pub baby_steps: usize,
+    /// (output ct, input ct) -> diagonal index k -> diagonal values (one per slot).
+    pub diagonals: BTreeMap<(usize, usize), BTreeMap<usize, Vec<f64>>>,
+    /// Bias per output ciphertext (one value per slot).
+    pub bias: Vec<Vec<f64>>,
+    /// Rotate-and-add steps applied to output ciphertext 0 afterwards.
+    pub block_sum: Vec<usize>,
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Step {
+    /// A fused linear layer (one level).
+    Linear(LinearStep),
+    /// A slot-wise polynomial `Σ c_i x^i` (⌈log2 d⌉ levels for x², more in general).
+    Poly {
+        /// Coefficients, lowest degree first.
+        coeffs: Vec<f64>,
+    },
+}
+
+impl Step {
+    /// Levels the step consumes.
+    pub fn depth(&self) -> usize {
+        match self {
+            Step::Linear(_) => 1,
+            Step::Poly { coeffs } => poly_depth(coeffs),
+        }
+    }
+    /// Short description for progress reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Step::Linear(l) => format!(
+                "linear: {} -> {} ciphertexts, {} diagonals",
+                l.in_cts,
+                l.out_cts,
+                l.diagonals.values().map(BTreeMap::len).sum::<usize>()
+            ),
+            Step::Poly { coeffs } => {
+                format!("activation: degree {}", coeffs.len().saturating_sub(1))
+            }
+        }
+    }
+}
+
+/// Levels a monomial-basis polynomial takes: x² is one multiplication; in general
+/// ⌈log2 d⌉ + 1 (the CKKS library's product tree and coefficient multiplications).
+pub fn poly_depth(coeffs: &[f64]) -> usize {
+    let d = coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0);
+    if is_pure_square(coeffs) {
+        return 1;
+    }
+    match d {
+        0 => 0,
+        1 => 1,
+        _ => (usize::BITS - (d - 1).leading_zeros()) as usize + 1,
+    }
+}
+
+/// Whether the polynomial is exactly `x²`.
+pub fn is_pure_square(coeffs: &[f64]) -> bool {
+    coeffs.len() >= 3
+        && coeffs[0] == 0.0
+        && coeffs[1] == 0.0
+        && coeffs[2] == 1.0
+        && coeffs[3..].iter().all(|&c| c == 0.0)
+}
+
+/// A compiled network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Slots per ciphertext.
+    pub slots: usize,
+    /// How the client packs the input.
+    pub input: SlotMap,
+    /// Where the output features are after the last step.
+    pub output: SlotMap,
+    /// Output shape.
+    pub output_shape: Shape,
+    /// Steps in order.
+    pub steps: Vec<Step>,
+}
+
+fn best_baby_steps(keys: &BTreeSet<usize>, slots: usize) -> usize {
+    let mut best = (usize::MAX, 1usize);
+    let mut n1 = 1usize;
+    while n1 <= slots {
+        let babies: BTreeSet<usize> = keys.iter().map(|&k| k % n1).filter(|&i| i != 0).collect();
+        let giants: BTreeSet<usize> = keys.iter().map(|&k| k / n1).filter(|&j| j != 0).collect();
+        let c = babies.len() + giants.len();
+        if c < best.0 {
+            best = (c, n1);
+        }
+        n1 <<= 1;
+    }
+    best.1
+}
+
+impl Plan {
+    /// Multiplicative depth of the plan.
+    pub fn depth(&self) -> usize {
+        self.steps.iter().map(Step::depth).sum()
+    }
+
+    /// Every rotation step the encrypted evaluation uses, sorted: the minimal key set.
+    pub fn rotation_steps(&self) -> Vec<i64> {
+        let mut out = BTreeSet::new();
+        for step in &self.steps {
+            if let Step::Linear(l) = step {
+                let n1 = l.baby_steps;
+                for diags in l.diagonals.values() {
+                    for &k in diags.keys() {
+                        if k % n1 != 0 {
+                            out.insert((k % n1) as i64);
+                        }
+                        if k / n1 != 0 {
+                            out.insert((k / n1 * n1) as i64);
+                        }
+                    }
+                }
+                out.extend(l.block_sum.iter().map(|&s| s as i64));
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Whether any step needs relinearization (ciphertext products).
+    pub fn needs_relinearization(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::Poly { coeffs } if poly_depth(coeffs) > 0))
+    }
+
+    /// Runs the plan on slot vectors in f64: what decryption will show, up to CKKS noise.
+    pub fn execute_cleartext(&self, input: &[f64]) -> Result<Vec<f64>> {
+        let mut cts = self.input.pack(input, self.slots)?;
+        let n = self.slots;
+        for step in &self.steps {
+            cts = match step {
+                Step::Poly { coeffs } => cts
+                    .iter()
+                    .map(|ct| {
+                        ct.iter()
+                            .map(|&v| coeffs.iter().rev().fold(0.0, |a, &c| a * v + c))
+                            .collect()
+                    })
+                    .collect(),
+                Step::Linear(l) => {
+                    let mut out = l.bias.clone();
+                    for (&(o, i), diags) in &l.diagonals {
+                        for (&k, d) in diags {
+                            for s in 0..n {
+                                out[o][s] += d[s] * cts[i][(s + k) % n];
+                            }
+                        }
+                    }
+                    for &step in &l.block_sum {
+                        let rotated: Vec<f64> = (0..n).map(|s| out[0][(s + step) % n]).collect();
+                        for (a, b) in out[0].iter_mut().zip(rotated) {
+                            *a += b;
+                        }
+                    }
+                    out
+                }
+            };
+        }
+        Ok(self.output.unpack(&cts))
+    }
+}
+
+/// Lowers a fused linear operator from `input` placement to a step and the output placement.
+fn lower(
+    op: &LinearOp,
+    input: &SlotMap,
+    out_grid: Option<Grid>,
+    slots: usize,
+) -> Result<(LinearStep, SlotMap)> {
+    let mut diagonals: BTreeMap<(usize, usize), BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
+    let mut add = |o: usize, i: usize, k: usize, s: usize, w: f64| {
+        diagonals
+            .entry((o, i))
+            .or_default()
+            .entry(k)
+            .or_insert_with(|| vec![0.0; slots])[s] += w;
+    };
+    let (out_map, out_cts, block_sum) = match (op.out_shape, out_grid) {
+        (Shape::Chw(c, h, w), Some(g)) => {
+            let grid = Grid { c, h, w, ..g };
+            let mut positions = Vec::with_capacity(op.rows.len());
+            for (f, row) in op.rows.iter().enumerate() {
+                let (ch, y, x) = (f / (h * w), (f / w) % h, f % w);
+                let (oct, os) = grid.position(ch, y, x);
+                for &(i, wv) in row {
+                    // Prefer a replica of the input in the output's own ciphertext and block.
+                    let cands = &input.positions[i];
+                    let &(ict, is) = cands
+                        .iter()
+                        .find(|&&(ict, is)| ict == oct && is / g.block == os / g.block)
+                        .or_else(|| cands.iter().find(|&&(ict, _)| ict == oct))
+                        .unwrap_or(&cands[0]);
+                    add(oct, ict, (is + slots - os) % slots, os, wv);
+                }
+                positions.push(vec![(oct, os)]);
+            }
+            let map = SlotMap {
+                num_cts: grid.num_cts(),
+                positions,
+                grid: Some(grid),
+            };
+            (map, grid.num_cts(), vec![])
+        }
+        (shape, _) => {
+            let m = shape.len().next_power_of_two();
+            if m > slots {
+                return Err(CompileError::DoesNotFit(format!(
+                    "{} outputs exceed {slots} slots",
+                    shape.len()
+                )));
+            }
+            let mut span = m;
+            for (r, row) in op.rows.iter().enumerate() {
+                for &(i, wv) in row {
+                    let (ict, is) = input.positions[i][0];
+                    let k = (is + m - r % m) % m;
+                    let s = (is + slots - k) % slots;
+                    add(0, ict, k, s, wv);
+                    span = span.max((s + 1).next_power_of_two());
+                }
+            }
+            let mut steps = Vec::new();
+            let mut st = m;
+            while st < span {
+                steps.push(st);
+                st <<= 1;
+            }
+            let positions = (0..shape.len()).map(|r| vec![(0, r)]).collect();
+            let map = SlotMap {
+                num_cts: 1,
+                positions,
+                grid: None,
+            };
+            (map, 1, steps)
+        }
+    };
+    let mut bias = vec![vec![0.0; slots]; out_cts];
+    for (f, b) in op.bias.iter().enumerate() {
+        let (ct, s) = out_map.positions[f][0];
+        bias[ct][s] = *b;
+    }
+    let keys: BTreeSet<usize> = diagonals.values().flat_map(|d| d.keys().copied()).collect();
+    let step = LinearStep {
+        in_cts: input.num_cts,
+        out_cts,
+        baby_steps: best_baby_steps(&keys, slots),
+        diagonals,
+        bias,
+        block_sum,
+    };
+    Ok((step, out_map))
+}
+
+/// Compiles a network for ciphertexts of `slots` slots (latency mode: one image).
+pub fn compile(net: &Network, slots: usize) -> Result<Plan> {
+    let shapes = net.shapes()?;
+    let input = SlotMap::input(net.input, slots)?;
+    let mut current = input.clone();
+    let mut steps = Vec::new();
+    let mut i = 0;
+    while i < net.layers.len() {
+        if let Layer::Poly { coeffs } = &net.layers[i] {
+            steps.push(Step::Poly {
+                coeffs: coeffs.clone(),
+            });
+            i += 1;
+            continue;
+        }
+        // Fuse the run of linear layers starting at i.
+        let mut op = LinearOp::from_layer(&net.layers[i], shapes[i])?;
+        let mut grid = current.grid;
+        let mut j = i;
+        loop {
+            match (&net.layers[j], grid.as_mut()) {
+                (Layer::Conv2d { stride, .. }, Some(g))
+                | (Layer::AvgPool2d { stride, .. }, Some(g)) => {
+                    g.row_stride *= stride.0;
+                    g.col_stride *= stride.1;
+                }
+                (Layer::Flatten | Layer::Dense { .. }, _) => grid = None,
+                _ => {}
+            }
+            if j + 1 >= net.layers.len() || !net.layers[j + 1].is_linear() {
+                break;
+            }
+            j += 1;
+            let next = LinearOp::from_layer(&net.layers[j], shapes[j])?;
+            op = next.after(&op);
+        }
+        let (step, out) = lower(&op, &current, grid, slots)?;
+        steps.push(Step::Linear(step));
+        current = out;
+        i = j + 1;
+    }
+    Ok(Plan {
+        slots,
+        input,
+        output: current,
+        output_shape: shapes[shapes.len() - 1],
+        steps,
+    })
+}

@@ -1,0 +1,171 @@
+//! The compiled plan computes the network: exactly in cleartext, and under encryption (INSECURE
+//! small rings, for speed) up to CKKS noise, with exactly the rotation keys the plan reports.
+
+use std::sync::atomic::AtomicBool;
+
+use cipherinfer_ckks::{Decryptor, Encoder, Evaluator, KeyGenerator, ParametersLiteral};
+use cipherinfer_compiler::{HeModel, Layer, Network, compile};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+fn rand_vec(rng: &mut ChaCha20Rng, n: usize, scale: f64) -> Vec<f64> {
+    (0..n)
+        .map(|_| (rng.next_u64() as f64 / u64::MAX as f64 * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+/// conv 1->4 3x3 (+ padding variant), square, avgpool 2, flatten, dense 36->10, square, dense 10->5.
+fn small_net(seed: u64, padding: usize) -> Network {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let side = 8 - 2 + 2 * padding; // conv output side
+    let pooled = side / 2;
+    let feats = 4 * pooled * pooled;
+    Network {
+        input: (1, 8, 8),
+        layers: vec![
+            Layer::Conv2d {
+                in_c: 1,
+                out_c: 4,
+                kernel: (3, 3),
+                stride: (1, 1),
+                padding: (padding, padding),
+                groups: 1,
+                weight: rand_vec(&mut rng, 36, 0.5),
+                bias: rand_vec(&mut rng, 4, 0.1),
+            },
+            Layer::Poly {
+                coeffs: vec![0.0, 0.0, 1.0],
+            },
+            Layer::AvgPool2d {
+                kernel: (2, 2),
+                stride: (2, 2),
+            },
+            Layer::Flatten,
+            Layer::Dense {
+                in_f: feats,
+                out_f: 10,
+                weight: rand_vec(&mut rng, feats * 10, 0.3),
+                bias: rand_vec(&mut rng, 10, 0.1),
+            },
+            Layer::Poly {
+                coeffs: vec![0.0, 0.0, 1.0],
+            },
+            Layer::Dense {
+                in_f: 10,
+                out_f: 5,
+                weight: rand_vec(&mut rng, 50, 0.5),
+                bias: rand_vec(&mut rng, 5, 0.1),
+            },
+        ],
+    }
+}
+
+fn image(seed: u64) -> Vec<f64> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    rand_vec(&mut rng, 64, 1.0)
+        .into_iter()
+        .map(|x| x.abs())
+        .collect()
+}
+
+fn max_err(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn cleartext_plan_equals_the_network() {
+    for (slots, padding) in [(512usize, 0usize), (128, 0), (512, 1), (128, 1)] {
+        let net = small_net(1, padding);
+        let plan = compile(&net, slots).expect("compile");
+        assert_eq!(
+            plan.depth(),
+            5,
+            "conv, square, pool+dense fused, square, dense"
+        );
+        for s in 0..3 {
+            let x = image(10 + s);
+            let want = net.forward(&x).expect("forward");
+            let got = plan.execute_cleartext(&x).expect("cleartext");
+            assert_eq!(got.len(), 5);
+            assert!(
+                max_err(&got, &want) < 1e-9,
+                "slots {slots} pad {padding}: {got:?} vs {want:?}"
+            );
+        }
+        // Two ciphertexts when the channels do not fit one.
+        assert_eq!(plan.input.num_cts, 1);
+    }
+}
+
+fn insecure_params(log_n: u32) -> std::sync::Arc<cipherinfer_ckks::Parameters> {
+    let lit: ParametersLiteral = serde_json::from_str(&format!(
+        r#"{{"log_n":{log_n},"log_q":[50,36,36,36,36,36],"log_p":[55,55],"log_scale":36,"dnum":3}}"#
+    ))
+    .expect("literal");
+    lit.build_insecure_for_tests()
+        .expect("INSECURE test parameters")
+}
+
+#[test]
+fn encrypted_execution_matches_cleartext_with_the_derived_keys() {
+    for log_n in [10u32, 8] {
+        let params = insecure_params(log_n);
+        let net = small_net(2, 1);
+        let plan = compile(&net, params.slots()).expect("compile");
+        let steps = plan.rotation_steps();
+        let model = HeModel::new(plan.clone(), params.clone()).expect("bind");
+        let mut kg = KeyGenerator::new(params.clone()).expect("kg");
+        let sk = kg.secret_key();
+        let keys = kg
+            .evaluation_keys(&sk, plan.needs_relinearization(), &steps, false)
+            .expect("keys");
+        let ev = Evaluator::new(keys);
+        let encoder = Encoder::new(params.clone());
+        let mut dec = Decryptor::new(sk).expect("dec");
+        let x = image(77);
+        let packed = plan.input.pack(&x, params.slots()).expect("pack");
+        let cts: Vec<_> = packed
+            .iter()
+            .map(|v| {
+                dec.encrypt_symmetric(
+                    &encoder
+                        .encode(v, model.input_level(), model.input_scale())
+                        .expect("enc"),
+                )
+                .expect("enc")
+            })
+            .collect();
+        let mut calls = 0;
+        let (out, report) = model
+            .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| calls += 1)
+            .expect("evaluate");
+        assert_eq!(report.depth_used, plan.depth());
+        assert_eq!(calls, plan.steps.len() + 1);
+        let slots: Vec<Vec<f64>> = out
+            .iter()
+            .map(|c| {
+                encoder
+                    .decode(&dec.decrypt(c).expect("dec"))
+                    .expect("decode")
+            })
+            .collect();
+        let got = plan.output.unpack(&slots);
+        let want = plan.execute_cleartext(&x).expect("cleartext");
+        let err = max_err(&got, &want);
+        eprintln!(
+            "N=2^{log_n}: {} input cts, {} rotation keys, max error {err:.2e}",
+            cts.len(),
+            steps.len()
+        );
+        assert!(err < 1e-4, "error {err}");
+        // Cancellation is honoured.
+        let cancelled = model.evaluate(&ev, &cts, &AtomicBool::new(true), |_, _, _| {});
+        assert!(matches!(
+            cancelled,
+            Err(cipherinfer_compiler::CompileError::Cancelled)
+        ));
+    }
+}
