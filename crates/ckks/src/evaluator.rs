@@ -44,6 +44,23 @@ struct PreparedGaloisKey {
     perm: Vec<u32>,
 }
 
+/// Rotations of one ciphertext kept in the extended basis, from
+/// [`Evaluator::rotations_extended`].
+pub struct ExtendedRotations {
+    ct: Ciphertext,
+    /// Galois element -> (key-switched c_0 part, c_1 part) over Q ∪ P, and σ(c_0) over Q.
+    by_step: HashMap<u64, (Vec<u64>, Vec<u64>, Vec<u64>)>,
+}
+
+impl fmt::Debug for ExtendedRotations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExtendedRotations")
+            .field("level", &self.ct.level)
+            .field("rotations", &self.by_step.len())
+            .finish()
+    }
+}
+
 /// Evaluates operations on ciphertexts with a set of public evaluation keys.
 pub struct Evaluator {
     params: Arc<Parameters>,
@@ -683,6 +700,19 @@ impl Evaluator {
         dec: Option<&Decomposition>,
         terms: &[(i64, &ExtendedPlaintext)],
     ) -> Result<Ciphertext> {
+        let steps: Vec<i64> = terms.iter().map(|(s, _)| *s).collect();
+        let rots = self.rotations_extended(ct, dec, &steps)?;
+        self.combine_rotations(&rots, terms)
+    }
+
+    /// Rotations of `ct` kept in the extended basis Q ∪ P (before the division by P), for many
+    /// [`Evaluator::combine_rotations`] calls: the key inner product per step is paid once.
+    pub fn rotations_extended(
+        &self,
+        ct: &Ciphertext,
+        dec: Option<&Decomposition>,
+        steps: &[i64],
+    ) -> Result<ExtendedRotations> {
         self.check(ct)?;
         if ct.degree() != 1 {
             return Err(Error::CiphertextDegree {
@@ -690,32 +720,7 @@ impl Evaluator {
                 expected: 1,
             });
         }
-        let Some(first) = terms.first() else {
-            return Err(Error::Encoding("rotate_and_combine needs at least one term".into()));
-        };
-        let scale = first.1.scale;
-        for (step, pt) in terms {
-            check_params(&self.params, &pt.params)?;
-            if pt.level != ct.level {
-                return Err(Error::LevelMismatch {
-                    left: ct.level,
-                    right: pt.level,
-                });
-            }
-            Self::check_scales(scale, pt.scale)?;
-            let g = self.params.galois_element(*step);
-            if g != 1 {
-                self.galois_key(g)?;
-            }
-        }
-        let new_scale = ct.scale * scale;
-        check_scale(&self.params, new_scale, ct.level)?;
-        let p = &*self.params;
-        let n = p.n();
         let level = ct.level;
-        let q_idx = ct.indices();
-        let ext = p.ext_indices(level);
-        let qn = (level + 1) * n;
         let owned;
         let dec = match dec {
             Some(d) => {
@@ -732,6 +737,54 @@ impl Evaluator {
                 &owned
             }
         };
+        let n = self.params.n();
+        let mut by_step = HashMap::new();
+        for &step in steps {
+            let g = self.params.galois_element(step);
+            if g == 1 || by_step.contains_key(&g) {
+                continue;
+            }
+            let gk = self.galois_key(g)?;
+            let (a0, a1) = self.inner_product(dec, &gk.key);
+            let ((a0, a1), c0) = rayon::join(
+                || (ring::permute(&a0, &gk.perm, n), ring::permute(&a1, &gk.perm, n)),
+                || ring::permute(&ct.polys[0], &gk.perm, n),
+            );
+            by_step.insert(g, (a0, a1, c0));
+        }
+        Ok(ExtendedRotations {
+            ct: ct.clone(),
+            by_step,
+        })
+    }
+
+    /// `Σ_t mask_t ⊙ rot(ct, step_t)` from rotations prepared by
+    /// [`Evaluator::rotations_extended`]: per term, two multiply-accumulates in Q ∪ P and one
+    /// in Q; one division by P for the whole sum.
+    pub fn combine_rotations(&self, rots: &ExtendedRotations, terms: &[(i64, &ExtendedPlaintext)]) -> Result<Ciphertext> {
+        let ct = &rots.ct;
+        let Some(first) = terms.first() else {
+            return Err(Error::Encoding("a rotation combination needs at least one term".into()));
+        };
+        let scale = first.1.scale;
+        for (_, pt) in terms {
+            check_params(&self.params, &pt.params)?;
+            if pt.level != ct.level {
+                return Err(Error::LevelMismatch {
+                    left: ct.level,
+                    right: pt.level,
+                });
+            }
+            Self::check_scales(scale, pt.scale)?;
+        }
+        let new_scale = ct.scale * scale;
+        check_scale(&self.params, new_scale, ct.level)?;
+        let p = &*self.params;
+        let n = p.n();
+        let level = ct.level;
+        let q_idx = ct.indices();
+        let ext = p.ext_indices(level);
+        let qn = (level + 1) * n;
         let mut acc0 = vec![0u64; ext.len() * n];
         let mut acc1 = vec![0u64; ext.len() * n];
         let mut out0 = vec![0u64; qn];
@@ -745,18 +798,16 @@ impl Evaluator {
                 ring::mul_add_assign(p, &mut out1, &ct.polys[1], mask_q, &q_idx);
                 continue;
             }
+            let (a0, a1, c0) = rots.by_step.get(&g).ok_or(Error::MissingKey {
+                kind: "rotation (not prepared)",
+                galois_element: Some(g),
+            })?;
             any_rotation = true;
-            let gk = self.galois_key(g)?;
-            let (a0, a1) = self.inner_product(dec, &gk.key);
-            let (a0, a1) = (ring::permute(&a0, &gk.perm, n), ring::permute(&a1, &gk.perm, n));
-            let c0 = ring::permute(&ct.polys[0], &gk.perm, n);
-            let fold = |acc: &mut [u64], x: &[u64]| {
-                for ((lacc, lx), (lm, &i)) in acc.chunks_mut(n).zip(x.chunks(n)).zip(pt.poly.chunks(n).zip(&ext)) {
-                    p.plan(i).mul_accumulate(lacc, lx, lm);
-                }
-            };
-            rayon::join(|| fold(&mut acc0, &a0), || fold(&mut acc1, &a1));
-            ring::mul_add_assign(p, &mut out0, &c0, mask_q, &q_idx);
+            rayon::join(
+                || ring::mul_add_assign(p, &mut acc0, a0, &pt.poly, &ext),
+                || ring::mul_add_assign(p, &mut acc1, a1, &pt.poly, &ext),
+            );
+            ring::mul_add_assign(p, &mut out0, c0, mask_q, &q_idx);
         }
         if any_rotation {
             let (m0, m1) = rayon::join(|| self.mod_down(acc0, level), || self.mod_down(acc1, level));

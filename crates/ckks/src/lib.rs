@@ -42,7 +42,7 @@ pub use ciphertext::{Ciphertext, ExtendedPlaintext, Plaintext};
 pub use encoder::Encoder;
 pub use encryption::{Decryptor, Encryptor};
 pub use error::{DecodeErrorCode, Error, Result};
-pub use evaluator::{Decomposition, Evaluator};
+pub use evaluator::{Decomposition, Evaluator, ExtendedRotations};
 pub use linear::{EncodedLinearTransform, LinearTransform};
 pub use polynomial::{Basis, Polynomial};
 pub use keys::{EvaluationKeys, GaloisKey, KeyGenerator, PublicKey, RelinearizationKey, SecretKey};

@@ -239,9 +239,19 @@ impl HeModel {
                 "ciphertext level does not match the plan".into(),
             ));
         }
-        let decs = inputs
+        // Per input ciphertext: one decomposition and, per baby step, one key inner product,
+        // shared by every output ciphertext and giant step.
+        let mut babies: Vec<std::collections::BTreeSet<i64>> =
+            vec![Default::default(); inputs.len()];
+        for parts in l.groups.values() {
+            for (i, terms) in parts {
+                babies[*i].extend(terms.iter().map(|(b, _)| *b));
+            }
+        }
+        let rots = inputs
             .iter()
-            .map(|c| ev.decompose(c))
+            .zip(&babies)
+            .map(|(c, b)| ev.rotations_extended(c, None, &b.iter().copied().collect::<Vec<_>>()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut outs: Vec<Option<Ciphertext>> = vec![None; l.out_cts];
         for (&(o, j), parts) in &l.groups {
@@ -252,7 +262,7 @@ impl HeModel {
             for (i, terms) in parts {
                 let refs: Vec<(i64, &ExtendedPlaintext)> =
                     terms.iter().map(|(b, pt)| (*b, pt)).collect();
-                let part = ev.rotate_and_combine(&inputs[*i], Some(&decs[*i]), &refs)?;
+                let part = ev.combine_rotations(&rots[*i], &refs)?;
                 match inner.as_mut() {
                     None => inner = Some(part),
                     Some(acc) => ev.add_assign(acc, &part)?,

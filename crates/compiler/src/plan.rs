@@ -68,6 +68,13 @@ impl SlotMap {
     pub fn input(shape: (usize, usize, usize), slots: usize) -> Result<Self> {
         let (c, h, w) = shape;
         let block = (h * w).next_power_of_two();
+        // A power-of-two row stride makes convolution taps (row_stride·dy + dx) share rotation
+        // keys with the dense layers' baby/giant steps; use it when the block stays the same.
+        let row_stride = if h * w.next_power_of_two() <= block {
+            w.next_power_of_two()
+        } else {
+            w
+        };
         if block > slots {
             return Err(CompileError::DoesNotFit(format!(
                 "a {h}x{w} channel needs {block} slots, the parameters have {slots}"
@@ -78,7 +85,7 @@ impl SlotMap {
             h,
             w,
             block,
-            row_stride: w,
+            row_stride,
             col_stride: 1,
             channels_per_ct: slots / block,
         };
@@ -220,19 +227,77 @@ pub struct Plan {
     pub steps: Vec<Step>,
 }
 
-fn best_baby_steps(keys: &BTreeSet<usize>, slots: usize) -> usize {
-    let mut best = (usize::MAX, 1usize);
+/// Rotation keys a linear step needs with baby-step size `n1`.
+fn step_keys(keys: &BTreeSet<usize>, n1: usize, block_sum: &[usize]) -> BTreeSet<usize> {
+    let mut out: BTreeSet<usize> = keys.iter().map(|&k| k % n1).filter(|&i| i != 0).collect();
+    out.extend(keys.iter().map(|&k| k / n1 * n1).filter(|&j| j != 0));
+    out.extend(block_sum.iter().copied());
+    out
+}
+
+/// Chooses the baby-step size (a power of two, so keys are shared across layers): fewest keys
+/// not already needed by `others`, then fewest rotations.
+fn best_baby_steps(
+    keys: &BTreeSet<usize>,
+    slots: usize,
+    block_sum: &[usize],
+    others: &BTreeSet<usize>,
+) -> usize {
+    let mut best = ((usize::MAX, usize::MAX), 1usize);
     let mut n1 = 1usize;
     while n1 <= slots {
-        let babies: BTreeSet<usize> = keys.iter().map(|&k| k % n1).filter(|&i| i != 0).collect();
-        let giants: BTreeSet<usize> = keys.iter().map(|&k| k / n1).filter(|&j| j != 0).collect();
-        let c = babies.len() + giants.len();
-        if c < best.0 {
-            best = (c, n1);
+        let needed = step_keys(keys, n1, block_sum);
+        let new = needed.difference(others).count();
+        let babies = keys
+            .iter()
+            .map(|&k| k % n1)
+            .filter(|&i| i != 0)
+            .collect::<BTreeSet<_>>()
+            .len();
+        let giants = keys
+            .iter()
+            .map(|&k| k / n1)
+            .filter(|&j| j != 0)
+            .collect::<BTreeSet<_>>()
+            .len();
+        let cost = (new, babies + giants);
+        if cost < best.0 {
+            best = (cost, n1);
         }
         n1 <<= 1;
     }
     best.1
+}
+
+/// Re-chooses every linear step's baby-step size knowing the keys the other steps need.
+fn share_keys(steps: &mut [Step], slots: usize) {
+    for _ in 0..3 {
+        for i in 0..steps.len() {
+            let others: BTreeSet<usize> = steps
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .filter_map(|(_, s)| match s {
+                    Step::Linear(l) => Some(step_keys(&l.keys(), l.baby_steps, &l.block_sum)),
+                    Step::Poly { .. } => None,
+                })
+                .flatten()
+                .collect();
+            if let Step::Linear(l) = &mut steps[i] {
+                l.baby_steps = best_baby_steps(&l.keys(), slots, &l.block_sum, &others);
+            }
+        }
+    }
+}
+
+impl LinearStep {
+    /// Diagonal indices used by any (output, input) pair.
+    pub fn keys(&self) -> BTreeSet<usize> {
+        self.diagonals
+            .values()
+            .flat_map(|d| d.keys().copied())
+            .collect()
+    }
 }
 
 impl Plan {
@@ -335,6 +400,7 @@ fn lower(
                     let &(ict, is) = cands
                         .iter()
                         .find(|&&(ict, is)| ict == oct && is / g.block == os / g.block)
+                        .or_else(|| cands.iter().find(|&&(_, is)| is / g.block == os / g.block))
                         .or_else(|| cands.iter().find(|&&(ict, _)| ict == oct))
                         .unwrap_or(&cands[0]);
                     add(oct, ict, (is + slots - os) % slots, os, wv);
@@ -387,10 +453,11 @@ fn lower(
         bias[ct][s] = *b;
     }
     let keys: BTreeSet<usize> = diagonals.values().flat_map(|d| d.keys().copied()).collect();
+    let baby_steps = best_baby_steps(&keys, slots, &block_sum, &BTreeSet::new());
     let step = LinearStep {
         in_cts: input.num_cts,
         out_cts,
-        baby_steps: best_baby_steps(&keys, slots),
+        baby_steps,
         diagonals,
         bias,
         block_sum,
@@ -439,6 +506,7 @@ pub fn compile(net: &Network, slots: usize) -> Result<Plan> {
         current = out;
         i = j + 1;
     }
+    share_keys(&mut steps, slots);
     Ok(Plan {
         slots,
         input,
