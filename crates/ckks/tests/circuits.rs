@@ -72,6 +72,15 @@ fn double_hoisted_rotation_sums_equal_one_by_one_rotations() {
         let bits = precision_bits(&c.decrypt(&combined), &want);
         eprintln!("n={} rotate_and_combine: {bits:.1} bits", params.n());
         assert!(bits > 20.0, "{bits:.1} bits");
+        // Only the identity term: no key switch at all, still exact.
+        let identity = c.ev.rotate_and_combine(&ct, None, &[(0, &ext[0])]).expect("identity");
+        let want0: Vec<f64> = v.iter().zip(&masks[0]).map(|(a, b)| a * b).collect();
+        assert!(precision_bits(&c.decrypt(&c.ev.rescale(&identity).expect("rs")), &want0) > 20.0);
+        // Prepared rotations serve several combinations; an empty one is an error.
+        let rots = c.ev.rotations_extended(&ct, None, &steps).expect("prepare");
+        let again = c.ev.combine_rotations(&rots, &terms).expect("combine");
+        assert!(precision_bits(&c.decrypt(&c.ev.rescale(&again).expect("rs")), &want) > 20.0);
+        assert!(c.ev.combine_rotations(&rots, &[]).is_err());
         // Missing key and level mismatch are typed errors.
         let other = c.encoder.encode_extended(&masks[0], level - 1, scale).expect("encode");
         assert!(c.ev.rotate_and_combine(&ct, None, &[(1, &other)]).is_err());
