@@ -1,0 +1,756 @@
+//! Conversion to HE-friendly form: every `Relu` becomes a polynomial fitted on the values seen at
+//! that node on calibration images, every `MaxPool2d` becomes an average pool.
+//!
+//! Nodes are converted one at a time in graph order, and each is calibrated by running the
+//! plaintext executor ([`crate::plain`]) on the model as converted so far, so a polynomial is fitted
+//! to the inputs it will really receive once everything before it is approximated too.
+//!
+//! - **ReLU**: the interval is the range observed on the calibration images, widened by
+//!   [`ConvertOptions::margin`] on each side; the polynomial of [`ConvertOptions::degree`] is fitted
+//!   by [`FitMethod::LeastSquares`] (weighted towards the observed values, which concentrate near
+//!   0, with a small uniform weight over the whole interval so it stays bounded there) or
+//!   [`FitMethod::Chebyshev`] (interpolation at Chebyshev nodes: near-minimax on the interval).
+//! - **MaxPool**: replaced by the average pool of the same window, with a warning. The average of
+//!   a window is smaller than its maximum, which shifts what the next layers see; with
+//!   [`ConvertOptions::pool_gain`] a per-channel gain (least squares of the max-pool output on the
+//!   average-pool output, on the calibration images) is folded into the next Conv2d or Dense's
+//!   input weights, which costs nothing under CKKS.
+//!
+//! [`convert_and_evaluate`] also reports the accuracy before and after on labelled samples.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::ir::{IrError, Model, Op, Polynomial, Pool2d, absorb_input_affine};
+use crate::plain::{self, Tensor};
+
+/// Why a model could not be converted.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum ConvertError {
+    /// No calibration image was given.
+    #[error("no calibration image")]
+    NoCalibrationData,
+    /// An option is out of range.
+    #[error("invalid conversion option: {0}")]
+    InvalidOption(String),
+    /// A calibration run or a rebuilt model failed.
+    #[error(transparent)]
+    Ir(#[from] IrError),
+}
+
+/// Result type of the converter.
+pub type Result<T, E = ConvertError> = std::result::Result<T, E>;
+
+/// How ReLU polynomials are fitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FitMethod {
+    /// Least squares on the calibration values (plus 1% weight spread uniformly over the
+    /// interval): accurate where the data is.
+    LeastSquares,
+    /// Interpolation at the Chebyshev nodes of the interval: near-minimax over all of it.
+    Chebyshev,
+}
+
+/// Conversion settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ConvertOptions {
+    /// Degree of each ReLU polynomial (CKKS depth `⌈log2 degree⌉ + 1`).
+    pub degree: usize,
+    /// How many calibration images to use (the first ones given).
+    pub calibration_images: usize,
+    /// Widening of the observed interval, as a fraction of its half-width, on each side.
+    pub margin: f64,
+    /// How the polynomials are fitted.
+    pub fit: FitMethod,
+    /// Calibrate and fold a per-channel gain after each replaced max-pool.
+    pub pool_gain: bool,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        Self {
+            degree: 8,
+            calibration_images: 200,
+            margin: 0.1,
+            fit: FitMethod::LeastSquares,
+            pool_gain: true,
+        }
+    }
+}
+
+/// What the conversion did to one activation (or saw at one already HE-friendly activation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationReport {
+    /// Node name.
+    pub node: String,
+    /// Operator before conversion (`Relu`, `Square`, `Polynomial`).
+    pub original: String,
+    /// Smallest and largest input seen on the calibration images.
+    pub observed: [f64; 2],
+    /// Interval the polynomial was fitted on (`None` for an activation left as it was).
+    pub interval: Option<[f64; 2]>,
+    /// Degree of the activation after conversion.
+    pub degree: usize,
+    /// CKKS depth of the activation after conversion.
+    pub depth: u32,
+    /// Largest |polynomial − ReLU| over the interval (converted ReLUs only).
+    pub max_error: Option<f64>,
+    /// Root mean square of polynomial − ReLU on the calibration values (converted ReLUs only).
+    pub rms_error: Option<f64>,
+}
+
+/// What the conversion did to one max-pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolReport {
+    /// Node name.
+    pub node: String,
+    /// The window.
+    pub pool: Pool2d,
+    /// Smallest and largest per-channel gain folded into the next layer (`None` if none was).
+    pub gain: Option<[f64; 2]>,
+}
+
+/// What a conversion did and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversionReport {
+    /// The settings used.
+    pub options: ConvertOptions,
+    /// Calibration images used.
+    pub calibration_images: usize,
+    /// Things a user should know (replaced max-pools, gains not applied, ...).
+    pub warnings: Vec<String>,
+    /// Every activation of the converted model, in graph order.
+    pub activations: Vec<ActivationReport>,
+    /// Every replaced max-pool, in graph order.
+    pub pools: Vec<PoolReport>,
+    /// Multiplicative depth of the converted model (each linear layer 1).
+    pub depth: u32,
+    /// Multiplicative depth with adjacent linear layers merged.
+    pub depth_merged: u32,
+    /// Top-1 accuracy of the original model on the labelled samples.
+    pub accuracy_before: Option<f64>,
+    /// Top-1 accuracy of the converted model on the labelled samples.
+    pub accuracy_after: Option<f64>,
+    /// Labelled samples the accuracies were measured on.
+    pub evaluated_images: usize,
+}
+
+impl fmt::Display for ConversionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "conversion: degree {}, {:?} fit, margin {}, {} calibration images",
+            self.options.degree, self.options.fit, self.options.margin, self.calibration_images
+        )?;
+        for a in &self.activations {
+            write!(
+                f,
+                "  {} ({} -> degree {}, depth {}): observed [{:.3}, {:.3}]",
+                a.node, a.original, a.degree, a.depth, a.observed[0], a.observed[1]
+            )?;
+            if let Some([lo, hi]) = a.interval {
+                write!(f, ", fitted on [{lo:.3}, {hi:.3}]")?;
+            }
+            if let (Some(m), Some(r)) = (a.max_error, a.rms_error) {
+                write!(f, ", max error {m:.4}, rms error {r:.4}")?;
+            }
+            writeln!(f)?;
+        }
+        for p in &self.pools {
+            write!(
+                f,
+                "  {} (MaxPool2d {}x{} -> AvgPool2d)",
+                p.node, p.pool.kernel[0], p.pool.kernel[1]
+            )?;
+            if let Some([lo, hi]) = p.gain {
+                write!(f, ", gain {lo:.3} to {hi:.3} folded into the next layer")?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(
+            f,
+            "  depth {} ({} with linear layers merged)",
+            self.depth, self.depth_merged
+        )?;
+        if let (Some(b), Some(a)) = (self.accuracy_before, self.accuracy_after) {
+            writeln!(
+                f,
+                "  accuracy on {} images: {:.2}% before, {:.2}% after",
+                self.evaluated_images,
+                100.0 * b,
+                100.0 * a
+            )?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "  warning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A converted model and its report.
+#[derive(Debug, Clone)]
+pub struct Conversion {
+    /// The HE-friendly model.
+    pub model: Model,
+    /// What was done.
+    pub report: ConversionReport,
+}
+
+/// Highest ReLU degree fitted. The IR stores monomial coefficients, whose f64 evaluation loses
+/// precision as the degree grows (on [-34, 23]: 1e-14 at degree 8, 1e-5 at 31, 4e-2 at 40), and
+/// no CKKS depth budget without bootstrapping takes more.
+pub const MAX_FIT_DEGREE: usize = 31;
+/// Most calibration values kept for a least-squares fit.
+const MAX_FIT_SAMPLES: usize = 20_000;
+/// Grid points spread over the interval in a least-squares fit (and for the error report).
+const GRID_POINTS: usize = 2001;
+/// Share of the least-squares weight spread uniformly over the interval.
+const UNIFORM_WEIGHT: f64 = 0.01;
+
+/// Converts `model` using the first `options.calibration_images` of `calibration`.
+pub fn convert(
+    model: &Model,
+    calibration: &[Tensor],
+    options: &ConvertOptions,
+) -> Result<Conversion> {
+    if options.degree == 0 || options.degree > MAX_FIT_DEGREE {
+        return Err(ConvertError::InvalidOption(format!(
+            "degree {} (1 to {MAX_FIT_DEGREE})",
+            options.degree
+        )));
+    }
+    if !(options.margin.is_finite() && options.margin >= 0.0) {
+        return Err(ConvertError::InvalidOption(format!(
+            "margin {}",
+            options.margin
+        )));
+    }
+    let images = &calibration[..calibration.len().min(options.calibration_images)];
+    if images.is_empty() {
+        return Err(ConvertError::NoCalibrationData);
+    }
+    let mut warnings = Vec::new();
+    if images.len() < options.calibration_images {
+        warnings.push(format!(
+            "{} calibration images asked for, {} available",
+            options.calibration_images,
+            images.len()
+        ));
+    }
+    let mut model = model.clone();
+    let mut fitted: Vec<ActivationReport> = Vec::new();
+    let mut pools = Vec::new();
+    for i in 0..model.nodes().len() {
+        let node = &model.nodes()[i];
+        match node.op {
+            Op::Relu => {
+                let obs = observe_input(&model, images, i, true)?;
+                let interval = widen(obs.range, options.margin);
+                let poly = fit_relu(interval, options.degree, options.fit, &obs.samples);
+                let report = ActivationReport {
+                    node: node.name.clone(),
+                    original: "Relu".into(),
+                    observed: obs.range,
+                    interval: Some(interval),
+                    degree: poly.degree(),
+                    depth: poly.depth(),
+                    max_error: Some(max_relu_error(&poly, interval)),
+                    rms_error: Some(rms_relu_error(&poly, &obs.samples)),
+                };
+                model = replace_op(&model, i, Op::Polynomial(poly))?;
+                fitted.push(report);
+            }
+            Op::MaxPool2d(pool) => {
+                let name = node.name.clone();
+                let (next, gain) = replace_max_pool(&model, images, i, pool, options.pool_gain)?;
+                model = next;
+                let mut msg = format!(
+                    "node {name:?}: MaxPool2d {}x{} stride {}x{} replaced by AvgPool2d of the same \
+                     window (not equivalent: the mean of a window is below its maximum)",
+                    pool.kernel[0], pool.kernel[1], pool.stride[0], pool.stride[1]
+                );
+                match gain {
+                    Some([lo, hi]) => msg.push_str(&format!(
+                        "; a per-channel gain of {lo:.3} to {hi:.3} was folded into the next layer"
+                    )),
+                    None if options.pool_gain => msg.push_str(
+                        "; no gain applied (the pool is not read by a single Conv2d or Dense)",
+                    ),
+                    None => {}
+                }
+                warnings.push(msg);
+                pools.push(PoolReport {
+                    node: name,
+                    pool,
+                    gain,
+                });
+            }
+            _ => {}
+        }
+    }
+    let activations = activation_reports(&model, images, fitted)?;
+    let report = ConversionReport {
+        options: *options,
+        calibration_images: images.len(),
+        warnings,
+        activations,
+        pools,
+        depth: model.multiplicative_depth()?,
+        depth_merged: model.multiplicative_depth_merged()?,
+        accuracy_before: None,
+        accuracy_after: None,
+        evaluated_images: 0,
+    };
+    Ok(Conversion { model, report })
+}
+
+/// Converts `model`, calibrating on the first labelled samples, and reports the accuracy of the
+/// original and the converted model on all of them.
+pub fn convert_and_evaluate(
+    model: &Model,
+    labelled: &[(Tensor, u8)],
+    options: &ConvertOptions,
+) -> Result<Conversion> {
+    let calibration: Vec<Tensor> = labelled
+        .iter()
+        .take(options.calibration_images)
+        .map(|(x, _)| x.clone())
+        .collect();
+    let mut conversion = convert(model, &calibration, options)?;
+    conversion.report.accuracy_before = Some(plain::accuracy(model, labelled)?);
+    conversion.report.accuracy_after = Some(plain::accuracy(&conversion.model, labelled)?);
+    conversion.report.evaluated_images = labelled.len();
+    Ok(conversion)
+}
+
+fn replace_op(model: &Model, i: usize, op: Op) -> Result<Model> {
+    let mut nodes = model.nodes().to_vec();
+    nodes[i].op = op;
+    Ok(model.with_nodes(nodes, model.output())?)
+}
+
+/// Replaces max-pool node `i` by an average pool, folding the calibrated gain into the next layer
+/// when asked and possible. Returns the new model and the gain range applied.
+fn replace_max_pool(
+    model: &Model,
+    images: &[Tensor],
+    i: usize,
+    pool: Pool2d,
+    with_gain: bool,
+) -> Result<(Model, Option<[f64; 2]>)> {
+    let mut nodes = model.nodes().to_vec();
+    nodes[i].op = Op::AvgPool2d(pool);
+    let shape = model.shapes()[i];
+    let name = nodes[i].name.clone();
+    let reader = model.single_reader_through_reshapes(&name);
+    let (Some(q), true) = (reader, with_gain && i != model.output_index()) else {
+        return Ok((model.with_nodes(nodes, model.output())?, None));
+    };
+    // Per channel, the gain g minimizing Σ (max − g·avg)² over the calibration images.
+    let (mut num, mut den) = (vec![0.0; shape.channels], vec![0.0; shape.channels]);
+    let max_model = model.clone();
+    let avg_model = model.with_nodes(nodes.clone(), model.output())?;
+    for x in images {
+        let tm = plain::trace_until(&max_model, x, i + 1)?;
+        let ta = plain::trace_until(&avg_model, x, i + 1)?;
+        let (Some(m), Some(a)) = (tm.node(i), ta.node(i)) else {
+            continue;
+        };
+        let plane = shape.plane().max(1);
+        for (k, (mv, av)) in m.data().iter().zip(a.data()).enumerate() {
+            num[k / plane] += mv * av;
+            den[k / plane] += av * av;
+        }
+    }
+    let gain: Vec<f64> = num
+        .iter()
+        .zip(&den)
+        .map(|(&n, &d)| {
+            let g = n / d;
+            if d > 1e-300 && g.is_finite() && g > 0.0 {
+                g
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let zeros = vec![0.0; gain.len()];
+    let direct = nodes[q].input() == name;
+    if !absorb_input_affine(&mut nodes[q].op, shape, &gain, &zeros, direct) {
+        return Ok((avg_model, None));
+    }
+    let lo = gain.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = gain.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Ok((model.with_nodes(nodes, model.output())?, Some([lo, hi])))
+}
+
+/// Values seen at a node's input on the calibration images.
+struct Observation {
+    range: [f64; 2],
+    samples: Vec<f64>,
+}
+
+/// Runs the calibration images up to node `i` and observes its (first) input.
+fn observe_input(model: &Model, images: &[Tensor], i: usize, keep: bool) -> Result<Observation> {
+    let node = &model.nodes()[i];
+    let source = model.node_index(node.input());
+    let per_image = model.value_shape(node.input()).map_or(1, |s| s.len());
+    let total = per_image.saturating_mul(images.len()).max(1);
+    let stride = total.div_ceil(MAX_FIT_SAMPLES) as u64;
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    let mut samples = Vec::new();
+    let mut k = 0u64;
+    for x in images {
+        let values: Vec<f64> = match source {
+            None => x.data().to_vec(),
+            Some(j) => {
+                let t = plain::trace_until(model, x, j + 1)?;
+                t.node(j).map(|v| v.data().to_vec()).unwrap_or_default()
+            }
+        };
+        for v in values {
+            if v.is_finite() {
+                lo = lo.min(v);
+                hi = hi.max(v);
+                // Keep a deterministic, evenly spread subset (hashing avoids picking the same
+                // channel or position over and over).
+                if keep && splitmix(k).is_multiple_of(stride) {
+                    samples.push(v);
+                }
+            }
+            k += 1;
+        }
+    }
+    if lo > hi {
+        (lo, hi) = (0.0, 0.0);
+    }
+    Ok(Observation {
+        range: [lo, hi],
+        samples,
+    })
+}
+
+/// Ranges seen at every activation of the converted model, with the fit reports of the ReLUs.
+fn activation_reports(
+    model: &Model,
+    images: &[Tensor],
+    fitted: Vec<ActivationReport>,
+) -> Result<Vec<ActivationReport>> {
+    let mut out = Vec::new();
+    for (i, node) in model.nodes().iter().enumerate() {
+        if let Some(f) = fitted.iter().find(|f| f.node == node.name) {
+            out.push(f.clone());
+            continue;
+        }
+        let (degree, depth) = match &node.op {
+            Op::Square => (2, 1),
+            Op::Polynomial(p) => (p.degree(), p.depth()),
+            _ => continue,
+        };
+        let obs = observe_input(model, images, i, false)?;
+        out.push(ActivationReport {
+            node: node.name.clone(),
+            original: node.op.kind().into(),
+            observed: obs.range,
+            interval: None,
+            degree,
+            depth,
+            max_error: None,
+            rms_error: None,
+        });
+    }
+    Ok(out)
+}
+
+fn splitmix(k: u64) -> u64 {
+    let mut z = k.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The observed range widened by `margin` times its half-width on each side (never empty).
+pub fn widen([lo, hi]: [f64; 2], margin: f64) -> [f64; 2] {
+    let c = 0.5 * (lo + hi);
+    let r = 0.5 * (hi - lo) * (1.0 + margin);
+    let r = if r > 0.0 { r } else { 1.0 };
+    [c - r, c + r]
+}
+
+fn relu(x: f64) -> f64 {
+    x.max(0.0)
+}
+
+/// Fits a ReLU approximation of `degree` on `[a, b]`; `samples` are the calibration values a
+/// least-squares fit weighs (ignored by [`FitMethod::Chebyshev`]).
+pub fn fit_relu(
+    interval: [f64; 2],
+    degree: usize,
+    method: FitMethod,
+    samples: &[f64],
+) -> Polynomial {
+    let cheb = match method {
+        FitMethod::Chebyshev => chebyshev_interpolate(relu, degree, interval),
+        FitMethod::LeastSquares => least_squares(relu, degree, interval, samples),
+    };
+    Polynomial {
+        coeffs: chebyshev_to_monomial(&cheb, interval),
+        interval: Some(interval),
+    }
+}
+
+/// Maps `x` in `[a, b]` to `t` in `[-1, 1]`.
+fn to_unit([a, b]: [f64; 2], x: f64) -> f64 {
+    (2.0 * x - a - b) / (b - a)
+}
+
+/// `T_0(t) .. T_degree(t)`.
+fn chebyshev_basis(t: f64, degree: usize, out: &mut Vec<f64>) {
+    out.clear();
+    out.push(1.0);
+    if degree >= 1 {
+        out.push(t);
+    }
+    for k in 2..=degree {
+        let next = 2.0 * t * out[k - 1] - out[k - 2];
+        out.push(next);
+    }
+}
+
+/// Chebyshev coefficients (on `interval`) of the interpolant of `f` at the Chebyshev nodes.
+fn chebyshev_interpolate(f: impl Fn(f64) -> f64, degree: usize, [a, b]: [f64; 2]) -> Vec<f64> {
+    let m = degree + 1;
+    let nodes: Vec<f64> = (0..m)
+        .map(|j| (std::f64::consts::PI * (j as f64 + 0.5) / m as f64).cos())
+        .collect();
+    let values: Vec<f64> = nodes
+        .iter()
+        .map(|&t| f(0.5 * (b - a) * t + 0.5 * (a + b)))
+        .collect();
+    (0..m)
+        .map(|k| {
+            let s: f64 = nodes
+                .iter()
+                .zip(&values)
+                .map(|(&t, &v)| v * (k as f64 * t.acos()).cos())
+                .sum();
+            let c = 2.0 * s / m as f64;
+            if k == 0 { c / 2.0 } else { c }
+        })
+        .collect()
+}
+
+/// Chebyshev coefficients (on `interval`) of the weighted least-squares fit of `f`: the samples
+/// share `1 − UNIFORM_WEIGHT` of the weight, a uniform grid over the interval the rest.
+fn least_squares(
+    f: impl Fn(f64) -> f64,
+    degree: usize,
+    interval: [f64; 2],
+    samples: &[f64],
+) -> Vec<f64> {
+    let [a, b] = interval;
+    let n = degree + 1;
+    let grid = (0..GRID_POINTS).map(|k| a + (b - a) * k as f64 / (GRID_POINTS - 1) as f64);
+    let inside: Vec<f64> = samples
+        .iter()
+        .copied()
+        .filter(|x| (a..=b).contains(x))
+        .collect();
+    let (ws, wg) = if inside.is_empty() {
+        (0.0, (1.0 / GRID_POINTS as f64).sqrt())
+    } else {
+        (
+            ((1.0 - UNIFORM_WEIGHT) / inside.len() as f64).sqrt(),
+            (UNIFORM_WEIGHT / GRID_POINTS as f64).sqrt(),
+        )
+    };
+    let rows: Vec<(f64, f64)> = inside
+        .iter()
+        .map(|&x| (x, ws))
+        .chain(grid.map(|x| (x, wg)))
+        .collect();
+    // Column-major design matrix, weighted.
+    let mut cols = vec![vec![0.0; rows.len()]; n];
+    let mut rhs = vec![0.0; rows.len()];
+    let mut basis = Vec::with_capacity(n);
+    for (r, &(x, w)) in rows.iter().enumerate() {
+        chebyshev_basis(to_unit(interval, x), degree, &mut basis);
+        for (col, &t) in cols.iter_mut().zip(&basis) {
+            col[r] = w * t;
+        }
+        rhs[r] = w * f(x);
+    }
+    householder_solve(cols, rhs)
+}
+
+/// Least-squares solution of `A c = y` (A given by columns) by Householder QR; the coefficients
+/// of columns that turn out linearly dependent are 0.
+fn householder_solve(mut cols: Vec<Vec<f64>>, mut y: Vec<f64>) -> Vec<f64> {
+    let n = cols.len();
+    let m = y.len();
+    for k in 0..n.min(m) {
+        let norm = cols[k][k..].iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            continue;
+        }
+        let alpha = if cols[k][k] > 0.0 { -norm } else { norm };
+        let mut v: Vec<f64> = cols[k][k..].to_vec();
+        v[0] -= alpha;
+        let vv: f64 = v.iter().map(|x| x * x).sum();
+        if vv == 0.0 {
+            continue;
+        }
+        let reflect = |col: &mut [f64]| {
+            let s: f64 = v.iter().zip(col.iter()).map(|(a, b)| a * b).sum();
+            let f = 2.0 * s / vv;
+            for (c, vi) in col.iter_mut().zip(&v) {
+                *c -= f * vi;
+            }
+        };
+        for col in cols.iter_mut().skip(k) {
+            reflect(&mut col[k..]);
+        }
+        reflect(&mut y[k..]);
+    }
+    let scale = (0..n.min(m)).map(|k| cols[k][k].abs()).fold(0.0, f64::max);
+    let mut c = vec![0.0; n];
+    for k in (0..n.min(m)).rev() {
+        let r = cols[k][k];
+        if r.abs() <= scale * 1e-13 {
+            continue;
+        }
+        let s: f64 = ((k + 1)..n).map(|j| cols[j][k] * c[j]).sum();
+        c[k] = (y[k] - s) / r;
+    }
+    c
+}
+
+/// Monomial coefficients in `x` of `Σ cheb[k] T_k(t)` with `t` = `x` mapped from `interval`.
+fn chebyshev_to_monomial(cheb: &[f64], interval: [f64; 2]) -> Vec<f64> {
+    let n = cheb.len();
+    // Monomial coefficients in t.
+    let mut in_t = vec![0.0; n];
+    let (mut prev, mut cur) = (vec![1.0], vec![0.0, 1.0]);
+    for (k, &c) in cheb.iter().enumerate() {
+        let tk: &[f64] = match k {
+            0 => &prev,
+            1 => &cur,
+            _ => {
+                let mut next = vec![0.0; k + 1];
+                for (i, &v) in cur.iter().enumerate() {
+                    next[i + 1] += 2.0 * v;
+                }
+                for (i, &v) in prev.iter().enumerate() {
+                    next[i] -= v;
+                }
+                prev = std::mem::replace(&mut cur, next);
+                &cur
+            }
+        };
+        for (acc, &v) in in_t.iter_mut().zip(tk) {
+            *acc += c * v;
+        }
+    }
+    // Substitute t = alpha x + beta (Horner on polynomials).
+    let [a, b] = interval;
+    let (alpha, beta) = (2.0 / (b - a), -(a + b) / (b - a));
+    let mut out: Vec<f64> = vec![0.0; n];
+    for &c in in_t.iter().rev() {
+        // out = out * (alpha x + beta) + c
+        let mut next = vec![0.0; n];
+        for (i, &v) in out.iter().enumerate() {
+            next[i] += v * beta;
+            if i + 1 < n {
+                next[i + 1] += v * alpha;
+            }
+        }
+        next[0] += c;
+        out = next;
+    }
+    out
+}
+
+/// Largest |p(x) − ReLU(x)| on a grid of the interval.
+pub fn max_relu_error(p: &Polynomial, [a, b]: [f64; 2]) -> f64 {
+    (0..GRID_POINTS)
+        .map(|k| a + (b - a) * k as f64 / (GRID_POINTS - 1) as f64)
+        .map(|x| (p.evaluate(x) - relu(x)).abs())
+        .fold(0.0, f64::max)
+}
+
+fn rms_relu_error(p: &Polynomial, samples: &[f64]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let s: f64 = samples
+        .iter()
+        .map(|&x| (p.evaluate(x) - relu(x)).powi(2))
+        .sum();
+    (s / samples.len() as f64).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chebyshev_to_monomial_matches_direct_evaluation() {
+        let interval = [-3.0, 5.0];
+        let cheb = [0.5, -1.0, 0.25, 2.0, -0.75];
+        let mono = Polynomial::new(chebyshev_to_monomial(&cheb, interval));
+        let mut basis = Vec::new();
+        for k in 0..50 {
+            let x = -3.0 + 8.0 * k as f64 / 49.0;
+            chebyshev_basis(to_unit(interval, x), cheb.len() - 1, &mut basis);
+            let direct: f64 = cheb.iter().zip(&basis).map(|(c, t)| c * t).sum();
+            assert!((direct - mono.evaluate(x)).abs() < 1e-10, "{x}");
+        }
+    }
+
+    #[test]
+    fn fits_reproduce_polynomials_exactly() {
+        // Both fits recover a polynomial of the degree asked for.
+        let f = |x: f64| 1.0 - 2.0 * x + 0.5 * x * x * x;
+        let interval = [-2.0, 4.0];
+        let samples: Vec<f64> = (0..300).map(|k| -2.0 + 6.0 * k as f64 / 299.0).collect();
+        for cheb in [
+            chebyshev_interpolate(f, 3, interval),
+            least_squares(f, 3, interval, &samples),
+        ] {
+            let p = Polynomial::new(chebyshev_to_monomial(&cheb, interval));
+            for (got, want) in p.coeffs.iter().zip([1.0, -2.0, 0.0, 0.5]) {
+                assert!((got - want).abs() < 1e-9, "{:?}", p.coeffs);
+            }
+        }
+    }
+
+    #[test]
+    fn monomial_form_stays_accurate_up_to_the_highest_degree() {
+        let interval = [-34.4, 23.2];
+        let cheb = chebyshev_interpolate(relu, MAX_FIT_DEGREE, interval);
+        let mono = Polynomial::new(chebyshev_to_monomial(&cheb, interval));
+        let mut basis = Vec::new();
+        for k in 0..=200 {
+            let x = interval[0] + (interval[1] - interval[0]) * k as f64 / 200.0;
+            chebyshev_basis(to_unit(interval, x), MAX_FIT_DEGREE, &mut basis);
+            let direct: f64 = cheb.iter().zip(&basis).map(|(c, t)| c * t).sum();
+            assert!((direct - mono.evaluate(x)).abs() < 1e-4, "{x}");
+        }
+    }
+
+    #[test]
+    fn relu_fits_improve_with_degree() {
+        let interval = [-10.0, 10.0];
+        let errors: Vec<f64> = [2, 4, 8, 16]
+            .iter()
+            .map(|&d| max_relu_error(&fit_relu(interval, d, FitMethod::Chebyshev, &[]), interval))
+            .collect();
+        assert!(errors.windows(2).all(|w| w[1] < w[0]), "{errors:?}");
+        assert!(errors[3] < 0.25, "{errors:?}");
+    }
+}
