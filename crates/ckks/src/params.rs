@@ -86,6 +86,10 @@ pub enum Preset {
     /// N = 2^13, Q = [40, 30×4] bits, P = [48], scale 2^30: depth 4, 4096 slots, dnum 5.
     /// log2(QP) = 208 ≤ 218. Small, fast keys for shallow networks.
     Pn13Depth4,
+    /// N = 2^13, Q = [30, 26×5] bits, P = [58], scale 2^26: depth 5, 4096 slots, dnum 3.
+    /// log2(QP) ≈ 218 ≤ 218. Sized for the shipped CNNs: P covers every two-prime digit, and a
+    /// seeded rotation key is about 0.67 MB. Values at level 0 must stay below 2^3 in magnitude.
+    Pn13Depth5,
     /// N = 2^14, Q = [55, 40×7] bits, P = [50, 50], scale 2^40: depth 7, 8192 slots, dnum 4.
     /// log2(QP) ≈ 435 ≤ 438. P exceeds every two-prime digit, so key switching adds little
     /// noise; a seeded rotation key is about 3.4 MiB.
@@ -100,8 +104,9 @@ pub enum Preset {
 
 impl Preset {
     /// All presets.
-    pub const ALL: [Preset; 4] = [
+    pub const ALL: [Preset; 5] = [
         Preset::Pn13Depth4,
+        Preset::Pn13Depth5,
         Preset::Pn14Depth7,
         Preset::Pn14SealChain,
         Preset::Pn15Depth16,
@@ -111,6 +116,7 @@ impl Preset {
     pub fn literal(self) -> ParametersLiteral {
         let (log_n, log_q, log_p, log_scale, dnum) = match self {
             Preset::Pn13Depth4 => (13, vec![40, 30, 30, 30, 30], vec![48], 30, 5),
+            Preset::Pn13Depth5 => (13, vec![30, 26, 26, 26, 26, 26], vec![58], 26, 3),
             Preset::Pn14Depth7 => (14, [vec![55], vec![40; 7]].concat(), vec![50, 50], 40, 4),
             Preset::Pn14SealChain => (14, [vec![60], vec![40; 8]].concat(), vec![58], 40, 9),
             Preset::Pn15Depth16 => (15, [vec![60], vec![40; 16]].concat(), vec![60; 3], 40, 6),

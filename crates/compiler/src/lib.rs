@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod exec;
+pub mod import;
 pub mod linear;
 pub mod network;
 pub mod plan;
@@ -14,4 +15,4 @@ pub mod plan;
 pub use error::{CompileError, Result};
 pub use exec::{EvalReport, HeModel};
 pub use network::{Layer, Network, Shape};
-pub use plan::{Plan, SlotMap, Step, compile};
+pub use plan::{CompileOptions, Plan, SlotMap, Step, compile, compile_with, output_divisor_for};

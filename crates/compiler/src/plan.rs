@@ -225,6 +225,36 @@ pub struct Plan {
     pub output_shape: Shape,
     /// Steps in order.
     pub steps: Vec<Step>,
+    /// Decrypted outputs are multiplied by this (the last layer was divided by it so that the
+    /// outputs fit the headroom of the base prime).
+    pub output_multiplier: f64,
+}
+
+/// Options of [`compile_with`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CompileOptions {
+    /// Divide the network's final linear layer by this (a power of two keeps it exact).
+    pub output_divisor: f64,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            output_divisor: 1.0,
+        }
+    }
+}
+
+/// The power-of-two divisor that brings outputs of magnitude up to `max_abs` (with a 2x margin)
+/// under `2^(log2 q_0 − log2 scale − 1)`, the largest magnitude decryptable at level 0.
+pub fn output_divisor_for(max_abs: f64, params: &cipherinfer_ckks::Parameters) -> f64 {
+    let q0 = params.q_primes()[0] as f64;
+    let limit = q0 / params.default_scale() / 2.0;
+    let mut d = 1.0;
+    while 2.0 * max_abs / d >= limit {
+        d *= 2.0;
+    }
+    d
 }
 
 /// Rotation keys a linear step needs with baby-step size `n1`.
@@ -368,7 +398,12 @@ impl Plan {
                 }
             };
         }
-        Ok(self.output.unpack(&cts))
+        Ok(self.finish_output(&self.output.unpack(&cts)))
+    }
+
+    /// Output values as the network computes them, from the values read at the output slots.
+    pub fn finish_output(&self, raw: &[f64]) -> Vec<f64> {
+        raw.iter().map(|v| v * self.output_multiplier).collect()
     }
 }
 
@@ -467,6 +502,16 @@ fn lower(
 
 /// Compiles a network for ciphertexts of `slots` slots (latency mode: one image).
 pub fn compile(net: &Network, slots: usize) -> Result<Plan> {
+    compile_with(net, slots, CompileOptions::default())
+}
+
+/// [`compile`] with options.
+pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Result<Plan> {
+    if !(options.output_divisor.is_finite() && options.output_divisor > 0.0) {
+        return Err(CompileError::Input(
+            "output divisor must be positive".into(),
+        ));
+    }
     let shapes = net.shapes()?;
     let input = SlotMap::input(net.input, slots)?;
     let mut current = input.clone();
@@ -501,6 +546,16 @@ pub fn compile(net: &Network, slots: usize) -> Result<Plan> {
             let next = LinearOp::from_layer(&net.layers[j], shapes[j])?;
             op = next.after(&op);
         }
+        if j + 1 == net.layers.len() && options.output_divisor != 1.0 {
+            for row in op.rows.iter_mut() {
+                for (_, w) in row.iter_mut() {
+                    *w /= options.output_divisor;
+                }
+            }
+            for b in op.bias.iter_mut() {
+                *b /= options.output_divisor;
+            }
+        }
         let (step, out) = lower(&op, &current, grid, slots)?;
         steps.push(Step::Linear(step));
         current = out;
@@ -513,5 +568,6 @@ pub fn compile(net: &Network, slots: usize) -> Result<Plan> {
         output: current,
         output_shape: shapes[shapes.len() - 1],
         steps,
+        output_multiplier: options.output_divisor,
     })
 }

@@ -152,7 +152,7 @@ fn encrypted_execution_matches_cleartext_with_the_derived_keys() {
                     .expect("decode")
             })
             .collect();
-        let got = plan.output.unpack(&slots);
+        let got = plan.finish_output(&plan.output.unpack(&slots));
         let want = plan.execute_cleartext(&x).expect("cleartext");
         let err = max_err(&got, &want);
         eprintln!(

@@ -1,0 +1,91 @@
+//! From the model IR (ONNX import, folded and converted) to the compiler's layer chain.
+
+use cipherinfer_model::ir::{Model, Op};
+
+use crate::error::{CompileError, Result};
+use crate::network::{Layer, Network};
+
+fn unsupported(node: &str, why: impl Into<String>) -> CompileError {
+    CompileError::Shape {
+        layer: 0,
+        detail: format!("node {node}: {}", why.into()),
+    }
+}
+
+impl Network {
+    /// Lowers an HE-friendly IR model (a chain: every node reads the previous one) to layers.
+    /// ReLU and MaxPool must have been converted, BatchNorm folded; residual `Add` is refused.
+    pub fn from_ir(model: &Model) -> Result<Self> {
+        let s = model.input_shape();
+        let mut layers = Vec::with_capacity(model.nodes().len());
+        let mut previous = model.input_name().to_string();
+        for node in model.nodes() {
+            if node.inputs.len() != 1 || node.inputs[0] != previous {
+                return Err(unsupported(
+                    &node.name,
+                    "the HE compiler takes a chain of layers (no branches)",
+                ));
+            }
+            previous = node.name.clone();
+            let layer = match &node.op {
+                Op::Conv2d(c) => {
+                    let p = c.padding;
+                    if p.top != p.bottom || p.left != p.right {
+                        return Err(unsupported(&node.name, "asymmetric padding"));
+                    }
+                    Layer::Conv2d {
+                        in_c: c.in_channels,
+                        out_c: c.out_channels,
+                        kernel: (c.kernel[0], c.kernel[1]),
+                        stride: (c.stride[0], c.stride[1]),
+                        padding: (p.top, p.left),
+                        groups: c.groups,
+                        weight: c.weights.clone(),
+                        bias: c.bias.clone(),
+                    }
+                }
+                Op::AvgPool2d(p) => Layer::AvgPool2d {
+                    kernel: (p.kernel[0], p.kernel[1]),
+                    stride: (p.stride[0], p.stride[1]),
+                },
+                Op::Dense(d) => Layer::Dense {
+                    in_f: d.in_features,
+                    out_f: d.out_features,
+                    weight: d.weights.clone(),
+                    bias: d.bias.clone(),
+                },
+                Op::Square => Layer::Poly {
+                    coeffs: vec![0.0, 0.0, 1.0],
+                },
+                Op::Polynomial(p) => Layer::Poly {
+                    coeffs: p.coeffs.clone(),
+                },
+                Op::Reshape { shape } => {
+                    if !shape.is_flat() {
+                        return Err(unsupported(
+                            &node.name,
+                            "only reshapes to a vector are supported",
+                        ));
+                    }
+                    Layer::Flatten
+                }
+                other => {
+                    return Err(unsupported(
+                        &node.name,
+                        format!(
+                            "{} must be converted or folded before HE compilation",
+                            other.kind()
+                        ),
+                    ));
+                }
+            };
+            layers.push(layer);
+        }
+        let net = Network {
+            input: (s.channels, s.height, s.width),
+            layers,
+        };
+        net.shapes()?;
+        Ok(net)
+    }
+}
