@@ -30,7 +30,9 @@ fn bench_preset(c: &mut Criterion, preset: Preset) {
     let ev = Evaluator::new(keys);
     let top = params.max_level();
     let scale = params.default_scale();
-    let v: Vec<f64> = (0..params.slots()).map(|i| (i % 17) as f64 / 17.0 - 0.5).collect();
+    let v: Vec<f64> = (0..params.slots())
+        .map(|i| (i % 17) as f64 / 17.0 - 0.5)
+        .collect();
     let pt = encoder.encode(&v, top, scale).expect("encode");
     let ct = enc.encrypt(&pt).expect("encrypt");
 
@@ -39,28 +41,48 @@ fn bench_preset(c: &mut Criterion, preset: Preset) {
     g.bench_function("keygen_rotation_key", |b| {
         b.iter(|| kg.galois_key(&sk, params.galois_element(1)).expect("key"))
     });
-    g.bench_function("encode", |b| b.iter(|| encoder.encode(black_box(&v), top, scale).expect("e")));
-    g.bench_function("encrypt_pk", |b| b.iter(|| enc.encrypt(black_box(&pt)).expect("e")));
+    g.bench_function("encode", |b| {
+        b.iter(|| encoder.encode(black_box(&v), top, scale).expect("e"))
+    });
+    g.bench_function("encrypt_pk", |b| {
+        b.iter(|| enc.encrypt(black_box(&pt)).expect("e"))
+    });
     let mut dec = Decryptor::new(sk).expect("decryptor");
     g.bench_function("encrypt_sk_seeded", |b| {
         b.iter(|| dec.encrypt_symmetric(black_box(&pt)).expect("e"))
     });
     g.bench_function("decrypt_decode", |b| {
-        b.iter(|| encoder.decode(&dec.decrypt(black_box(&ct)).expect("d")).expect("d"))
+        b.iter(|| {
+            encoder
+                .decode(&dec.decrypt(black_box(&ct)).expect("d"))
+                .expect("d")
+        })
     });
-    g.bench_function("add", |b| b.iter(|| ev.add(black_box(&ct), &ct).expect("add")));
-    g.bench_function("mul_plain", |b| b.iter(|| ev.mul_plain(black_box(&ct), &pt).expect("m")));
+    g.bench_function("add", |b| {
+        b.iter(|| ev.add(black_box(&ct), &ct).expect("add"))
+    });
+    g.bench_function("mul_plain", |b| {
+        b.iter(|| ev.mul_plain(black_box(&ct), &pt).expect("m"))
+    });
     g.bench_function("mul_relin_rescale", |b| {
         b.iter(|| ev.mul_rescale(black_box(&ct), &ct).expect("mul"))
     });
     let prod = ev.mul(&ct, &ct).expect("mul");
-    g.bench_function("rescale", |b| b.iter(|| ev.rescale(black_box(&prod)).expect("rs")));
-    g.bench_function("rotate", |b| b.iter(|| ev.rotate(black_box(&ct), 1).expect("rot")));
+    g.bench_function("rescale", |b| {
+        b.iter(|| ev.rescale(black_box(&prod)).expect("rs"))
+    });
+    g.bench_function("rotate", |b| {
+        b.iter(|| ev.rotate(black_box(&ct), 1).expect("rot"))
+    });
     g.bench_function("rotate16_hoisted", |b| {
         b.iter(|| ev.rotate_hoisted(black_box(&ct), &steps).expect("rot"))
     });
     let rows: Vec<Vec<f64>> = (0..64)
-        .map(|i| (0..64).map(|j| ((i * 64 + j) % 13) as f64 / 13.0 - 0.5).collect())
+        .map(|i| {
+            (0..64)
+                .map(|j| ((i * 64 + j) % 13) as f64 / 13.0 - 0.5)
+                .collect()
+        })
         .collect();
     let lt = LinearTransform::from_matrix(&rows, params.slots()).expect("matrix");
     if lt.rotation_steps().iter().all(|&s| ev.can_rotate(s)) {
@@ -74,7 +96,10 @@ fn bench_preset(c: &mut Criterion, preset: Preset) {
     let poly = Polynomial::chebyshev_interpolate(|x| x.max(0.0), 7, -1.0, 1.0).expect("poly");
     if poly.depth() <= top {
         g.bench_function("poly_eval_deg7", |b| {
-            b.iter(|| ev.evaluate_polynomial(black_box(&ct), &poly, None).expect("poly"))
+            b.iter(|| {
+                ev.evaluate_polynomial(black_box(&ct), &poly, None)
+                    .expect("poly")
+            })
         });
     }
     g.finish();
@@ -90,7 +115,12 @@ fn ops(c: &mut Criterion) {
         .num_threads(threads)
         .build_global()
         .expect("rayon global pool");
-    for preset in [Preset::Pn13Depth4, Preset::Pn14Depth7, Preset::Pn14SealChain, Preset::Pn15Depth16] {
+    for preset in [
+        Preset::Pn13Depth4,
+        Preset::Pn14Depth7,
+        Preset::Pn14SealChain,
+        Preset::Pn15Depth16,
+    ] {
         bench_preset(c, preset);
     }
 }

@@ -27,7 +27,11 @@ fn main() -> Result<()> {
     // A 10x64 "dense layer" on a 64-value input, like the last layer of a small classifier.
     let (rows, cols) = (10usize, 64usize);
     let w: Vec<Vec<f64>> = (0..rows)
-        .map(|i| (0..cols).map(|j| (((i * 31 + j * 17) % 23) as f64 - 11.0) / 40.0).collect())
+        .map(|i| {
+            (0..cols)
+                .map(|j| (((i * 31 + j * 17) % 23) as f64 - 11.0) / 40.0)
+                .collect()
+        })
         .collect();
     let x: Vec<f64> = (0..cols).map(|j| ((j * 7) % 13) as f64 / 13.0).collect();
     let layer = LinearTransform::from_matrix(&w, params.slots())?;
@@ -45,7 +49,8 @@ fn main() -> Result<()> {
     );
     let encoder = Encoder::new(params.clone());
     let mut dec = Decryptor::new(sk)?;
-    let ct = dec.encrypt_symmetric(&encoder.encode(&x, params.max_level(), params.default_scale())?)?;
+    let ct =
+        dec.encrypt_symmetric(&encoder.encode(&x, params.max_level(), params.default_scale())?)?;
 
     // Server side: sees only the ciphertext and public keys.
     let t1 = Instant::now();
@@ -65,11 +70,18 @@ fn main() -> Result<()> {
         .iter()
         .map(|r| r.iter().zip(&x).map(|(a, b)| a * b).sum::<f64>().powi(2))
         .collect();
-    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         println!("  y[{i}] encrypted {g:>12.6}   plaintext {w:>12.6}");
     }
-    println!("  sum   encrypted {sum:>12.6}   plaintext {:>12.6}", want.iter().sum::<f64>());
+    println!(
+        "  sum   encrypted {sum:>12.6}   plaintext {:>12.6}",
+        want.iter().sum::<f64>()
+    );
     println!(
         "server: setup {:.0} ms (keys, {} encoded diagonals), evaluation {:.1} ms; depth used {}, levels left {}, max error 2^{:.1} ({:.1} bits)",
         setup.as_secs_f64() * 1e3,

@@ -41,23 +41,32 @@ impl Modulus {
         self.bits
     }
 
-    /// `(a + b) mod p` for reduced inputs.
+    /// `(a + b) mod p` for reduced inputs. Branch-free: residues are random, so a branch would
+    /// mispredict half the time.
     #[inline]
     pub fn add(&self, a: u64, b: u64) -> u64 {
         let s = a + b;
-        if s >= self.p { s - self.p } else { s }
+        s.min(s.wrapping_sub(self.p))
     }
 
-    /// `(a - b) mod p` for reduced inputs.
+    /// `(a - b) mod p` for reduced inputs (branch-free).
     #[inline]
     pub fn sub(&self, a: u64, b: u64) -> u64 {
-        if a >= b { a - b } else { a + self.p - b }
+        let d = a.wrapping_sub(b);
+        d.min(d.wrapping_add(self.p))
     }
 
-    /// `-a mod p` for a reduced input.
+    /// `-a mod p` for a reduced input (branch-free).
     #[inline]
     pub fn neg(&self, a: u64) -> u64 {
-        if a == 0 { 0 } else { self.p - a }
+        let d = self.p - a;
+        d.min(d.wrapping_sub(self.p))
+    }
+
+    /// `a` if `cond`, else 0, without a branch.
+    #[inline]
+    pub fn select(cond: bool, a: u64) -> u64 {
+        a & (cond as u64).wrapping_neg()
     }
 
     /// Reduces any 128-bit value modulo p (Barrett).
@@ -71,14 +80,11 @@ impl Modulus {
         let lo_hi = x_lo as u128 * r_hi as u128;
         let hi_lo = x_hi as u128 * r_lo as u128;
         let mid = lo_lo as u128 + (lo_hi as u64) as u128 + (hi_lo as u64) as u128;
-        let q = (x_hi as u128 * r_hi as u128)
-            + (lo_hi >> 64)
-            + (hi_lo >> 64)
-            + (mid >> 64);
+        let q = (x_hi as u128 * r_hi as u128) + (lo_hi >> 64) + (hi_lo >> 64) + (mid >> 64);
         let r = x.wrapping_sub(q.wrapping_mul(self.p as u128)) as u64;
         // The estimate is at most 2 below the true quotient.
-        let r = if r >= self.p { r - self.p } else { r };
-        if r >= self.p { r - self.p } else { r }
+        let r = r.min(r.wrapping_sub(self.p));
+        r.min(r.wrapping_sub(self.p))
     }
 
     /// Reduces a 64-bit value modulo p (Barrett, no division).
@@ -87,8 +93,8 @@ impl Modulus {
         let q = ((x as u128 * self.ratio64 as u128) >> 64) as u64;
         // The estimate is at most 2 below the true quotient.
         let r = x - q * self.p;
-        let r = if r >= self.p { r - self.p } else { r };
-        if r >= self.p { r - self.p } else { r }
+        let r = r.min(r.wrapping_sub(self.p));
+        r.min(r.wrapping_sub(self.p))
     }
 
     /// Reduces a signed value modulo p.
@@ -135,7 +141,7 @@ impl Modulus {
     pub fn mul_shoup(&self, a: u64, w: u64, ws: u64) -> u64 {
         let q = ((a as u128 * ws as u128) >> 64) as u64;
         let r = a.wrapping_mul(w).wrapping_sub(q.wrapping_mul(self.p));
-        if r >= self.p { r - self.p } else { r }
+        r.min(r.wrapping_sub(self.p))
     }
 
     /// `a^e mod p`.
@@ -265,13 +271,21 @@ mod tests {
             }
             assert_eq!(m.reduce_u128(u128::MAX), (u128::MAX % p as u128) as u64);
             assert_eq!(m.reduce(u64::MAX), u64::MAX % p);
-            assert_eq!(m.reduce_i64(i64::MIN), (i64::MIN as i128).rem_euclid(p as i128) as u64);
+            assert_eq!(
+                m.reduce_i64(i64::MIN),
+                (i64::MIN as i128).rem_euclid(p as i128) as u64
+            );
         }
     }
 
     #[test]
     fn primes_are_ntt_friendly_and_exact_width() {
-        for (bits, n) in [(40u32, 1usize << 14), (60, 1 << 14), (30, 1 << 13), (61, 1 << 15)] {
+        for (bits, n) in [
+            (40u32, 1usize << 14),
+            (60, 1 << 14),
+            (30, 1 << 13),
+            (61, 1 << 15),
+        ] {
             let ps = ntt_primes(bits, n, 8, &[]).expect("primes");
             for p in &ps {
                 assert!(is_prime(*p));

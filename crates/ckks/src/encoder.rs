@@ -22,7 +22,9 @@ pub struct Encoder {
 
 impl fmt::Debug for Encoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Encoder").field("params", &self.params.id_hex()).finish()
+        f.debug_struct("Encoder")
+            .field("params", &self.params.id_hex())
+            .finish()
     }
 }
 
@@ -137,7 +139,10 @@ impl Encoder {
             });
         }
         check_scale(&self.params, scale, level)?;
-        if let Some(bad) = values.iter().find(|v| !v.re.is_finite() || !v.im.is_finite()) {
+        if let Some(bad) = values
+            .iter()
+            .find(|v| !v.re.is_finite() || !v.im.is_finite())
+        {
             return Err(Error::Encoding(format!("non-finite value {bad}")));
         }
         let mut u = vec![Complex64::new(0.0, 0.0); slots];
@@ -153,7 +158,12 @@ impl Encoder {
     }
 
     /// Encodes complex values (at most N/2; missing slots are zero) at `level` and `scale`.
-    pub fn encode_complex(&self, values: &[Complex64], level: usize, scale: f64) -> Result<Plaintext> {
+    pub fn encode_complex(
+        &self,
+        values: &[Complex64],
+        level: usize,
+        scale: f64,
+    ) -> Result<Plaintext> {
         let coeffs = self.scaled_coeffs(values, level, scale)?;
         let indices: Vec<usize> = (0..=level).collect();
         let poly = self.coeffs_to_ntt(&coeffs, level, &indices)?;
@@ -167,7 +177,12 @@ impl Encoder {
 
     /// Encodes real values over the extended basis Q_level ∪ P, for
     /// [`crate::Evaluator::rotate_and_combine`] (masks applied before the division by P).
-    pub fn encode_extended(&self, values: &[f64], level: usize, scale: f64) -> Result<ExtendedPlaintext> {
+    pub fn encode_extended(
+        &self,
+        values: &[f64],
+        level: usize,
+        scale: f64,
+    ) -> Result<ExtendedPlaintext> {
         let c: Vec<Complex64> = values.iter().map(|&x| Complex64::new(x, 0.0)).collect();
         let coeffs = self.scaled_coeffs(&c, level, scale)?;
         let indices = self.params.ext_indices(level);
@@ -187,9 +202,16 @@ impl Encoder {
     }
 
     /// Rounds scaled coefficients to integers and writes them as an NTT-domain RNS polynomial.
-    pub(crate) fn coeffs_to_ntt(&self, coeffs: &[f64], level: usize, indices: &[usize]) -> Result<Vec<u64>> {
+    pub(crate) fn coeffs_to_ntt(
+        &self,
+        coeffs: &[f64],
+        level: usize,
+        indices: &[usize],
+    ) -> Result<Vec<u64>> {
         let n = self.params.n();
-        let limit = 2f64.powi(120).min(2f64.powf(self.params.log_q_at(level) - 1.0));
+        let limit = 2f64
+            .powi(120)
+            .min(2f64.powf(self.params.log_q_at(level) - 1.0));
         if let Some(c) = coeffs.iter().find(|c| c.abs() >= limit) {
             return Err(Error::OutOfRange(format!(
                 "scaled coefficient 2^{:.1} does not fit the modulus at level {level} (2^{:.1})",
@@ -237,7 +259,11 @@ impl Encoder {
 pub(crate) fn check_scale(params: &Parameters, scale: f64, level: usize) -> Result<()> {
     if !scale.is_finite() || scale < 1.0 {
         return Err(Error::InvalidScale {
-            log_scale: if scale > 0.0 { scale.log2() } else { f64::NEG_INFINITY },
+            log_scale: if scale > 0.0 {
+                scale.log2()
+            } else {
+                f64::NEG_INFINITY
+            },
             reason: "must be finite and at least 1",
         });
     }
@@ -264,14 +290,23 @@ pub(crate) fn crt_to_f64(params: &Parameters, poly: &[u64], level: usize) -> Vec
     // q̂_i = Q / q_i as multi-limb values, and q̂_i^{-1} mod q_i.
     let qhat: Vec<Vec<u64>> = (0..k)
         .map(|i| {
-            let others: Vec<u64> = q.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, &x)| x).collect();
+            let others: Vec<u64> = q
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, &x)| x)
+                .collect();
             big_product(&others, limbs)
         })
         .collect();
     let qhat_inv: Vec<u64> = (0..k)
         .map(|i| {
             let m = params.modulus(i);
-            let prod = q.iter().enumerate().filter(|(j, _)| *j != i).fold(1u64, |a, (_, &x)| m.mul(a, m.reduce(x)));
+            let prod = q
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .fold(1u64, |a, (_, &x)| m.mul(a, m.reduce(x)));
             m.inv(prod)
         })
         .collect();
@@ -352,5 +387,7 @@ fn shr1(a: &mut [u64]) {
 }
 
 fn to_f64(a: &[u64]) -> f64 {
-    a.iter().rev().fold(0.0, |acc, &x| acc * 2f64.powi(64) + x as f64)
+    a.iter()
+        .rev()
+        .fold(0.0, |acc, &x| acc * 2f64.powi(64) + x as f64)
 }

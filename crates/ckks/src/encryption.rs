@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 use crate::keys::{PublicKey, SecretKey, check_params};
 use crate::params::Parameters;
 use crate::ring;
-use crate::sampling::{expand_uniform, os_rng, os_seed, sample_gaussian, sample_ternary, small_to_ntt};
+use crate::sampling::{
+    expand_uniform, os_rng, os_seed, sample_gaussian, sample_ternary, small_to_ntt,
+};
 
 /// Encrypts plaintexts under a public key.
 pub struct Encryptor {
@@ -21,7 +23,9 @@ pub struct Encryptor {
 
 impl fmt::Debug for Encryptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Encryptor").field("pk", &self.pk).finish_non_exhaustive()
+        f.debug_struct("Encryptor")
+            .field("pk", &self.pk)
+            .finish_non_exhaustive()
     }
 }
 
@@ -38,8 +42,12 @@ impl Encryptor {
         let n = params.n();
         let idx = pt_indices(pt);
         let k = idx.len();
-        let u: Zeroizing<Vec<i64>> =
-            Zeroizing::new(sample_ternary(n, &mut self.rng).into_iter().map(i64::from).collect());
+        let u: Zeroizing<Vec<i64>> = Zeroizing::new(
+            sample_ternary(n, &mut self.rng)
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        );
         let u = Zeroizing::new(small_to_ntt(params, &u, &idx));
         let e0 = Zeroizing::new(sample_gaussian(n, &mut self.rng));
         let e1 = Zeroizing::new(sample_gaussian(n, &mut self.rng));

@@ -44,12 +44,15 @@ struct PreparedGaloisKey {
     perm: Vec<u32>,
 }
 
+/// (key-switched c_0 part, c_1 part) over Q ∪ P, and σ(c_0) over Q.
+type RotatedParts = (Vec<u64>, Vec<u64>, Vec<u64>);
+
 /// Rotations of one ciphertext kept in the extended basis, from
 /// [`Evaluator::rotations_extended`].
 pub struct ExtendedRotations {
     ct: Ciphertext,
-    /// Galois element -> (key-switched c_0 part, c_1 part) over Q ∪ P, and σ(c_0) over Q.
-    by_step: HashMap<u64, (Vec<u64>, Vec<u64>, Vec<u64>)>,
+    /// Galois element -> rotated parts.
+    by_step: HashMap<u64, RotatedParts>,
 }
 
 impl fmt::Debug for ExtendedRotations {
@@ -236,7 +239,12 @@ impl Evaluator {
         Self::check_scales(ct.scale, pt.scale)?;
         let mut out = ct.clone();
         let k = (ct.level + 1) * self.params.n();
-        ring::add_assign(&self.params, &mut out.polys[0], &pt.poly[..k], &ct.indices());
+        ring::add_assign(
+            &self.params,
+            &mut out.polys[0],
+            &pt.poly[..k],
+            &ct.indices(),
+        );
         Ok(out)
     }
 
@@ -246,16 +254,25 @@ impl Evaluator {
         Self::check_scales(ct.scale, pt.scale)?;
         let mut out = ct.clone();
         let k = (ct.level + 1) * self.params.n();
-        ring::sub_assign(&self.params, &mut out.polys[0], &pt.poly[..k], &ct.indices());
+        ring::sub_assign(
+            &self.params,
+            &mut out.polys[0],
+            &pt.poly[..k],
+            &ct.indices(),
+        );
         Ok(out)
     }
 
     fn const_residues(&self, value: f64, level: usize) -> Result<Vec<u64>> {
         if !value.is_finite() || value.abs() >= 2f64.powi(120) {
-            return Err(Error::OutOfRange(format!("constant {value} cannot be represented")));
+            return Err(Error::OutOfRange(format!(
+                "constant {value} cannot be represented"
+            )));
         }
         let r = value.round() as i128;
-        Ok((0..=level).map(|i| self.params.modulus(i).reduce_i128(r)).collect())
+        Ok((0..=level)
+            .map(|i| self.params.modulus(i).reduce_i128(r))
+            .collect())
     }
 
     /// `ct + c` for a real constant (added to every slot).
@@ -272,7 +289,9 @@ impl Evaluator {
     /// `ct · k` for an integer `k` (scale unchanged, no level consumed).
     pub fn mul_integer(&self, ct: &Ciphertext, k: i64) -> Result<Ciphertext> {
         self.check(ct)?;
-        let res: Vec<u64> = (0..=ct.level).map(|i| self.params.modulus(i).reduce_i64(k)).collect();
+        let res: Vec<u64> = (0..=ct.level)
+            .map(|i| self.params.modulus(i).reduce_i64(k))
+            .collect();
         let mut out = ct.clone();
         let idx = ct.indices();
         for x in out.polys.iter_mut() {
@@ -301,7 +320,12 @@ impl Evaluator {
 
     /// `ct · c`, then rescale, landing exactly on `target_scale` one level down. The constant
     /// is encoded at `target_scale · q_level / scale`. Consumes one level.
-    pub fn mul_const_rescale_to(&self, ct: &Ciphertext, c: f64, target_scale: f64) -> Result<Ciphertext> {
+    pub fn mul_const_rescale_to(
+        &self,
+        ct: &Ciphertext,
+        c: f64,
+        target_scale: f64,
+    ) -> Result<Ciphertext> {
         self.check(ct)?;
         if ct.level == 0 {
             return Err(Error::OutOfLevels);
@@ -386,13 +410,15 @@ impl Evaluator {
         let (acc0, acc1) = self.inner_product(&dec, key);
         // Lift c_0, c_1 to the extended basis as P·c_i (zero modulo the special primes).
         let lift = |mut acc: Vec<u64>, c: &[u64]| {
-            for (i, (la, lc)) in acc.chunks_mut(n).zip(c.chunks(n)).enumerate().take(level + 1) {
-                let m = self.params.modulus(i);
-                let pm = self.params.p_mod_q(i);
-                let pms = m.shoup(pm);
-                for (x, &y) in la.iter_mut().zip(lc) {
-                    *x = m.add(*x, m.mul_shoup(y, pm, pms));
-                }
+            let mut pm = vec![0u64; n];
+            for (i, (la, lc)) in acc
+                .chunks_mut(n)
+                .zip(c.chunks(n))
+                .enumerate()
+                .take(level + 1)
+            {
+                pm.fill(self.params.p_mod_q(i));
+                self.params.plan(i).mul_accumulate(la, lc, &pm);
             }
             self.mod_down_rescale(acc, level)
         };
@@ -495,7 +521,13 @@ impl Evaluator {
         let q_idx: Vec<usize> = (0..=level).collect();
         let ext = p.ext_indices(level);
         let num_q = p.num_q();
-        let pos = |g: usize| if g <= level { g } else { level + 1 + (g - num_q) };
+        let pos = |g: usize| {
+            if g <= level {
+                g
+            } else {
+                level + 1 + (g - num_q)
+            }
+        };
         let mut coef = c.to_vec();
         ring::intt(p, &mut coef, &q_idx);
         let convs = p.modup(level);
@@ -555,7 +587,10 @@ impl Evaluator {
                 .enumerate()
                 .for_each(inner);
         } else {
-            acc0.chunks_mut(n).zip(acc1.chunks_mut(n)).enumerate().for_each(inner);
+            acc0.chunks_mut(n)
+                .zip(acc1.chunks_mut(n))
+                .enumerate()
+                .for_each(inner);
         }
         (acc0, acc1)
     }
@@ -632,7 +667,12 @@ impl Evaluator {
 
     /// Applies X -> X^g to a ciphertext whose `c_1` was decomposed in `dec`:
     /// `σ_g(c_0 + KS'(c_1)_0, KS'(c_1)_1)` with the pre-permuted key.
-    fn automorphism_hoisted(&self, ct: &Ciphertext, dec: &Decomposition, g: u64) -> Result<Ciphertext> {
+    fn automorphism_hoisted(
+        &self,
+        ct: &Ciphertext,
+        dec: &Decomposition,
+        g: u64,
+    ) -> Result<Ciphertext> {
         if g == 1 {
             return Ok(ct.clone());
         }
@@ -642,7 +682,10 @@ impl Evaluator {
         ring::add_assign(&self.params, &mut k0, &ct.polys[0], &ct.indices());
         Ok(Ciphertext {
             params: self.params.clone(),
-            polys: vec![ring::permute(&k0, &gk.perm, n), ring::permute(&k1, &gk.perm, n)],
+            polys: vec![
+                ring::permute(&k0, &gk.perm, n),
+                ring::permute(&k1, &gk.perm, n),
+            ],
             level: ct.level,
             scale: ct.scale,
             seed: None,
@@ -675,7 +718,12 @@ impl Evaluator {
     }
 
     /// Rotations of `ct` by `steps` using a decomposition computed by [`Evaluator::decompose`].
-    pub fn rotate_decomposed(&self, ct: &Ciphertext, dec: &Decomposition, steps: &[i64]) -> Result<Vec<Ciphertext>> {
+    pub fn rotate_decomposed(
+        &self,
+        ct: &Ciphertext,
+        dec: &Decomposition,
+        steps: &[i64],
+    ) -> Result<Vec<Ciphertext>> {
         self.check(ct)?;
         if dec.level != ct.level {
             return Err(Error::LevelMismatch {
@@ -747,7 +795,12 @@ impl Evaluator {
             let gk = self.galois_key(g)?;
             let (a0, a1) = self.inner_product(dec, &gk.key);
             let ((a0, a1), c0) = rayon::join(
-                || (ring::permute(&a0, &gk.perm, n), ring::permute(&a1, &gk.perm, n)),
+                || {
+                    (
+                        ring::permute(&a0, &gk.perm, n),
+                        ring::permute(&a1, &gk.perm, n),
+                    )
+                },
                 || ring::permute(&ct.polys[0], &gk.perm, n),
             );
             by_step.insert(g, (a0, a1, c0));
@@ -761,10 +814,16 @@ impl Evaluator {
     /// `Σ_t mask_t ⊙ rot(ct, step_t)` from rotations prepared by
     /// [`Evaluator::rotations_extended`]: per term, two multiply-accumulates in Q ∪ P and one
     /// in Q; one division by P for the whole sum.
-    pub fn combine_rotations(&self, rots: &ExtendedRotations, terms: &[(i64, &ExtendedPlaintext)]) -> Result<Ciphertext> {
+    pub fn combine_rotations(
+        &self,
+        rots: &ExtendedRotations,
+        terms: &[(i64, &ExtendedPlaintext)],
+    ) -> Result<Ciphertext> {
         let ct = &rots.ct;
         let Some(first) = terms.first() else {
-            return Err(Error::Encoding("a rotation combination needs at least one term".into()));
+            return Err(Error::Encoding(
+                "a rotation combination needs at least one term".into(),
+            ));
         };
         let scale = first.1.scale;
         for (_, pt) in terms {
@@ -810,7 +869,8 @@ impl Evaluator {
             ring::mul_add_assign(p, &mut out0, c0, mask_q, &q_idx);
         }
         if any_rotation {
-            let (m0, m1) = rayon::join(|| self.mod_down(acc0, level), || self.mod_down(acc1, level));
+            let (m0, m1) =
+                rayon::join(|| self.mod_down(acc0, level), || self.mod_down(acc1, level));
             ring::add_assign(p, &mut out0, &m0, &q_idx);
             ring::add_assign(p, &mut out1, &m1, &q_idx);
         }

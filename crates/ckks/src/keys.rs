@@ -36,7 +36,11 @@ impl SecretKey {
         let all: Vec<usize> = (0..params.num_q() + params.num_p()).collect();
         let wide: Zeroizing<Vec<i64>> = Zeroizing::new(coeffs.iter().map(|&c| c as i64).collect());
         let ntt = small_to_ntt(&params, &wide, &all);
-        Self { params, coeffs, ntt }
+        Self {
+            params,
+            coeffs,
+            ntt,
+        }
     }
 
     /// The parameters the key belongs to.
@@ -71,7 +75,9 @@ pub struct PublicKey {
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PublicKey").field("params", &self.params.id_hex()).finish_non_exhaustive()
+        f.debug_struct("PublicKey")
+            .field("params", &self.params.id_hex())
+            .finish_non_exhaustive()
     }
 }
 
@@ -134,7 +140,10 @@ pub struct GaloisKey {
 impl GaloisKey {
     /// Assembles a Galois key from its element and switching key (used by decoders).
     pub(crate) fn from_parts(galois_element: u64, key: SwitchingKey) -> Self {
-        Self { galois_element, key }
+        Self {
+            galois_element,
+            key,
+        }
     }
 
     /// The Galois element g of the automorphism X -> X^g.
@@ -215,7 +224,9 @@ pub struct KeyGenerator {
 
 impl fmt::Debug for KeyGenerator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyGenerator").field("params", &self.params.id_hex()).finish_non_exhaustive()
+        f.debug_struct("KeyGenerator")
+            .field("params", &self.params.id_hex())
+            .finish_non_exhaustive()
     }
 }
 
@@ -297,7 +308,7 @@ impl KeyGenerator {
     pub fn galois_key(&mut self, sk: &SecretKey, g: u64) -> Result<GaloisKey> {
         check_params(&self.params, &sk.params)?;
         let two_n = 2 * self.params.n() as u64;
-        if g % 2 == 0 || g >= two_n {
+        if g.is_multiple_of(2) || g >= two_n {
             return Err(Error::InvalidParameters(format!(
                 "Galois element {g} must be odd and below 2N = {two_n}"
             )));

@@ -37,14 +37,15 @@ pub mod params;
 pub mod polynomial;
 mod ring;
 pub mod sampling;
+pub mod serialization;
 
 pub use ciphertext::{Ciphertext, ExtendedPlaintext, Plaintext};
 pub use encoder::Encoder;
 pub use encryption::{Decryptor, Encryptor};
 pub use error::{DecodeErrorCode, Error, Result};
 pub use evaluator::{Decomposition, Evaluator, ExtendedRotations};
-pub use linear::{EncodedLinearTransform, LinearTransform};
-pub use polynomial::{Basis, Polynomial};
 pub use keys::{EvaluationKeys, GaloisKey, KeyGenerator, PublicKey, RelinearizationKey, SecretKey};
+pub use linear::{EncodedLinearTransform, LinearTransform};
 pub use num_complex::Complex64;
 pub use params::{Parameters, ParametersLiteral, Preset, SecretDistribution, SecurityLevel};
+pub use polynomial::{Basis, Polynomial};

@@ -58,7 +58,9 @@ impl LinearTransform {
     /// baby-step size chosen to minimise the number of rotations.
     pub fn new(slots: usize, diagonals: BTreeMap<usize, Vec<f64>>) -> Result<Self> {
         if !slots.is_power_of_two() {
-            return Err(Error::Encoding(format!("slot count {slots} is not a power of two")));
+            return Err(Error::Encoding(format!(
+                "slot count {slots} is not a power of two"
+            )));
         }
         for (&k, d) in &diagonals {
             if k >= slots || d.len() != slots {
@@ -68,7 +70,9 @@ impl LinearTransform {
                 )));
             }
             if d.iter().any(|x| !x.is_finite()) {
-                return Err(Error::Encoding(format!("diagonal {k} has a non-finite entry")));
+                return Err(Error::Encoding(format!(
+                    "diagonal {k} has a non-finite entry"
+                )));
             }
         }
         let keys: BTreeSet<usize> = diagonals.keys().copied().collect();
@@ -136,8 +140,18 @@ impl LinearTransform {
     /// NTT), one division by P per giant step, one ordinary rotation per giant step.
     pub fn rotation_steps(&self) -> Vec<i64> {
         let n1 = self.baby_steps;
-        let babies: BTreeSet<usize> = self.diagonals.keys().map(|&k| k % n1).filter(|&i| i != 0).collect();
-        let giants: BTreeSet<usize> = self.diagonals.keys().map(|&k| k / n1 * n1).filter(|&j| j != 0).collect();
+        let babies: BTreeSet<usize> = self
+            .diagonals
+            .keys()
+            .map(|&k| k % n1)
+            .filter(|&i| i != 0)
+            .collect();
+        let giants: BTreeSet<usize> = self
+            .diagonals
+            .keys()
+            .map(|&k| k / n1 * n1)
+            .filter(|&j| j != 0)
+            .collect();
         babies.into_iter().chain(giants).map(|s| s as i64).collect()
     }
 
@@ -155,7 +169,12 @@ impl LinearTransform {
 
     /// Pre-rotates and encodes the diagonals at `level` and `scale` (use the prime q_level as
     /// the scale to keep the ciphertext's scale unchanged after the rescale).
-    pub fn encode(&self, encoder: &Encoder, level: usize, scale: f64) -> Result<EncodedLinearTransform> {
+    pub fn encode(
+        &self,
+        encoder: &Encoder,
+        level: usize,
+        scale: f64,
+    ) -> Result<EncodedLinearTransform> {
         if encoder.slots() != self.slots {
             return Err(Error::Encoding(format!(
                 "transform has {} slots, parameters have {}",
@@ -186,7 +205,11 @@ impl LinearTransform {
 impl Evaluator {
     /// Applies an encoded linear transform and rescales once: the result is one level lower
     /// with scale `ct.scale · lt.scale / q_level`.
-    pub fn linear_transform(&self, ct: &Ciphertext, lt: &EncodedLinearTransform) -> Result<Ciphertext> {
+    pub fn linear_transform(
+        &self,
+        ct: &Ciphertext,
+        lt: &EncodedLinearTransform,
+    ) -> Result<Ciphertext> {
         if ct.level() != lt.level {
             return Err(Error::LevelMismatch {
                 left: ct.level(),
@@ -197,7 +220,8 @@ impl Evaluator {
         let dec = self.decompose(ct)?;
         let mut total: Option<Ciphertext> = None;
         for (&j, items) in &lt.groups {
-            let terms: Vec<(i64, &ExtendedPlaintext)> = items.iter().map(|(i, pt)| (*i as i64, pt)).collect();
+            let terms: Vec<(i64, &ExtendedPlaintext)> =
+                items.iter().map(|(i, pt)| (*i as i64, pt)).collect();
             let inner = self.rotate_and_combine(ct, Some(&dec), &terms)?;
             let moved = self.rotate(&inner, (j * lt.baby_steps) as i64)?;
             match total.as_mut() {

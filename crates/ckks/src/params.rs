@@ -83,21 +83,21 @@ pub fn max_log_qp_128(log_n: u32) -> Option<u32> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Preset {
-    /// N = 2^13, Q = [40, 30×4] bits, P = [48], scale 2^30: depth 4, 4096 slots, dnum 5.
+    /// N = 2^13, Q = `[40, 30×4]` bits, P = `[48]`, scale 2^30: depth 4, 4096 slots, dnum 5.
     /// log2(QP) = 208 ≤ 218. Small, fast keys for shallow networks.
     Pn13Depth4,
-    /// N = 2^13, Q = [30, 26×5] bits, P = [58], scale 2^26: depth 5, 4096 slots, dnum 3.
+    /// N = 2^13, Q = `[30, 26×5]` bits, P = `[58]`, scale 2^26: depth 5, 4096 slots, dnum 3.
     /// log2(QP) ≈ 218 ≤ 218. Sized for the shipped CNNs: P covers every two-prime digit, and a
     /// seeded rotation key is about 0.67 MB. Values at level 0 must stay below 2^3 in magnitude.
     Pn13Depth5,
-    /// N = 2^14, Q = [55, 40×7] bits, P = [50, 50], scale 2^40: depth 7, 8192 slots, dnum 4.
+    /// N = 2^14, Q = `[55, 40×7]` bits, P = `[50, 50]`, scale 2^40: depth 7, 8192 slots, dnum 4.
     /// log2(QP) ≈ 435 ≤ 438. P exceeds every two-prime digit, so key switching adds little
     /// noise; a seeded rotation key is about 3.4 MiB.
     Pn14Depth7,
-    /// N = 2^14, Q = [60, 40×8] bits, P = [58], scale 2^40: depth 8, dnum 9 — the chain SEAL's
+    /// N = 2^14, Q = `[60, 40×8]` bits, P = `[58]`, scale 2^40: depth 8, dnum 9 — the chain SEAL's
     /// examples use, kept for side-by-side benchmarks. log2(QP) = 438.
     Pn14SealChain,
-    /// N = 2^15, Q = [60, 40×16] bits, P = [60×3], scale 2^40: depth 16, 16384 slots, dnum 6.
+    /// N = 2^15, Q = `[60, 40×16]` bits, P = `[60×3]`, scale 2^40: depth 16, 16384 slots, dnum 6.
     /// log2(QP) = 880 ≤ 881.
     Pn15Depth16,
 }
@@ -205,12 +205,17 @@ impl BasisConversion {
             .zip(&qhat_mod)
             .map(|(&t, row)| row.iter().map(|&f| moduli[t].shoup(f)).collect())
             .collect();
-        let inv_from = from.iter().map(|&i| 1.0 / moduli[i].value() as f64).collect();
+        let inv_from = from
+            .iter()
+            .map(|&i| 1.0 / moduli[i].value() as f64)
+            .collect();
         let b_multiples = to
             .iter()
             .map(|&t| {
                 let mt = &moduli[t];
-                let b = from.iter().fold(1u64, |acc, &j| mt.mul(acc, mt.reduce(moduli[j].value())));
+                let b = from
+                    .iter()
+                    .fold(1u64, |acc, &j| mt.mul(acc, mt.reduce(moduli[j].value())));
                 (0..=from.len() as u64).map(|u| mt.mul(u, b)).collect()
             })
             .collect();
@@ -339,7 +344,9 @@ impl Parameters {
         let q = resolve_primes(&lit.log_q, &lit.q, n, &[], "q")?;
         let p = resolve_primes(&lit.log_p, &lit.p, n, &q, "p")?;
         if q.is_empty() {
-            return Err(Error::InvalidParameters("at least one ciphertext prime is required".into()));
+            return Err(Error::InvalidParameters(
+                "at least one ciphertext prime is required".into(),
+            ));
         }
         if p.is_empty() {
             return Err(Error::InvalidParameters(
@@ -544,11 +551,17 @@ impl Parameters {
     }
     /// Ciphertext primes.
     pub fn q_primes(&self) -> Vec<u64> {
-        self.moduli[..self.num_q].iter().map(|m| m.value()).collect()
+        self.moduli[..self.num_q]
+            .iter()
+            .map(|m| m.value())
+            .collect()
     }
     /// Special primes.
     pub fn p_primes(&self) -> Vec<u64> {
-        self.moduli[self.num_q..].iter().map(|m| m.value()).collect()
+        self.moduli[self.num_q..]
+            .iter()
+            .map(|m| m.value())
+            .collect()
     }
     /// Default encoding scale.
     pub fn default_scale(&self) -> f64 {

@@ -36,7 +36,11 @@ pub struct Polynomial {
 }
 
 fn ceil_log2(d: usize) -> usize {
-    if d <= 1 { 0 } else { (usize::BITS - (d - 1).leading_zeros()) as usize }
+    if d <= 1 {
+        0
+    } else {
+        (usize::BITS - (d - 1).leading_zeros()) as usize
+    }
 }
 
 impl Polynomial {
@@ -67,12 +71,20 @@ impl Polynomial {
     }
 
     /// Chebyshev interpolant of `f` of the given degree on `[a, b]` (at Chebyshev nodes).
-    pub fn chebyshev_interpolate(f: impl Fn(f64) -> f64, degree: usize, a: f64, b: f64) -> Result<Self> {
+    pub fn chebyshev_interpolate(
+        f: impl Fn(f64) -> f64,
+        degree: usize,
+        a: f64,
+        b: f64,
+    ) -> Result<Self> {
         let m = degree + 1;
         let nodes: Vec<f64> = (0..m)
             .map(|j| (std::f64::consts::PI * (j as f64 + 0.5) / m as f64).cos())
             .collect();
-        let values: Vec<f64> = nodes.iter().map(|&t| f(0.5 * (b - a) * t + 0.5 * (a + b))).collect();
+        let values: Vec<f64> = nodes
+            .iter()
+            .map(|&t| f(0.5 * (b - a) * t + 0.5 * (a + b)))
+            .collect();
         let coeffs = (0..m)
             .map(|k| {
                 let s: f64 = nodes
@@ -153,7 +165,8 @@ impl PowerBasis<'_> {
             return Ok(ct.clone());
         }
         let dropped = self.ev.drop_to_level(ct, level + 1)?;
-        self.ev.mul_const_rescale_to(&dropped, 1.0, self.canonical(level)?)
+        self.ev
+            .mul_const_rescale_to(&dropped, 1.0, self.canonical(level)?)
     }
 
     fn get(&mut self, i: usize) -> Result<Ciphertext> {
@@ -190,7 +203,12 @@ impl PowerBasis<'_> {
 impl Evaluator {
     /// Evaluates `poly` on every slot of `ct`. The result has scale `target_scale` (the input's
     /// scale when `None`) and is [`Polynomial::depth`] levels below the input.
-    pub fn evaluate_polynomial(&self, ct: &Ciphertext, poly: &Polynomial, target_scale: Option<f64>) -> Result<Ciphertext> {
+    pub fn evaluate_polynomial(
+        &self,
+        ct: &Ciphertext,
+        poly: &Polynomial,
+        target_scale: Option<f64>,
+    ) -> Result<Ciphertext> {
         let target = target_scale.unwrap_or(ct.scale());
         let depth = poly.depth();
         if ct.level() < depth {

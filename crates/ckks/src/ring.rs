@@ -4,7 +4,35 @@
 
 use rayon::prelude::*;
 
+use crate::arith::Modulus;
 use crate::params::{BasisConversion, Parameters};
+
+/// Runs `f` compiled for the best instruction set the CPU has (AVX-512, AVX2 or scalar), so
+/// plain loops inside it auto-vectorize with the wide instructions.
+struct Kernel<F>(F);
+
+impl<F: FnOnce()> pulp::WithSimd for Kernel<F> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        (self.0)()
+    }
+}
+
+#[inline(always)]
+fn simd(f: impl FnOnce()) {
+    pulp::Arch::new().dispatch(Kernel(f))
+}
+
+/// `x mod t` for `x < 2^61`, `2^17 ≤ t < 2^61`, from a floating-point quotient (off by at most
+/// one, corrected without branches): vectorizes, unlike a 128-bit Barrett product.
+#[inline(always)]
+fn reduce_by_float(x: u64, t: u64, inv_t: f64) -> u64 {
+    let q = (x as f64 * inv_t) as u64;
+    let r = x.wrapping_sub(q.wrapping_mul(t)) as i64;
+    let r = (r + ((t as i64) & (r >> 63))) as u64;
+    r.min(r.wrapping_sub(t))
+}
 
 /// Below this many limbs·N words, per-limb work stays on the calling thread.
 const PAR_THRESHOLD: usize = 1 << 14;
@@ -27,7 +55,9 @@ where
 
 /// Forward NTT of every limb.
 pub(crate) fn ntt(params: &Parameters, data: &mut [u64], indices: &[usize]) {
-    par_limbs(data, params.n(), indices, |i, limb| params.plan(i).fwd(limb));
+    par_limbs(data, params.n(), indices, |i, limb| {
+        params.plan(i).fwd(limb)
+    });
 }
 
 /// Inverse NTT (normalized) of every limb.
@@ -74,19 +104,15 @@ pub(crate) fn neg_assign(params: &Parameters, a: &mut [u64], indices: &[usize]) 
 
 /// `a ⊙= b` limb-wise (NTT domain).
 pub(crate) fn mul_assign(params: &Parameters, a: &mut [u64], b: &[u64], indices: &[usize]) {
-    let n = params.n();
-    for ((la, lb), &i) in a.chunks_mut(n).zip(b.chunks(n)).zip(indices) {
-        let m = params.modulus(i);
-        for (x, &y) in la.iter_mut().zip(lb) {
-            *x = m.mul(*x, y);
-        }
-    }
+    let prod = mul(params, a, b, indices);
+    a.copy_from_slice(&prod);
 }
 
-/// `out = a ⊙ b` limb-wise (NTT domain).
+/// `out = a ⊙ b` limb-wise (NTT domain), with the SIMD multiply-accumulate on a zero
+/// accumulator.
 pub(crate) fn mul(params: &Parameters, a: &[u64], b: &[u64], indices: &[usize]) -> Vec<u64> {
-    let mut out = a.to_vec();
-    mul_assign(params, &mut out, b, indices);
+    let mut out = vec![0u64; a.len()];
+    mul_add_assign(params, &mut out, a, b, indices);
     out
 }
 
@@ -99,13 +125,23 @@ pub(crate) fn mul_add_assign(
     indices: &[usize],
 ) {
     let n = params.n();
-    for (((lc, la), lb), &i) in acc.chunks_mut(n).zip(a.chunks(n)).zip(b.chunks(n)).zip(indices) {
+    for (((lc, la), lb), &i) in acc
+        .chunks_mut(n)
+        .zip(a.chunks(n))
+        .zip(b.chunks(n))
+        .zip(indices)
+    {
         params.plan(i).mul_accumulate(lc, la, lb);
     }
 }
 
 /// Multiplies every limb by a per-limb scalar given as residues (one per limb).
-pub(crate) fn mul_scalar_assign(params: &Parameters, a: &mut [u64], scalars: &[u64], indices: &[usize]) {
+pub(crate) fn mul_scalar_assign(
+    params: &Parameters,
+    a: &mut [u64],
+    scalars: &[u64],
+    indices: &[usize],
+) {
     let n = params.n();
     for ((la, &s), &i) in a.chunks_mut(n).zip(scalars).zip(indices) {
         let m = params.modulus(i);
@@ -118,7 +154,12 @@ pub(crate) fn mul_scalar_assign(params: &Parameters, a: &mut [u64], scalars: &[u
 
 /// Adds a per-limb scalar (residues) to every coefficient of an NTT-domain polynomial, which
 /// adds that constant to the polynomial's constant term.
-pub(crate) fn add_scalar_assign(params: &Parameters, a: &mut [u64], scalars: &[u64], indices: &[usize]) {
+pub(crate) fn add_scalar_assign(
+    params: &Parameters,
+    a: &mut [u64],
+    scalars: &[u64],
+    indices: &[usize],
+) {
     let n = params.n();
     for ((la, &s), &i) in a.chunks_mut(n).zip(scalars).zip(indices) {
         let m = params.modulus(i);
@@ -146,9 +187,37 @@ pub(crate) fn permute(a: &[u64], perm: &[u32], n: usize) -> Vec<u64> {
 /// The fast (HPS) conversion `Σ y_i·(B/b_i)` overshoots by `u·B` with `u = Σ y_i/b_i`; `u` is
 /// found by rounding that sum in floating point and subtracted. Centering matters: a biased
 /// remainder adds a low-frequency error that concentrates in a few slots.
-pub(crate) fn convert_basis(params: &Parameters, conv: &BasisConversion, src: &[u64], dst: &mut [u64]) {
+pub(crate) fn convert_basis(
+    params: &Parameters,
+    conv: &BasisConversion,
+    src: &[u64],
+    dst: &mut [u64],
+) {
     let n = params.n();
     let k = conv.from.len();
+    if k == 1 {
+        // One source prime b (digits of one prime, as with dnum = L+1): B/b = 1, so the value is
+        // x itself, centered by subtracting b when x > b/2.
+        let half = params.modulus(conv.from[0]).value() / 2;
+        let work = |(t_pos, out): (usize, &mut [u64])| {
+            let t = params.modulus(conv.to[t_pos]).value();
+            let inv_t = 1.0 / t as f64;
+            let b_mod = conv.b_multiples[t_pos][1];
+            simd(|| {
+                for (o, &x) in out.iter_mut().zip(&src[..n]) {
+                    let r = reduce_by_float(x, t, inv_t);
+                    let d = r.wrapping_sub(Modulus::select(x > half, b_mod));
+                    *o = d.min(d.wrapping_add(t));
+                }
+            });
+        };
+        if dst.len() >= PAR_THRESHOLD * 2 && rayon::current_num_threads() > 1 {
+            dst.par_chunks_mut(n).enumerate().for_each(work);
+        } else {
+            dst.chunks_mut(n).enumerate().for_each(work);
+        }
+        return;
+    }
     // y_i = x_i * (B/b_i)^{-1} mod b_i, stored interleaved per coefficient for cache locality.
     let mut y = vec![0u64; n * k];
     let mut frac = vec![0f64; n];
@@ -221,13 +290,7 @@ pub(crate) fn rescale(params: &Parameters, a: &[u64], level: usize) -> Vec<u64> 
         // Centered representative of the last limb, reduced mod q_i, then NTT.
         let mut r: Vec<u64> = last
             .iter()
-            .map(|&x| {
-                if x > half {
-                    m.sub(m.reduce(x), ql_mod)
-                } else {
-                    m.reduce(x)
-                }
-            })
+            .map(|&x| m.sub(m.reduce(x), Modulus::select(x > half, ql_mod)))
             .collect();
         params.plan(i).fwd(&mut r);
         let (inv, inv_s) = invs[i];
@@ -250,9 +313,41 @@ mod tests {
     use rand_core::{Rng, SeedableRng};
 
     #[test]
+    fn float_quotient_reduction_is_exact() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        for preset in [Preset::Pn14SealChain, Preset::Pn13Depth5] {
+            let params = preset.build().expect("params");
+            let primes: Vec<u64> = params
+                .q_primes()
+                .into_iter()
+                .chain(params.p_primes())
+                .collect();
+            for &t in &primes {
+                let inv = 1.0 / t as f64;
+                for &src in &primes {
+                    for _ in 0..2000 {
+                        let x = rng.next_u64() % src;
+                        assert_eq!(super::reduce_by_float(x, t, inv), x % t);
+                    }
+                    for x in [0, 1, t - 1, t, t + 1, 2 * t - 1, src - 1, src / 2] {
+                        assert_eq!(super::reduce_by_float(x, t, inv), x % t);
+                    }
+                }
+            }
+        }
+        let t = (1u64 << 17) + 1;
+        let x = (1u64 << 61) - 1;
+        assert_eq!(super::reduce_by_float(x, t, 1.0 / t as f64), x % t);
+    }
+
+    #[test]
     fn ntt_library_multiply_accumulate_is_exact_and_reduced() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
-        for preset in [Preset::Pn14Depth7, Preset::Pn14SealChain, Preset::Pn13Depth4] {
+        for preset in [
+            Preset::Pn14Depth7,
+            Preset::Pn14SealChain,
+            Preset::Pn13Depth4,
+        ] {
             let params = preset.build().expect("params");
             let n = params.n();
             for i in 0..params.num_q() + params.num_p() {

@@ -31,7 +31,12 @@ pub fn os_rng() -> Result<ChaCha20Rng> {
 /// Expands a public seed into a uniform polynomial over the primes `indices` (one limb each),
 /// in the NTT domain (uniform there as well). `stream` separates independent polynomials drawn
 /// from one seed. Deterministic: serialized objects store only the seed.
-pub fn expand_uniform(params: &Parameters, seed: &[u8; 32], stream: u64, indices: &[usize]) -> Vec<u64> {
+pub fn expand_uniform(
+    params: &Parameters,
+    seed: &[u8; 32],
+    stream: u64,
+    indices: &[usize],
+) -> Vec<u64> {
     let n = params.n();
     let mut rng = ChaCha20Rng::from_seed(*seed);
     rng.set_stream(stream);
@@ -111,7 +116,11 @@ fn gaussian_cdt() -> [u64; (2 * ERROR_BOUND + 1) as usize] {
     let mut acc = 0.0;
     for (t, w) in table.iter_mut().zip(&weights) {
         acc += w / total;
-        *t = if acc >= 1.0 { u64::MAX } else { (acc * 2f64.powi(64)) as u64 };
+        *t = if acc >= 1.0 {
+            u64::MAX
+        } else {
+            (acc * 2f64.powi(64)) as u64
+        };
     }
     table[table.len() - 1] = u64::MAX;
     table

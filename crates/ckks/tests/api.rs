@@ -18,7 +18,10 @@ fn mismatches_are_typed_errors() {
     assert!(matches!(c.ev.add(&a, &b), Err(Error::LevelMismatch { .. })));
     let a_low = c.ev.drop_to_level(&a, b.level()).expect("drop");
     let scaled = c.ev.mul_const(&a_low, 1.0, 4.0).expect("mul const");
-    assert!(matches!(c.ev.add(&scaled, &b), Err(Error::ScaleMismatch { .. })));
+    assert!(matches!(
+        c.ev.add(&scaled, &b),
+        Err(Error::ScaleMismatch { .. })
+    ));
     // Down to level 0, then no further rescale.
     let mut x = a.clone();
     while x.level() > 0 {
@@ -26,10 +29,16 @@ fn mismatches_are_typed_errors() {
     }
     assert!(matches!(c.ev.rescale(&x), Err(Error::OutOfLevels)));
     assert!(matches!(c.ev.mul_rescale(&x, &x), Err(Error::OutOfLevels)));
-    assert!(matches!(c.ev.drop_to_level(&x, 3), Err(Error::InvalidLevel { .. })));
+    assert!(matches!(
+        c.ev.drop_to_level(&x, 3),
+        Err(Error::InvalidLevel { .. })
+    ));
     // A degree-2 ciphertext cannot be rotated or multiplied again before relinearization.
     let d = c.ev.mul_no_relin(&a, &a).expect("tensor");
-    assert!(matches!(c.ev.mul_no_relin(&d, &a), Err(Error::CiphertextDegree { .. })));
+    assert!(matches!(
+        c.ev.mul_no_relin(&d, &a),
+        Err(Error::CiphertextDegree { .. })
+    ));
     // Objects from another parameter set are refused.
     let other = ctx(Preset::Pn13Depth4.build().expect("p"), &[], false);
     let err = other.ev.add(&a, &a).expect_err("foreign ciphertext");
@@ -37,11 +46,27 @@ fn mismatches_are_typed_errors() {
     assert!(other.dec.decrypt(&a).is_err());
     // Encoding limits.
     let too_long = vec![0.0; params.slots() + 1];
-    assert!(c.encoder.encode(&too_long, 0, params.default_scale()).is_err());
-    assert!(c.encoder.encode(&[f64::NAN], 0, params.default_scale()).is_err());
-    assert!(c.encoder.encode(&[1.0], params.max_level() + 1, params.default_scale()).is_err());
+    assert!(
+        c.encoder
+            .encode(&too_long, 0, params.default_scale())
+            .is_err()
+    );
+    assert!(
+        c.encoder
+            .encode(&[f64::NAN], 0, params.default_scale())
+            .is_err()
+    );
+    assert!(
+        c.encoder
+            .encode(&[1.0], params.max_level() + 1, params.default_scale())
+            .is_err()
+    );
     assert!(c.encoder.encode(&[1.0], 0, 2f64.powi(80)).is_err());
-    assert!(c.encoder.encode(&[1e30], 0, params.default_scale()).is_err());
+    assert!(
+        c.encoder
+            .encode(&[1e30], 0, params.default_scale())
+            .is_err()
+    );
     // Results of errors never contain key material: messages are short and structural.
     assert!(err.to_string().len() < 200);
 }
@@ -58,7 +83,10 @@ fn every_digit_count_switches_keys_correctly() {
         let Ok(params) = lit.build_insecure_for_tests() else {
             // dnum 1 (one 225-bit digit against a 135-bit P) would destroy precision, and
             // dnum 4 or 5 (digits of 2 primes) would leave an empty digit: all refused.
-            assert!(matches!(dnum, 1 | 4 | 5), "dnum {dnum} unexpectedly rejected");
+            assert!(
+                matches!(dnum, 1 | 4 | 5),
+                "dnum {dnum} unexpectedly rejected"
+            );
             continue;
         };
         assert_eq!(params.dnum(), dnum);
@@ -84,13 +112,20 @@ fn one_evaluator_is_shared_across_threads() {
     assert_send_sync::<cipherinfer_ckks::Parameters>();
     let params = small_insecure();
     let mut c = ctx(params.clone(), &[1], false);
-    let inputs: Vec<Vec<f64>> = (0..4).map(|i| random_vec(params.slots(), 50 + i, 1.0)).collect();
+    let inputs: Vec<Vec<f64>> = (0..4)
+        .map(|i| random_vec(params.slots(), 50 + i, 1.0))
+        .collect();
     let cts: Vec<_> = inputs.iter().map(|v| c.encrypt(v)).collect();
     let ev = &c.ev;
     let outs: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = cts
             .iter()
-            .map(|ct| s.spawn(move || ev.rotate(&ev.mul_rescale(ct, ct).expect("mul"), 1).expect("rot")))
+            .map(|ct| {
+                s.spawn(move || {
+                    ev.rotate(&ev.mul_rescale(ct, ct).expect("mul"), 1)
+                        .expect("rot")
+                })
+            })
             .collect();
         hs.into_iter().map(|h| h.join().expect("thread")).collect()
     });
@@ -104,7 +139,9 @@ fn one_evaluator_is_shared_across_threads() {
 #[test]
 fn sparse_secret_works_and_weak_weight_is_refused() {
     let mut lit = Preset::Pn13Depth4.literal();
-    lit.secret = SecretDistribution::SparseTernary { hamming_weight: 192 };
+    lit.secret = SecretDistribution::SparseTernary {
+        hamming_weight: 192,
+    };
     let params = lit.build().expect("h = 192 is accepted");
     let mut c = ctx(params.clone(), &[], false);
     let v = random_vec(params.slots(), 3, 1.0);
@@ -112,7 +149,9 @@ fn sparse_secret_works_and_weak_weight_is_refused() {
     let sq = c.ev.mul_rescale(&ct, &ct).expect("mul");
     let want: Vec<f64> = v.iter().map(|x| x * x).collect();
     assert!(precision_bits(&c.decrypt(&sq), &want) > 12.0);
-    lit.secret = SecretDistribution::SparseTernary { hamming_weight: 100 };
+    lit.secret = SecretDistribution::SparseTernary {
+        hamming_weight: 100,
+    };
     assert!(lit.build().is_err());
 }
 
@@ -143,6 +182,9 @@ fn presets_offer_their_documented_depth() {
         assert_eq!(ct.depth_consumed(), depth);
         let got = enc.decode(&dec.decrypt(&ct).expect("dec")).expect("decode");
         let bits = precision_bits(&got, &want);
-        assert!(bits > 10.0, "{preset:?}: {bits:.1} bits after {depth} products");
+        assert!(
+            bits > 10.0,
+            "{preset:?}: {bits:.1} bits after {depth} products"
+        );
     }
 }

@@ -11,10 +11,17 @@ fn encode_decode_and_encrypt_decrypt_precision() {
         let mut c = ctx(params.clone(), &[], false);
         let slots = params.slots();
         let v = random_vec(slots, 1, 1.0);
-        let pt = c.encoder.encode(&v, params.max_level(), params.default_scale()).expect("enc");
+        let pt = c
+            .encoder
+            .encode(&v, params.max_level(), params.default_scale())
+            .expect("enc");
         let back = c.encoder.decode(&pt).expect("dec");
         let bits = precision_bits(&back, &v);
-        assert!(bits > 30.0, "encode/decode {bits:.1} bits, n={}", params.n());
+        assert!(
+            bits > 30.0,
+            "encode/decode {bits:.1} bits, n={}",
+            params.n()
+        );
         let ct = c.dec.encrypt_symmetric(&pt).expect("sym");
         assert!(ct.is_seeded());
         let bits = precision_bits(&c.decrypt(&ct), &v);
@@ -26,10 +33,20 @@ fn encode_decode_and_encrypt_decrypt_precision() {
         // Complex values and every level.
         let z = random_complex(slots, 5);
         for level in 0..=params.max_level() {
-            let pt = c.encoder.encode_complex(&z, level, params.default_scale()).expect("enc");
+            let pt = c
+                .encoder
+                .encode_complex(&z, level, params.default_scale())
+                .expect("enc");
             let ct = c.dec.encrypt_symmetric(&pt).expect("enc");
-            let got = c.encoder.decode_complex(&c.dec.decrypt(&ct).expect("d")).expect("d");
-            let err = got.iter().zip(&z).map(|(a, b)| (a - b).norm()).fold(0.0, f64::max);
+            let got = c
+                .encoder
+                .decode_complex(&c.dec.decrypt(&ct).expect("d"))
+                .expect("d");
+            let err = got
+                .iter()
+                .zip(&z)
+                .map(|(a, b)| (a - b).norm())
+                .fold(0.0, f64::max);
             assert!(err < 2f64.powi(-20), "level {level}: err {err}");
         }
     }
@@ -49,17 +66,24 @@ fn multiply_relinearize_rescale_precision() {
         assert_eq!(prod.depth_consumed(), 1);
         let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
         let bits = precision_bits(&c.decrypt(&prod), &want);
-        eprintln!("n={} mul+relin+rescale precision: {bits:.2} bits", params.n());
+        eprintln!(
+            "n={} mul+relin+rescale precision: {bits:.2} bits",
+            params.n()
+        );
         assert!(bits >= 20.0, "{bits:.1} bits");
         // The fused path equals relinearize-then-rescale.
-        let unfused = c.ev.rescale(&c.ev.mul(&ca, &cb).expect("mul")).expect("rescale");
+        let unfused =
+            c.ev.rescale(&c.ev.mul(&ca, &cb).expect("mul"))
+                .expect("rescale");
         assert_eq!(unfused.scale(), prod.scale());
         assert!(precision_bits(&c.decrypt(&unfused), &c.decrypt(&prod)) >= 20.0);
         // A chain down to level 0.
         let mut x = ca.clone();
         let mut want = a.clone();
         while x.level() > 0 {
-            x = c.ev.mul_rescale(&x, &c.ev.drop_to_level(&ca, x.level()).expect("drop")).expect("mul");
+            x =
+                c.ev.mul_rescale(&x, &c.ev.drop_to_level(&ca, x.level()).expect("drop"))
+                    .expect("mul");
             want = want.iter().zip(&a).map(|(w, y)| w * y).collect();
         }
         let bits = precision_bits(&c.decrypt(&x), &want);
@@ -85,15 +109,36 @@ fn add_sub_negate_constants_plaintexts() {
         check(&ev.add(&ca, &cb).expect("add"), &|x, y| x + y, "add");
         check(&ev.sub(&ca, &cb).expect("sub"), &|x, y| x - y, "sub");
         check(&ev.negate(&ca).expect("neg"), &|x, _| -x, "neg");
-        check(&ev.add_const(&ca, 1.5).expect("addc"), &|x, _| x + 1.5, "add_const");
-        check(&ev.mul_integer(&ca, -3).expect("muli"), &|x, _| -3.0 * x, "mul_integer");
+        check(
+            &ev.add_const(&ca, 1.5).expect("addc"),
+            &|x, _| x + 1.5,
+            "add_const",
+        );
+        check(
+            &ev.mul_integer(&ca, -3).expect("muli"),
+            &|x, _| -3.0 * x,
+            "mul_integer",
+        );
         let top = params.max_level();
         let s = params.default_scale();
         let pb = c.encoder.encode(&b, top, s).expect("enc");
-        check(&ev.add_plain(&ca, &pb).expect("addp"), &|x, y| x + y, "add_plain");
-        check(&ev.sub_plain(&ca, &pb).expect("subp"), &|x, y| x - y, "sub_plain");
-        let pm = c.encoder.encode(&b, top, params.q_primes()[top] as f64).expect("enc");
-        let m = ev.rescale(&ev.mul_plain(&ca, &pm).expect("mulp")).expect("rs");
+        check(
+            &ev.add_plain(&ca, &pb).expect("addp"),
+            &|x, y| x + y,
+            "add_plain",
+        );
+        check(
+            &ev.sub_plain(&ca, &pb).expect("subp"),
+            &|x, y| x - y,
+            "sub_plain",
+        );
+        let pm = c
+            .encoder
+            .encode(&b, top, params.q_primes()[top] as f64)
+            .expect("enc");
+        let m = ev
+            .rescale(&ev.mul_plain(&ca, &pm).expect("mulp"))
+            .expect("rs");
         check(&m, &|x, y| x * y, "mul_plain");
         let m = ev.mul_const_rescale_to(&ca, 0.3, s).expect("mulc");
         assert_eq!(m.scale(), s);

@@ -14,14 +14,20 @@ fn rotated(v: &[f64], k: i64) -> Vec<f64> {
 #[test]
 fn rotations_by_random_steps_and_hoisting() {
     let mut sets = param_sets();
-    sets.push(cipherinfer_ckks::Preset::Pn14SealChain.build().expect("preset"));
+    sets.push(
+        cipherinfer_ckks::Preset::Pn14SealChain
+            .build()
+            .expect("preset"),
+    );
     for params in sets {
         // The SEAL-compatible chain has P (58 bits) below its first prime (60 bits), so its
         // key switching is noisier (about 22 bits; SEAL itself reaches about 18 there).
         let min_bits = if params.dnum() == 9 { 20.0 } else { 24.0 };
         let slots = params.slots() as i64;
         let mut rng = ChaCha20Rng::seed_from_u64(11);
-        let mut steps: Vec<i64> = (0..6).map(|_| (rng.next_u64() % slots as u64) as i64).collect();
+        let mut steps: Vec<i64> = (0..6)
+            .map(|_| (rng.next_u64() % slots as u64) as i64)
+            .collect();
         steps.extend([1, -1, -5, slots - 1]);
         let mut c = ctx(params.clone(), &steps, false);
         let v = random_vec(slots as usize, 12, 1.0);
@@ -39,7 +45,10 @@ fn rotations_by_random_steps_and_hoisting() {
         for ((h, o), &k) in hoisted.iter().zip(&one_by_one).zip(&steps) {
             let got = c.decrypt(h);
             assert!(precision_bits(&got, &rotated(&v, k)) > min_bits);
-            assert!(precision_bits(&got, o) > min_bits, "hoisted differs from one-by-one at {k}");
+            assert!(
+                precision_bits(&got, o) > min_bits,
+                "hoisted differs from one-by-one at {k}"
+            );
         }
         // Rotation at a lower level, after a multiplication.
         let sq = c.ev.mul_rescale(&ct, &ct).expect("sq");
@@ -58,18 +67,30 @@ fn conjugation_and_slot_sums() {
     let steps = cipherinfer_ckks::Evaluator::sum_slots_steps(64);
     let mut c = ctx(params.clone(), &steps, true);
     let z = random_complex(params.slots(), 21);
-    let pt = c.encoder.encode_complex(&z, params.max_level(), params.default_scale()).expect("enc");
+    let pt = c
+        .encoder
+        .encode_complex(&z, params.max_level(), params.default_scale())
+        .expect("enc");
     let ct = c.dec.encrypt_symmetric(&pt).expect("enc");
     let cj = c.ev.conjugate(&ct).expect("conj");
-    let got = c.encoder.decode_complex(&c.dec.decrypt(&cj).expect("d")).expect("d");
-    let err = got.iter().zip(&z).map(|(a, b)| (a - b.conj()).norm()).fold(0.0, f64::max);
+    let got = c
+        .encoder
+        .decode_complex(&c.dec.decrypt(&cj).expect("d"))
+        .expect("d");
+    let err = got
+        .iter()
+        .zip(&z)
+        .map(|(a, b)| (a - b.conj()).norm())
+        .fold(0.0, f64::max);
     assert!(err < 2f64.powi(-20), "conjugate err {err}");
 
     let v = random_vec(params.slots(), 22, 1.0);
     let ct = c.encrypt(&v);
     let s = c.ev.sum_slots(&ct, 64).expect("sum");
     let n = v.len();
-    let want: Vec<f64> = (0..n).map(|j| (0..64).map(|i| v[(j + i) % n]).sum()).collect();
+    let want: Vec<f64> = (0..n)
+        .map(|j| (0..64).map(|i| v[(j + i) % n]).sum())
+        .collect();
     let bits = precision_bits(&c.decrypt(&s), &want);
     assert!(bits > 18.0, "sum_slots {bits:.1} bits");
 }

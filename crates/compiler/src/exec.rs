@@ -12,11 +12,14 @@ use cipherinfer_ckks::{
 use crate::error::{CompileError, Result};
 use crate::plan::{Plan, Step, is_pure_square, poly_depth};
 
+/// Per input ciphertext, the baby-step masks of one (output, giant step) group.
+type GroupParts = Vec<(usize, Vec<(i64, ExtendedPlaintext)>)>;
+
 struct EncodedLinear {
     level: usize,
     baby_steps: usize,
     /// (output ct, giant step j) -> [(input ct, [(baby step, mask)])]
-    groups: BTreeMap<(usize, usize), Vec<(usize, Vec<(i64, ExtendedPlaintext)>)>>,
+    groups: BTreeMap<(usize, usize), GroupParts>,
     bias: Vec<Plaintext>,
     block_sum: Vec<usize>,
     out_cts: usize,
@@ -88,10 +91,7 @@ impl HeModel {
                 Step::Linear(l) => {
                     let n1 = l.baby_steps;
                     let mask_scale = q[level] as f64;
-                    let mut groups: BTreeMap<
-                        (usize, usize),
-                        Vec<(usize, Vec<(i64, ExtendedPlaintext)>)>,
-                    > = BTreeMap::new();
+                    let mut groups: BTreeMap<(usize, usize), GroupParts> = BTreeMap::new();
                     for (&(o, i), diags) in &l.diagonals {
                         let mut by_giant: BTreeMap<usize, Vec<(i64, ExtendedPlaintext)>> =
                             BTreeMap::new();

@@ -16,13 +16,17 @@ pub fn small_insecure() -> Arc<Parameters> {
         r#"{"log_n":10,"log_q":[50,40,40,40,40],"log_p":[50,50],"log_scale":40,"dnum":3}"#,
     )
     .expect("literal");
-    lit.build_insecure_for_tests().expect("insecure test parameters")
+    lit.build_insecure_for_tests()
+        .expect("insecure test parameters")
 }
 
 /// The parameter sets most tests loop over: a small insecure ring (always) and, for the
 /// precision claims, the real N = 2^14 preset.
 pub fn param_sets() -> Vec<Arc<Parameters>> {
-    vec![small_insecure(), Preset::Pn14Depth7.build().expect("preset")]
+    vec![
+        small_insecure(),
+        Preset::Pn14Depth7.build().expect("preset"),
+    ]
 }
 
 /// Everything a test needs for one parameter set.
@@ -58,7 +62,10 @@ pub fn random_vec(n: usize, seed: u64, bound: f64) -> Vec<f64> {
 pub fn random_complex(n: usize, seed: u64) -> Vec<Complex64> {
     let re = random_vec(n, seed, 1.0);
     let im = random_vec(n, seed + 1000, 1.0);
-    re.into_iter().zip(im).map(|(a, b)| Complex64::new(a, b)).collect()
+    re.into_iter()
+        .zip(im)
+        .map(|(a, b)| Complex64::new(a, b))
+        .collect()
 }
 
 impl Ctx {
@@ -70,7 +77,9 @@ impl Ctx {
         self.dec.encrypt_symmetric(&pt).expect("encrypt")
     }
     pub fn decrypt(&self, ct: &Ciphertext) -> Vec<f64> {
-        self.encoder.decode(&self.dec.decrypt(ct).expect("decrypt")).expect("decode")
+        self.encoder
+            .decode(&self.dec.decrypt(ct).expect("decrypt"))
+            .expect("decode")
     }
 }
 
