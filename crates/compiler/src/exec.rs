@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cipherinfer_ckks::{
-    Ciphertext, Encoder, Evaluator, ExtendedPlaintext, Parameters, Plaintext, Polynomial,
+    Ciphertext, Decryptor, Encoder, Evaluator, ExtendedPlaintext, Parameters, Plaintext, Polynomial,
 };
 
 use crate::error::{CompileError, Result};
@@ -163,6 +163,42 @@ impl HeModel {
     /// The parameters.
     pub fn parameters(&self) -> &Arc<Parameters> {
         &self.params
+    }
+
+    /// Client side: packs an input tensor as the plan says and encrypts it with the secret key
+    /// (seeded ciphertexts, at the lowest level the model needs).
+    pub fn encrypt_input(
+        &self,
+        encoder: &Encoder,
+        dec: &mut Decryptor,
+        input: &[f64],
+    ) -> Result<Vec<Ciphertext>> {
+        self.plan
+            .input
+            .pack(input, self.params.slots())?
+            .iter()
+            .map(|v| {
+                let pt = encoder.encode(v, self.input_level, self.input_scale)?;
+                Ok(dec.encrypt_symmetric(&pt)?)
+            })
+            .collect()
+    }
+
+    /// Client side: decrypts the output ciphertexts and reads the output values.
+    pub fn decrypt_output(
+        &self,
+        encoder: &Encoder,
+        dec: &Decryptor,
+        outputs: &[Ciphertext],
+    ) -> Result<Vec<f64>> {
+        let slots = outputs
+            .iter()
+            .map(|c| Ok(encoder.decode(&dec.decrypt(c)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        if slots.len() < self.plan.output.num_cts {
+            return Err(CompileError::Input("too few output ciphertexts".into()));
+        }
+        Ok(self.plan.finish_output(&self.plan.output.unpack(&slots)))
     }
 
     /// Evaluates the model on encrypted inputs (one ciphertext per input block of the plan).

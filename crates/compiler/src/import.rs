@@ -1,9 +1,35 @@
 //! From the model IR (ONNX import, folded and converted) to the compiler's layer chain.
 
+use std::sync::Arc;
+
+use cipherinfer_ckks::Parameters;
 use cipherinfer_model::ir::{Model, Op};
 
 use crate::error::{CompileError, Result};
+use crate::exec::HeModel;
 use crate::network::{Layer, Network};
+use crate::plan::{CompileOptions, compile_with, output_divisor_for};
+
+/// Compiles an HE-friendly IR model for `params`: lowers it, sizes the output divisor from the
+/// largest output seen on `calibration` inputs (so results fit the base prime), compiles the
+/// plan and encodes it.
+pub fn compile_model(
+    model: &Model,
+    params: Arc<Parameters>,
+    calibration: &[Vec<f64>],
+) -> Result<(Network, HeModel)> {
+    let net = Network::from_ir(model)?;
+    let mut max_abs: f64 = 1.0;
+    for x in calibration {
+        max_abs = net.forward(x)?.iter().fold(max_abs, |m, v| m.max(v.abs()));
+    }
+    let options = CompileOptions {
+        output_divisor: output_divisor_for(max_abs, &params),
+    };
+    let plan = compile_with(&net, params.slots(), options)?;
+    let model = HeModel::new(plan, params)?;
+    Ok((net, model))
+}
 
 fn unsupported(node: &str, why: impl Into<String>) -> CompileError {
     CompileError::Shape {

@@ -14,5 +14,6 @@ pub mod plan;
 
 pub use error::{CompileError, Result};
 pub use exec::{EvalReport, HeModel};
+pub use import::compile_model;
 pub use network::{Layer, Network, Shape};
 pub use plan::{CompileOptions, Plan, SlotMap, Step, compile, compile_with, output_divisor_for};
