@@ -9,6 +9,7 @@ use cipherinfer_ckks::{
     Ciphertext, Decryptor, Encoder, Evaluator, ExtendedPlaintext, Parameters, Plaintext, Polynomial,
 };
 
+use crate::client::ClientSpec;
 use crate::error::{CompileError, Result};
 use crate::plan::{Plan, Step, is_pure_square, poly_depth};
 
@@ -173,15 +174,14 @@ impl HeModel {
         dec: &mut Decryptor,
         input: &[f64],
     ) -> Result<Vec<Ciphertext>> {
-        self.plan
-            .input
-            .pack(input, self.params.slots())?
-            .iter()
-            .map(|v| {
-                let pt = encoder.encode(v, self.input_level, self.input_scale)?;
-                Ok(dec.encrypt_symmetric(&pt)?)
-            })
-            .collect()
+        crate::client::pack_and_encrypt(
+            &self.plan.input,
+            self.input_level,
+            self.input_scale,
+            encoder,
+            dec,
+            input,
+        )
     }
 
     /// Client side: decrypts the output ciphertexts and reads the output values.
@@ -191,14 +191,36 @@ impl HeModel {
         dec: &Decryptor,
         outputs: &[Ciphertext],
     ) -> Result<Vec<f64>> {
-        let slots = outputs
-            .iter()
-            .map(|c| Ok(encoder.decode(&dec.decrypt(c)?)?))
-            .collect::<Result<Vec<_>>>()?;
-        if slots.len() < self.plan.output.num_cts {
-            return Err(CompileError::Input("too few output ciphertexts".into()));
+        crate::client::decrypt_and_unpack(
+            &self.plan.output,
+            self.plan.output_multiplier,
+            encoder,
+            dec,
+            outputs,
+        )
+    }
+
+    /// What the client needs: parameters, packing, levels, keys to generate, output layout.
+    pub fn client_spec(&self) -> ClientSpec {
+        let g = self.plan.input.grid;
+        ClientSpec {
+            parameters: self.params.literal().clone(),
+            parameter_id: self.params.id_hex(),
+            input_shape: g.map(|g| (g.c, g.h, g.w)).unwrap_or((
+                self.plan.input.positions.len(),
+                1,
+                1,
+            )),
+            input: self.plan.input.clone(),
+            input_level: self.input_level,
+            input_scale: self.input_scale,
+            rotation_steps: self.plan.rotation_steps(),
+            relinearization: self.plan.needs_relinearization(),
+            output: self.plan.output.clone(),
+            output_shape: self.plan.output_shape,
+            output_multiplier: self.plan.output_multiplier,
+            depth: self.plan.depth(),
         }
-        Ok(self.plan.finish_output(&self.plan.output.unpack(&slots)))
     }
 
     /// Evaluates the model on encrypted inputs (one ciphertext per input block of the plan).

@@ -5,6 +5,7 @@
 //! lowers them to diagonals (with a cleartext executor of the plan); [`exec`] binds a plan to
 //! CKKS parameters and evaluates it on ciphertexts.
 
+pub mod client;
 pub mod error;
 pub mod exec;
 pub mod import;
@@ -12,6 +13,7 @@ pub mod linear;
 pub mod network;
 pub mod plan;
 
+pub use client::ClientSpec;
 pub use error::{CompileError, Result};
 pub use exec::{EvalReport, HeModel};
 pub use import::compile_model;

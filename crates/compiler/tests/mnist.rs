@@ -55,15 +55,15 @@ fn run(name: &str, encrypted_images: usize) {
         reference.push(want);
     }
 
-    let mut kg = KeyGenerator::new(params.clone()).expect("kg");
+    // The client works from the serialized client view only.
+    let json = serde_json::to_string(&model.client_spec()).expect("serialize spec");
+    let spec: cipherinfer_compiler::ClientSpec = serde_json::from_str(&json).expect("parse spec");
+    let client_params = spec.validate().expect("spec is valid");
+    assert_eq!(client_params.id(), params.id());
+    let mut kg = KeyGenerator::new(client_params.clone()).expect("kg");
     let sk = kg.secret_key();
     let keys = kg
-        .evaluation_keys(
-            &sk,
-            plan.needs_relinearization(),
-            &plan.rotation_steps(),
-            false,
-        )
+        .evaluation_keys(&sk, spec.relinearization, &spec.rotation_steps, false)
         .expect("keys");
     let ev = Evaluator::new(keys);
     let encoder = Encoder::new(params.clone());
@@ -72,12 +72,12 @@ fn run(name: &str, encrypted_images: usize) {
     let mut worst: f64 = 0.0;
     let mut largest: f64 = 0.0;
     for ((x, _), want) in inputs.iter().zip(&reference).take(encrypted_images) {
-        let cts = model.encrypt_input(&encoder, &mut dec, x).expect("encrypt");
+        let cts = spec.encrypt_input(&encoder, &mut dec, x).expect("encrypt");
         let (out, report) = model
             .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {})
             .expect("evaluate");
         assert_eq!(report.output_level, 0);
-        let got = model.decrypt_output(&encoder, &dec, &out).expect("decrypt");
+        let got = spec.decrypt_output(&encoder, &dec, &out).expect("decrypt");
         worst = got
             .iter()
             .zip(want)
@@ -95,6 +95,32 @@ fn run(name: &str, encrypted_images: usize) {
         "{name}: encrypted argmax differs from cleartext"
     );
     assert!(worst < 0.02 * largest, "{name}: logit error {worst}");
+}
+
+#[test]
+fn a_tampered_client_spec_is_refused() {
+    let manifest = Manifest::shipped().expect("manifest");
+    let ir = onnx::import(&manifest.read_model("mnist-cnn").expect("model").bytes).expect("import");
+    let params = Preset::Pn13Depth5.build().expect("params");
+    let (_, model) = compile_model(&ir, params, &[]).expect("compile");
+    let good = model.client_spec();
+    assert!(good.validate().is_ok());
+    let mut weak = good.clone();
+    weak.parameters.log_q.clear();
+    weak.parameters.q.push(1_099_511_922_689); // one more prime: over the 128-bit bound
+    assert!(weak.validate().is_err());
+    let mut wrong_id = good.clone();
+    wrong_id.parameter_id = "00".repeat(32);
+    assert!(wrong_id.validate().is_err());
+    let mut outside = good.clone();
+    outside.input.positions[0][0].1 = 1 << 20;
+    assert!(outside.validate().is_err());
+    let mut bad_level = good.clone();
+    bad_level.input_level = 99;
+    assert!(bad_level.validate().is_err());
+    let mut bad_steps = good;
+    bad_steps.rotation_steps.push(1 << 40);
+    assert!(bad_steps.validate().is_err());
 }
 
 #[test]
