@@ -1,0 +1,185 @@
+//! Each supported layer type, compiled and run encrypted (INSECURE small ring, for speed) against
+//! the cleartext plan and the network's own forward pass.
+
+use std::sync::atomic::AtomicBool;
+
+use cipherinfer_ckks::{Decryptor, Encoder, Evaluator, KeyGenerator, ParametersLiteral};
+use cipherinfer_compiler::{HeModel, Layer, Network, compile};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+fn rand_vec(rng: &mut ChaCha20Rng, n: usize, scale: f64) -> Vec<f64> {
+    (0..n)
+        .map(|_| (rng.next_u64() as f64 / u64::MAX as f64 * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+fn conv(
+    rng: &mut ChaCha20Rng,
+    in_c: usize,
+    out_c: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+) -> Layer {
+    Layer::Conv2d {
+        in_c,
+        out_c,
+        kernel: (k, k),
+        stride: (stride, stride),
+        padding: (pad, pad),
+        groups,
+        weight: rand_vec(rng, out_c * (in_c / groups) * k * k, 0.4),
+        bias: rand_vec(rng, out_c, 0.1),
+    }
+}
+
+fn check(name: &str, net: Network, depth_levels: usize) {
+    let lit: ParametersLiteral = serde_json::from_str(&format!(
+        r#"{{"log_n":10,"log_q":[50{}],"log_p":[55,55],"log_scale":36}}"#,
+        ",36".repeat(depth_levels)
+    ))
+    .expect("literal");
+    let params = lit
+        .build_insecure_for_tests()
+        .expect("INSECURE test parameters");
+    let plan = compile(&net, params.slots()).expect("compile");
+    let mut rng = ChaCha20Rng::seed_from_u64(99);
+    let (c, h, w) = net.input;
+    let x: Vec<f64> = rand_vec(&mut rng, c * h * w, 1.0);
+    let want = net.forward(&x).expect("forward");
+    let clear = plan.execute_cleartext(&x).expect("cleartext");
+    let d = clear
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(d < 1e-9, "{name}: plan differs from the network by {d}");
+    let model = HeModel::new(plan.clone(), params.clone()).expect("bind");
+    let mut kg = KeyGenerator::new(params.clone()).expect("kg");
+    let sk = kg.secret_key();
+    let keys = kg
+        .evaluation_keys(
+            &sk,
+            plan.needs_relinearization(),
+            &plan.rotation_steps(),
+            false,
+        )
+        .expect("keys");
+    let ev = Evaluator::new(keys);
+    let encoder = Encoder::new(params.clone());
+    let mut dec = Decryptor::new(sk).expect("dec");
+    let cts = model
+        .encrypt_input(&encoder, &mut dec, &x)
+        .expect("encrypt");
+    let (out, _) = model
+        .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {})
+        .expect("evaluate");
+    let got = model.decrypt_output(&encoder, &dec, &out).expect("decrypt");
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "{name}: depth {}, {} cts in, max error {err:.2e}",
+        plan.depth(),
+        plan.input.num_cts
+    );
+    assert!(err < 1e-4, "{name}: encrypted differs by {err}");
+}
+
+#[test]
+fn strided_and_padded_convolution() {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let net = Network {
+        input: (1, 8, 8),
+        layers: vec![
+            conv(&mut rng, 1, 3, 3, 2, 1, 1),
+            Layer::Flatten,
+            Layer::Dense {
+                in_f: 48,
+                out_f: 4,
+                weight: rand_vec(&mut rng, 192, 0.3),
+                bias: rand_vec(&mut rng, 4, 0.1),
+            },
+        ],
+    };
+    check("conv stride 2 pad 1 + dense (fused)", net, 1);
+}
+
+#[test]
+fn multi_channel_and_grouped_convolutions() {
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let net = Network {
+        input: (2, 6, 6),
+        layers: vec![
+            conv(&mut rng, 2, 4, 3, 1, 1, 1),
+            Layer::Poly {
+                coeffs: vec![0.0, 0.0, 1.0],
+            },
+            conv(&mut rng, 4, 4, 3, 1, 0, 2),
+        ],
+    };
+    check(
+        "conv 2->4 channel mixing, square, grouped conv 4->4 (2 groups)",
+        net,
+        3,
+    );
+}
+
+#[test]
+fn general_polynomial_and_global_pooling() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let net = Network {
+        input: (1, 8, 8),
+        layers: vec![
+            conv(&mut rng, 1, 2, 3, 1, 0, 1),
+            Layer::Poly {
+                coeffs: vec![0.1, 0.5, 0.25, -0.05],
+            },
+            Layer::AvgPool2d {
+                kernel: (6, 6),
+                stride: (6, 6),
+            },
+            Layer::Flatten,
+            Layer::Dense {
+                in_f: 2,
+                out_f: 3,
+                weight: rand_vec(&mut rng, 6, 0.5),
+                bias: rand_vec(&mut rng, 3, 0.1),
+            },
+        ],
+    };
+    check("conv, cubic polynomial, global average pool, dense", net, 5);
+}
+
+#[test]
+fn shape_errors_are_reported() {
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let bad = Network {
+        input: (1, 8, 8),
+        layers: vec![conv(&mut rng, 2, 3, 3, 1, 0, 1)],
+    };
+    let err = compile(&bad, 512).expect_err("channel mismatch");
+    assert_eq!(err.code(), "invalid_model");
+    let bad = Network {
+        input: (1, 4, 4),
+        layers: vec![
+            Layer::Flatten,
+            Layer::Dense {
+                in_f: 15,
+                out_f: 2,
+                weight: vec![0.0; 30],
+                bias: vec![0.0; 2],
+            },
+        ],
+    };
+    assert!(compile(&bad, 512).is_err());
+    let too_big = Network {
+        input: (1, 64, 64),
+        layers: vec![Layer::Flatten],
+    };
+    assert!(compile(&too_big, 512).is_err());
+}
