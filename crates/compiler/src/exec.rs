@@ -11,7 +11,7 @@ use cipherinfer_ckks::{
 
 use crate::client::ClientSpec;
 use crate::error::{CompileError, Result};
-use crate::plan::{Plan, Step, is_pure_square, poly_depth};
+use crate::plan::{Plan, Step, chebyshev_polynomial, is_pure_square};
 
 /// Per input ciphertext, the baby-step masks of one (output, giant step) group.
 type GroupParts = Vec<(usize, Vec<(i64, ExtendedPlaintext)>)>;
@@ -30,6 +30,14 @@ enum EncodedStep {
     Linear(EncodedLinear),
     Square,
     Poly(Polynomial),
+}
+
+fn poly_step(p: Polynomial, level: &mut usize) -> Result<EncodedStep> {
+    let d = p.depth();
+    *level = level.checked_sub(d).ok_or_else(|| {
+        CompileError::DoesNotFit("polynomial deeper than the remaining levels".into())
+    })?;
+    Ok(EncodedStep::Poly(p))
 }
 
 /// A plan ready to run on ciphertexts under one parameter set.
@@ -132,10 +140,17 @@ impl HeModel {
                         scale = scale * scale / q[level] as f64;
                         level -= 1;
                     } else {
-                        let p = Polynomial::monomial(coeffs.clone())?;
-                        level -= poly_depth(coeffs);
-                        steps.push(EncodedStep::Poly(p));
+                        steps.push(poly_step(
+                            Polynomial::monomial(coeffs.clone())?,
+                            &mut level,
+                        )?);
                     }
+                }
+                Step::Chebyshev { coeffs, interval } => {
+                    steps.push(poly_step(
+                        chebyshev_polynomial(coeffs, *interval)?,
+                        &mut level,
+                    )?);
                 }
             }
         }

@@ -83,8 +83,14 @@ impl Network {
                 Op::Square => Layer::Poly {
                     coeffs: vec![0.0, 0.0, 1.0],
                 },
-                Op::Polynomial(p) => Layer::Poly {
-                    coeffs: p.coeffs.clone(),
+                Op::Polynomial(p) => match p.interval {
+                    Some([a, b]) => Layer::IntervalPoly {
+                        coeffs: p.coeffs.clone(),
+                        interval: (a, b),
+                    },
+                    None => Layer::Poly {
+                        coeffs: p.coeffs.clone(),
+                    },
                 },
                 Op::Reshape { shape } => {
                     if !shape.is_flat() {

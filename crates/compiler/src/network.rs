@@ -50,6 +50,15 @@ pub enum Layer {
         /// Coefficients, lowest degree first.
         coeffs: Vec<f64>,
     },
+    /// Element-wise polynomial `Σ c_i x^i` fitted on the interval `[a, b]` where its inputs lie
+    /// (e.g. a ReLU approximation). Compiled in the Chebyshev basis on that interval, with the
+    /// map to `[-1, 1]` folded into the preceding linear layer.
+    IntervalPoly {
+        /// Monomial coefficients, lowest degree first.
+        coeffs: Vec<f64>,
+        /// The fitting interval `(a, b)`, `a < b`.
+        interval: (f64, f64),
+    },
     /// Reshape to a vector (CHW order), data unchanged.
     Flatten,
 }
@@ -163,6 +172,21 @@ impl Layer {
                 }
                 Ok(s)
             }
+            (
+                Layer::IntervalPoly {
+                    coeffs,
+                    interval: (a, b),
+                },
+                s,
+            ) => {
+                if coeffs.is_empty() || coeffs.iter().any(|c| !c.is_finite()) {
+                    return Err(bad("polynomial needs finite coefficients".into()));
+                }
+                if !(a.is_finite() && b.is_finite() && a < b) {
+                    return Err(bad(format!("invalid interval [{a}, {b}]")));
+                }
+                Ok(s)
+            }
             (Layer::Flatten, s) => Ok(Shape::Vector(s.len())),
             (l, s) => Err(bad(format!("{} cannot take a {s:?} input", l.name()))),
         }
@@ -175,13 +199,14 @@ impl Layer {
             Layer::AvgPool2d { .. } => "AvgPool2d",
             Layer::Dense { .. } => "Dense",
             Layer::Poly { .. } => "Poly",
+            Layer::IntervalPoly { .. } => "IntervalPoly",
             Layer::Flatten => "Flatten",
         }
     }
 
     /// Whether the layer is linear (affine) in its input.
     pub fn is_linear(&self) -> bool {
-        !matches!(self, Layer::Poly { .. })
+        !matches!(self, Layer::Poly { .. } | Layer::IntervalPoly { .. })
     }
 }
 
@@ -210,7 +235,7 @@ impl Network {
         let mut x = input.to_vec();
         for (i, l) in self.layers.iter().enumerate() {
             x = match l {
-                Layer::Poly { coeffs } => x
+                Layer::Poly { coeffs } | Layer::IntervalPoly { coeffs, .. } => x
                     .iter()
                     .map(|&v| coeffs.iter().rev().fold(0.0, |a, &c| a * v + c))
                     .collect(),

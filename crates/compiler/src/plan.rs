@@ -163,6 +163,26 @@ pub enum Step {
         /// Coefficients, lowest degree first.
         coeffs: Vec<f64>,
     },
+    /// A slot-wise polynomial `Σ c_i T_i(y)` in the Chebyshev basis, `y` mapping `interval` to
+    /// `[-1, 1]` (the interval is `(-1, 1)` when the map was folded into the previous step).
+    Chebyshev {
+        /// Chebyshev coefficients, lowest degree first.
+        coeffs: Vec<f64>,
+        /// Interval of the inputs.
+        interval: (f64, f64),
+    },
+}
+
+/// The CKKS polynomial of a Chebyshev step.
+pub fn chebyshev_polynomial(
+    coeffs: &[f64],
+    interval: (f64, f64),
+) -> Result<cipherinfer_ckks::Polynomial> {
+    Ok(cipherinfer_ckks::Polynomial::chebyshev(
+        coeffs.to_vec(),
+        interval.0,
+        interval.1,
+    )?)
 }
 
 impl Step {
@@ -171,6 +191,9 @@ impl Step {
         match self {
             Step::Linear(_) => 1,
             Step::Poly { coeffs } => poly_depth(coeffs),
+            Step::Chebyshev { coeffs, interval } => chebyshev_polynomial(coeffs, *interval)
+                .map(|p| p.depth())
+                .unwrap_or(usize::MAX),
         }
     }
     /// Short description for progress reports.
@@ -184,6 +207,12 @@ impl Step {
             ),
             Step::Poly { coeffs } => {
                 format!("activation: degree {}", coeffs.len().saturating_sub(1))
+            }
+            Step::Chebyshev { coeffs, .. } => {
+                format!(
+                    "activation: Chebyshev degree {}",
+                    coeffs.len().saturating_sub(1)
+                )
             }
         }
     }
@@ -309,7 +338,7 @@ fn share_keys(steps: &mut [Step], slots: usize) {
                 .filter(|(j, _)| *j != i)
                 .filter_map(|(_, s)| match s {
                     Step::Linear(l) => Some(step_keys(&l.keys(), l.baby_steps, &l.block_sum)),
-                    Step::Poly { .. } => None,
+                    Step::Poly { .. } | Step::Chebyshev { .. } => None,
                 })
                 .flatten()
                 .collect();
@@ -360,9 +389,10 @@ impl Plan {
 
     /// Whether any step needs relinearization (ciphertext products).
     pub fn needs_relinearization(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| matches!(s, Step::Poly { coeffs } if poly_depth(coeffs) > 0))
+        self.steps.iter().any(|s| {
+            matches!(s, Step::Poly { coeffs } if poly_depth(coeffs) > 0)
+                || matches!(s, Step::Chebyshev { .. })
+        })
     }
 
     /// Runs the plan on slot vectors in f64: what decryption will show, up to CKKS noise.
@@ -371,6 +401,12 @@ impl Plan {
         let n = self.slots;
         for step in &self.steps {
             cts = match step {
+                Step::Chebyshev { coeffs, interval } => {
+                    let poly = chebyshev_polynomial(coeffs, *interval)?;
+                    cts.iter()
+                        .map(|ct| ct.iter().map(|&v| poly.evaluate(v)).collect())
+                        .collect()
+                }
                 Step::Poly { coeffs } => cts
                     .iter()
                     .map(|ct| {
@@ -518,12 +554,31 @@ pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Res
     let mut steps = Vec::new();
     let mut i = 0;
     while i < net.layers.len() {
-        if let Layer::Poly { coeffs } = &net.layers[i] {
-            steps.push(Step::Poly {
-                coeffs: coeffs.clone(),
-            });
-            i += 1;
-            continue;
+        match &net.layers[i] {
+            Layer::Poly { coeffs } => {
+                steps.push(Step::Poly {
+                    coeffs: coeffs.clone(),
+                });
+                i += 1;
+                continue;
+            }
+            Layer::IntervalPoly { coeffs, interval } => {
+                // Reached without a linear step to fold the interval map into: keep the map
+                // inside the polynomial (one more level).
+                let monomial = coeffs.clone();
+                let eval = move |x: f64| monomial.iter().rev().fold(0.0, |a, &c| a * x + c);
+                let degree = coeffs.len().saturating_sub(1).max(1);
+                let p = cipherinfer_ckks::Polynomial::chebyshev_interpolate(
+                    eval, degree, interval.0, interval.1,
+                )?;
+                steps.push(Step::Chebyshev {
+                    coeffs: p.coeffs().to_vec(),
+                    interval: *interval,
+                });
+                i += 1;
+                continue;
+            }
+            _ => {}
         }
         // Fuse the run of linear layers starting at i.
         let mut op = LinearOp::from_layer(&net.layers[i], shapes[i])?;
@@ -556,10 +611,46 @@ pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Res
                 *b /= options.output_divisor;
             }
         }
+        // A following interval polynomial: fold y = alpha·x + beta (its interval onto [-1, 1])
+        // into this step and emit it in the Chebyshev basis on [-1, 1], at no extra level.
+        let mut folded = None;
+        if let Some(Layer::IntervalPoly {
+            coeffs,
+            interval: (a, b),
+        }) = net.layers.get(j + 1)
+        {
+            let (a, b) = (*a, *b);
+            let alpha = 2.0 / (b - a);
+            let beta = -(a + b) / (b - a);
+            for row in op.rows.iter_mut() {
+                for (_, w) in row.iter_mut() {
+                    *w *= alpha;
+                }
+            }
+            for v in op.bias.iter_mut() {
+                *v = alpha * *v + beta;
+            }
+            let monomial = coeffs.clone();
+            let (h, c) = ((b - a) / 2.0, (a + b) / 2.0);
+            let eval = move |y: f64| {
+                let x = h * y + c;
+                monomial.iter().rev().fold(0.0, |acc, &k| acc * x + k)
+            };
+            let degree = coeffs.len().saturating_sub(1).max(1);
+            let p = cipherinfer_ckks::Polynomial::chebyshev_interpolate(eval, degree, -1.0, 1.0)?;
+            folded = Some(Step::Chebyshev {
+                coeffs: p.coeffs().to_vec(),
+                interval: (-1.0, 1.0),
+            });
+        }
         let (step, out) = lower(&op, &current, grid, slots)?;
         steps.push(Step::Linear(step));
         current = out;
         i = j + 1;
+        if let Some(step) = folded {
+            steps.push(step);
+            i += 1;
+        }
     }
     share_keys(&mut steps, slots);
     Ok(Plan {

@@ -156,6 +156,70 @@ fn general_polynomial_and_global_pooling() {
 }
 
 #[test]
+fn interval_polynomial_is_folded_and_evaluated_in_chebyshev_basis() {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    // A degree-8 least-squares-like ReLU stand-in on [-3, 3]: monomial coefficients whose
+    // values stay moderate on the interval.
+    let relu8 = cipherinfer_ckks::Polynomial::chebyshev_interpolate(|x| x.max(0.0), 8, -3.0, 3.0)
+        .expect("fit");
+    let monomial: Vec<f64> = {
+        // Expand to the monomial basis by solving on 9 points (exact for degree 8).
+        let xs: Vec<f64> = (0..9).map(|i| -3.0 + 0.75 * i as f64).collect();
+        let mut a: Vec<Vec<f64>> = xs
+            .iter()
+            .map(|&x| (0..9).map(|k| x.powi(k)).collect())
+            .collect();
+        let mut y: Vec<f64> = xs.iter().map(|&x| relu8.evaluate(x)).collect();
+        for col in 0..9 {
+            let piv = (col..9)
+                .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+                .expect("pivot");
+            a.swap(col, piv);
+            y.swap(col, piv);
+            for row in 0..9 {
+                if row != col {
+                    let f = a[row][col] / a[col][col];
+                    for k in 0..9 {
+                        a[row][k] -= f * a[col][k];
+                    }
+                    y[row] -= f * y[col];
+                }
+            }
+        }
+        (0..9).map(|k| y[k] / a[k][k]).collect()
+    };
+    let net = Network {
+        input: (1, 8, 8),
+        layers: vec![
+            conv(&mut rng, 1, 2, 3, 1, 0, 1),
+            Layer::IntervalPoly {
+                coeffs: monomial,
+                interval: (-3.0, 3.0),
+            },
+            Layer::AvgPool2d {
+                kernel: (2, 2),
+                stride: (2, 2),
+            },
+            Layer::Flatten,
+            Layer::Dense {
+                in_f: 18,
+                out_f: 4,
+                weight: rand_vec(&mut rng, 72, 0.5),
+                bias: rand_vec(&mut rng, 4, 0.1),
+            },
+        ],
+    };
+    let plan = compile(&net, 512).expect("compile");
+    // conv (1, with the interval map folded in) + Chebyshev degree 8 (4) + pool+dense (1).
+    assert_eq!(plan.depth(), 6);
+    check(
+        "conv, interval polynomial (degree 8), avgpool, dense",
+        net,
+        6,
+    );
+}
+
+#[test]
 fn shape_errors_are_reported() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let bad = Network {
@@ -182,4 +246,54 @@ fn shape_errors_are_reported() {
         layers: vec![Layer::Flatten],
     };
     assert!(compile(&too_big, 512).is_err());
+}
+
+#[test]
+fn mnist_relu_converts_and_compiles_for_n_2_15() {
+    use cipherinfer_model::convert::{ConvertOptions, convert};
+    use cipherinfer_model::{Manifest, onnx, plain};
+    let manifest = Manifest::shipped().expect("manifest");
+    let entry = manifest.model("mnist-relu").expect("entry").clone();
+    let ir =
+        onnx::import(&manifest.read_model("mnist-relu").expect("model").bytes).expect("import");
+    let samples = manifest.load_samples(&entry.dataset).expect("samples");
+    let inputs = plain::sample_inputs(&samples, &entry.input).expect("inputs");
+    let calibration: Vec<_> = inputs.iter().take(200).map(|(t, _)| t.clone()).collect();
+    let conversion = convert(&ir, &calibration, &ConvertOptions::default()).expect("convert");
+    let converted = conversion.model;
+    let net = Network::from_ir(&converted).expect("lower");
+    let plan = compile(&net, 1 << 14).expect("compile");
+    let diagonals: usize = plan
+        .steps
+        .iter()
+        .map(|s| match s {
+            cipherinfer_compiler::Step::Linear(l) => l.diagonals.values().map(|d| d.len()).sum(),
+            _ => 0,
+        })
+        .sum();
+    eprintln!(
+        "mnist-relu: depth {}, {} rotation keys, {} diagonals, steps: {:?}",
+        plan.depth(),
+        plan.rotation_steps().len(),
+        diagonals,
+        plan.steps.iter().map(|s| s.describe()).collect::<Vec<_>>()
+    );
+    let mut correct = 0;
+    for (x, label) in inputs.iter().take(100) {
+        let want = plain::run(&converted, x).expect("run").into_data();
+        let got = plan.execute_cleartext(x.data()).expect("cleartext");
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(d < 1e-6, "plan differs from converted model by {d}");
+        let am = got
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, v)| if *v > got[b] { i } else { b });
+        correct += usize::from(am == *label as usize);
+    }
+    eprintln!("mnist-relu converted, plan cleartext accuracy on 100: {correct}%");
+    assert!(plan.depth() <= 16);
 }
