@@ -186,17 +186,7 @@ impl Evaluator {
 
     /// `a += b`.
     pub fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
-        self.check_pair(a, b)?;
-        Self::check_scales(a.scale, b.scale)?;
-        let idx = a.indices();
-        while a.polys.len() < b.polys.len() {
-            a.polys.push(vec![0u64; a.polys[0].len()]);
-        }
-        for (x, y) in a.polys.iter_mut().zip(&b.polys) {
-            ring::add_assign(&self.params, x, y, &idx);
-        }
-        a.seed = None;
-        Ok(())
+        self.combine_assign(a, b, ring::add_assign)
     }
 
     /// `a - b` (same level and scale).
@@ -208,6 +198,17 @@ impl Evaluator {
 
     /// `a -= b`.
     pub fn sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.combine_assign(a, b, ring::sub_assign)
+    }
+
+    /// `a = a ∘ b` polynomial by polynomial, after checking level and scale; a lower-degree `a`
+    /// is padded with zero polynomials.
+    fn combine_assign(
+        &self,
+        a: &mut Ciphertext,
+        b: &Ciphertext,
+        op: fn(&Parameters, &mut [u64], &[u64], &[usize]),
+    ) -> Result<()> {
         self.check_pair(a, b)?;
         Self::check_scales(a.scale, b.scale)?;
         let idx = a.indices();
@@ -215,7 +216,7 @@ impl Evaluator {
             a.polys.push(vec![0u64; a.polys[0].len()]);
         }
         for (x, y) in a.polys.iter_mut().zip(&b.polys) {
-            ring::sub_assign(&self.params, x, y, &idx);
+            op(&self.params, x, y, &idx);
         }
         a.seed = None;
         Ok(())
