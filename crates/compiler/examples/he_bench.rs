@@ -3,7 +3,8 @@
 //! accuracy and argmax agreement against the cleartext plan. JSON on stdout, a summary on stderr.
 //!
 //! `cargo run --release -p cipherinfer-compiler --example he_bench -- [--model mnist-cnn]
-//! [--images 100 | --all] [--threads 2]`
+//! [--images 100 | --all] [--threads 2] [--samples FILE]` (FILE: a sample set in the shipped
+//! format, e.g. the full test set written by `bench/export_full_test_set.py`).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -14,7 +15,7 @@ use std::time::Instant;
 use cipherinfer_ckks::serialization::ToBytes;
 use cipherinfer_ckks::{Decryptor, Encoder, Evaluator, KeyGenerator, Preset};
 use cipherinfer_compiler::compile_model;
-use cipherinfer_model::{Manifest, onnx, plain};
+use cipherinfer_model::{Manifest, SampleSet, onnx, plain};
 
 type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
@@ -33,6 +34,7 @@ fn main() -> Result<(), BoxErr> {
     let mut name = "mnist-cnn".to_string();
     let mut images = 100usize;
     let mut threads = 2usize;
+    let mut samples_file: Option<String> = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -40,6 +42,7 @@ fn main() -> Result<(), BoxErr> {
             "--model" => name = args.get(i + 1).ok_or("--model NAME")?.clone(),
             "--images" => images = args.get(i + 1).ok_or("--images N")?.parse()?,
             "--threads" => threads = args.get(i + 1).ok_or("--threads N")?.parse()?,
+            "--samples" => samples_file = Some(args.get(i + 1).ok_or("--samples FILE")?.clone()),
             "--all" => {
                 images = usize::MAX;
                 i -= 1;
@@ -51,14 +54,17 @@ fn main() -> Result<(), BoxErr> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
-    pool.install(|| run(&name, images, threads))
+    pool.install(|| run(&name, images, threads, samples_file.as_deref()))
 }
 
-fn run(name: &str, images: usize, threads: usize) -> Result<(), BoxErr> {
+fn run(name: &str, images: usize, threads: usize, samples_file: Option<&str>) -> Result<(), BoxErr> {
     let manifest = Manifest::shipped()?;
     let entry = manifest.model(name)?.clone();
     let ir = onnx::import(&manifest.read_model(name)?.bytes)?;
-    let samples = manifest.load_samples(&entry.dataset)?;
+    let samples = match samples_file {
+        Some(path) => SampleSet::parse(&std::fs::read(path)?, std::path::Path::new(path))?,
+        None => manifest.load_samples(&entry.dataset)?,
+    };
     let inputs: Vec<(Vec<f64>, u8)> = plain::sample_inputs(&samples, &entry.input)?
         .into_iter()
         .map(|(t, l)| (t.into_data(), l))
