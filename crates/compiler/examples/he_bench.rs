@@ -57,7 +57,12 @@ fn main() -> Result<(), BoxErr> {
     pool.install(|| run(&name, images, threads, samples_file.as_deref()))
 }
 
-fn run(name: &str, images: usize, threads: usize, samples_file: Option<&str>) -> Result<(), BoxErr> {
+fn run(
+    name: &str,
+    images: usize,
+    threads: usize,
+    samples_file: Option<&str>,
+) -> Result<(), BoxErr> {
     let manifest = Manifest::shipped()?;
     let entry = manifest.model(name)?.clone();
     let ir = onnx::import(&manifest.read_model(name)?.bytes)?;
