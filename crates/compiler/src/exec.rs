@@ -19,11 +19,7 @@ type GroupParts = Vec<(usize, Vec<(i64, ExtendedPlaintext)>)>;
 struct EncodedLinear {
     level: usize,
     baby_steps: usize,
-    /// Giant steps rotate the inputs (shared by all outputs; used when there are fewer input
-    /// than output ciphertexts) instead of each output's partial sums.
-    input_side: bool,
-    /// Output side: (output ct, giant step j) -> [(input ct, [(baby step, mask)])], masks
-    /// pre-rotated by -j·n1. Input side: (input ct, j) -> [(output ct, [(baby step, mask)])].
+    /// (output ct, giant step j) -> [(input ct, [(baby step, mask)])]
     groups: BTreeMap<(usize, usize), GroupParts>,
     bias: Vec<Plaintext>,
     block_sum: Vec<usize>,
@@ -104,17 +100,13 @@ impl HeModel {
                 Step::Linear(l) => {
                     let n1 = l.baby_steps;
                     let mask_scale = q[level] as f64;
-                    let input_side = l.in_cts < l.out_cts;
                     let mut groups: BTreeMap<(usize, usize), GroupParts> = BTreeMap::new();
                     for (&(o, i), diags) in &l.diagonals {
                         let mut by_giant: BTreeMap<usize, Vec<(i64, ExtendedPlaintext)>> =
                             BTreeMap::new();
                         for (&k, d) in diags {
                             let (j, b) = (k / n1, k % n1);
-                            // out[s] = d_k[s]·in[s+k]: on the output side the giant rotation
-                            // comes last, so the mask is pre-rotated by -j·n1; on the input side
-                            // the input is rotated first and the mask is used as is.
-                            let shift = if input_side { 0 } else { j * n1 };
+                            let shift = j * n1;
                             let n = d.len();
                             let rotated: Vec<f64> =
                                 (0..n).map(|t| d[(t + n - shift % n) % n]).collect();
@@ -122,11 +114,7 @@ impl HeModel {
                             by_giant.entry(j).or_default().push((b as i64, pt));
                         }
                         for (j, terms) in by_giant {
-                            if input_side {
-                                groups.entry((i, j)).or_default().push((o, terms));
-                            } else {
-                                groups.entry((o, j)).or_default().push((i, terms));
-                            }
+                            groups.entry((o, j)).or_default().push((i, terms));
                         }
                     }
                     let out_scale = scale * mask_scale / q[level] as f64;
@@ -138,7 +126,6 @@ impl HeModel {
                     steps.push(EncodedStep::Linear(EncodedLinear {
                         level,
                         baby_steps: n1,
-                        input_side,
                         groups,
                         bias,
                         block_sum: l.block_sum.clone(),
@@ -325,71 +312,40 @@ impl HeModel {
                 "ciphertext level does not match the plan".into(),
             ));
         }
+        // Per input ciphertext: one decomposition and, per baby step, one key inner product,
+        // shared by every output ciphertext and giant step.
+        let mut babies: Vec<std::collections::BTreeSet<i64>> =
+            vec![Default::default(); inputs.len()];
+        for parts in l.groups.values() {
+            for (i, terms) in parts {
+                babies[*i].extend(terms.iter().map(|(b, _)| *b));
+            }
+        }
+        let rots = inputs
+            .iter()
+            .zip(&babies)
+            .map(|(c, b)| ev.rotations_extended(c, None, &b.iter().copied().collect::<Vec<_>>()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut outs: Vec<Option<Ciphertext>> = vec![None; l.out_cts];
-        let mut accumulate = |o: usize, part: Ciphertext| -> Result<()> {
+        for (&(o, j), parts) in &l.groups {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(CompileError::Cancelled);
+            }
+            let mut inner: Option<Ciphertext> = None;
+            for (i, terms) in parts {
+                let refs: Vec<(i64, &ExtendedPlaintext)> =
+                    terms.iter().map(|(b, pt)| (*b, pt)).collect();
+                let part = ev.combine_rotations(&rots[*i], &refs)?;
+                match inner.as_mut() {
+                    None => inner = Some(part),
+                    Some(acc) => ev.add_assign(acc, &part)?,
+                }
+            }
+            let Some(inner) = inner else { continue };
+            let moved = ev.rotate(&inner, (j * l.baby_steps) as i64)?;
             match outs[o].as_mut() {
-                None => outs[o] = Some(part),
-                Some(acc) => ev.add_assign(acc, &part)?,
-            }
-            Ok(())
-        };
-        if l.input_side {
-            // Per (input, giant step): one rotation of the input, one decomposition, one key
-            // inner product per baby step — shared by every output ciphertext.
-            for (&(i, j), parts) in &l.groups {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(CompileError::Cancelled);
-                }
-                let shifted = if j == 0 {
-                    inputs[i].clone()
-                } else {
-                    ev.rotate(&inputs[i], (j * l.baby_steps) as i64)?
-                };
-                let babies: std::collections::BTreeSet<i64> = parts
-                    .iter()
-                    .flat_map(|(_, t)| t.iter().map(|(b, _)| *b))
-                    .collect();
-                let rots =
-                    ev.rotations_extended(&shifted, None, &babies.into_iter().collect::<Vec<_>>())?;
-                for (o, terms) in parts {
-                    let refs: Vec<(i64, &ExtendedPlaintext)> =
-                        terms.iter().map(|(b, pt)| (*b, pt)).collect();
-                    accumulate(*o, ev.combine_rotations(&rots, &refs)?)?;
-                }
-            }
-        } else {
-            // Per input ciphertext: one decomposition and, per baby step, one key inner
-            // product, shared by every output ciphertext and giant step.
-            let mut babies: Vec<std::collections::BTreeSet<i64>> =
-                vec![Default::default(); inputs.len()];
-            for parts in l.groups.values() {
-                for (i, terms) in parts {
-                    babies[*i].extend(terms.iter().map(|(b, _)| *b));
-                }
-            }
-            let rots = inputs
-                .iter()
-                .zip(&babies)
-                .map(|(c, b)| {
-                    ev.rotations_extended(c, None, &b.iter().copied().collect::<Vec<_>>())
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            for (&(o, j), parts) in &l.groups {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(CompileError::Cancelled);
-                }
-                let mut inner: Option<Ciphertext> = None;
-                for (i, terms) in parts {
-                    let refs: Vec<(i64, &ExtendedPlaintext)> =
-                        terms.iter().map(|(b, pt)| (*b, pt)).collect();
-                    let part = ev.combine_rotations(&rots[*i], &refs)?;
-                    match inner.as_mut() {
-                        None => inner = Some(part),
-                        Some(acc) => ev.add_assign(acc, &part)?,
-                    }
-                }
-                let Some(inner) = inner else { continue };
-                accumulate(o, ev.rotate(&inner, (j * l.baby_steps) as i64)?)?;
+                None => outs[o] = Some(moved),
+                Some(acc) => ev.add_assign(acc, &moved)?,
             }
         }
         let mut result = Vec::with_capacity(l.out_cts);
