@@ -12,6 +12,7 @@ pub mod import;
 pub mod linear;
 pub mod network;
 pub mod plan;
+pub mod select;
 
 pub use client::ClientSpec;
 pub use error::{CompileError, Result};
@@ -19,3 +20,4 @@ pub use exec::{EvalReport, HeModel};
 pub use import::compile_model;
 pub use network::{Layer, Network, Shape};
 pub use plan::{CompileOptions, Plan, SlotMap, Step, compile, compile_with, output_divisor_for};
+pub use select::{select_literal, select_parameters};
