@@ -10,6 +10,32 @@ use crate::exec::HeModel;
 use crate::network::{Layer, Network};
 use crate::plan::{CompileOptions, compile_with, output_divisor_for};
 
+/// Compiles an HE-friendly IR model choosing the parameters: for each ring degree from 2^13 up,
+/// compiles the plan for that slot count and takes the smallest 128-bit parameter set that offers
+/// its depth ([`crate::select::select_literal`]).
+pub fn compile_model_auto(model: &Model, calibration: &[Vec<f64>]) -> Result<(Network, HeModel)> {
+    let net = Network::from_ir(model)?;
+    let mut last_err = None;
+    for log_n in 13u32..=15 {
+        let slots = 1usize << (log_n - 1);
+        let depth = match crate::plan::compile(&net, slots) {
+            Ok(plan) => plan.depth(),
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        match crate::select::select_literal(depth, slots) {
+            Ok(lit) if lit.log_n == log_n => {
+                return compile_model(model, lit.build()?, calibration);
+            }
+            Ok(_) => {}
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| CompileError::DoesNotFit("no parameter set fits".into())))
+}
+
 /// Compiles an HE-friendly IR model for `params`: lowers it, sizes the output divisor from the
 /// largest output seen on `calibration` inputs (so results fit the base prime), compiles the
 /// plan and encodes it.

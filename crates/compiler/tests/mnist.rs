@@ -98,6 +98,19 @@ fn run(name: &str, encrypted_images: usize) {
 }
 
 #[test]
+fn parameters_are_chosen_automatically() {
+    use cipherinfer_compiler::compile_model_auto;
+    let manifest = Manifest::shipped().expect("manifest");
+    let ir = onnx::import(&manifest.read_model("mnist-cnn").expect("model").bytes).expect("import");
+    let (_, model) = compile_model_auto(&ir, &[]).expect("compile");
+    // The shipped CNNs land exactly on the hand-made depth-5 preset at N = 2^13.
+    assert_eq!(
+        model.parameters().id(),
+        Preset::Pn13Depth5.build().expect("preset").id()
+    );
+}
+
+#[test]
 fn a_tampered_client_spec_is_refused() {
     let manifest = Manifest::shipped().expect("manifest");
     let ir = onnx::import(&manifest.read_model("mnist-cnn").expect("model").bytes).expect("import");
