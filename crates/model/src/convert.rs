@@ -522,27 +522,20 @@ fn chebyshev_basis(t: f64, degree: usize, out: &mut Vec<f64>) {
     }
 }
 
-/// Chebyshev coefficients (on `interval`) of the interpolant of `f` at the Chebyshev nodes.
-fn chebyshev_interpolate(f: impl Fn(f64) -> f64, degree: usize, [a, b]: [f64; 2]) -> Vec<f64> {
-    let m = degree + 1;
-    let nodes: Vec<f64> = (0..m)
-        .map(|j| (std::f64::consts::PI * (j as f64 + 0.5) / m as f64).cos())
-        .collect();
-    let values: Vec<f64> = nodes
-        .iter()
-        .map(|&t| f(0.5 * (b - a) * t + 0.5 * (a + b)))
-        .collect();
-    (0..m)
-        .map(|k| {
-            let s: f64 = nodes
-                .iter()
-                .zip(&values)
-                .map(|(&t, &v)| v * (k as f64 * t.acos()).cos())
-                .sum();
-            let c = 2.0 * s / m as f64;
-            if k == 0 { c / 2.0 } else { c }
-        })
-        .collect()
+/// Chebyshev coefficients (on `interval`) of the interpolant of `f` at the Chebyshev nodes:
+/// the CKKS library's interpolation, padded to `degree + 1` coefficients. A degenerate interval
+/// is widened as calibration does, so the fit is always defined.
+fn chebyshev_interpolate(f: impl Fn(f64) -> f64, degree: usize, interval: [f64; 2]) -> Vec<f64> {
+    let [a, b] = if interval[1] > interval[0] {
+        interval
+    } else {
+        widen(interval, 0.0)
+    };
+    let mut coeffs = cipherinfer_ckks::Polynomial::chebyshev_interpolate(f, degree, a, b)
+        .map(|p| p.coeffs().to_vec())
+        .unwrap_or_default();
+    coeffs.resize(degree + 1, 0.0);
+    coeffs
 }
 
 /// Chebyshev coefficients (on `interval`) of the weighted least-squares fit of `f`: the samples
