@@ -112,6 +112,30 @@ impl Preset {
         Preset::Pn15Depth16,
     ];
 
+    /// The preset's name, as written in configuration (`PN13_DEPTH5`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Pn13Depth4 => "PN13_DEPTH4",
+            Preset::Pn13Depth5 => "PN13_DEPTH5",
+            Preset::Pn14Depth7 => "PN14_DEPTH7",
+            Preset::Pn14SealChain => "PN14_SEAL_CHAIN",
+            Preset::Pn15Depth16 => "PN15_DEPTH16",
+        }
+    }
+
+    /// The preset of a name (case-insensitive).
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                Error::InvalidParameters(format!(
+                    "unknown preset {name:?} (known: {})",
+                    Self::ALL.map(Preset::name).join(", ")
+                ))
+            })
+    }
+
     /// The literal of the preset.
     pub fn literal(self) -> ParametersLiteral {
         let (log_n, log_q, log_p, log_scale, dnum) = match self {

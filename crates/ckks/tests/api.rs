@@ -188,3 +188,17 @@ fn presets_offer_their_documented_depth() {
         );
     }
 }
+
+#[test]
+fn presets_round_trip_through_their_names() {
+    for preset in Preset::ALL {
+        assert_eq!(Preset::from_name(preset.name()).expect("known"), preset);
+        assert_eq!(
+            Preset::from_name(&preset.name().to_lowercase()).expect("case-insensitive"),
+            preset
+        );
+    }
+    let err = Preset::from_name("PN12_DEPTH99").expect_err("unknown");
+    assert_eq!(err.code(), "invalid_parameters");
+    assert!(err.to_string().contains("PN13_DEPTH5"), "{err}");
+}

@@ -3,8 +3,11 @@
 //! accuracy and argmax agreement against the cleartext plan. JSON on stdout, a summary on stderr.
 //!
 //! `cargo run --release -p cipherinfer-compiler --example he_bench -- [--model mnist-cnn]
-//! [--images 100 | --all] [--threads 2] [--samples FILE]` (FILE: a sample set in the shipped
-//! format, e.g. the full test set written by `bench/export_full_test_set.py`).
+//! [--images 100 | --all] [--threads 2] [--samples FILE] [--batch B] [--params auto|PRESET]
+//! [--degree D]` (FILE: a sample set in the shipped format, e.g. the full test set written by
+//! `bench/export_full_test_set.py`; B images per ciphertext set in batch mode; PRESET e.g.
+//! `PN13_DEPTH5`, default `auto`: the smallest 128-bit set that fits; D: the degree of the ReLU
+//! polynomials when the model needs conversion, like mnist-relu).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -14,8 +17,9 @@ use std::time::Instant;
 
 use cipherinfer_ckks::serialization::ToBytes;
 use cipherinfer_ckks::{Decryptor, Encoder, Evaluator, KeyGenerator, Preset};
-use cipherinfer_compiler::compile_model;
-use cipherinfer_model::{Manifest, SampleSet, onnx, plain};
+use cipherinfer_compiler::{Network, compile, compile_model_batch, select_parameters};
+use cipherinfer_model::convert::{ConvertOptions, convert_and_evaluate};
+use cipherinfer_model::{Manifest, SampleSet, Tensor, onnx, plain};
 
 type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
@@ -35,6 +39,11 @@ fn main() -> Result<(), BoxErr> {
     let mut images = 100usize;
     let mut threads = 2usize;
     let mut samples_file: Option<String> = None;
+    let mut opts = Opts {
+        batch: 1,
+        params: "auto".into(),
+        degree: ConvertOptions::default().degree,
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -43,6 +52,9 @@ fn main() -> Result<(), BoxErr> {
             "--images" => images = args.get(i + 1).ok_or("--images N")?.parse()?,
             "--threads" => threads = args.get(i + 1).ok_or("--threads N")?.parse()?,
             "--samples" => samples_file = Some(args.get(i + 1).ok_or("--samples FILE")?.clone()),
+            "--batch" => opts.batch = args.get(i + 1).ok_or("--batch B")?.parse()?,
+            "--params" => opts.params = args.get(i + 1).ok_or("--params NAME")?.clone(),
+            "--degree" => opts.degree = args.get(i + 1).ok_or("--degree D")?.parse()?,
             "--all" => {
                 images = usize::MAX;
                 i -= 1;
@@ -54,7 +66,13 @@ fn main() -> Result<(), BoxErr> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
-    pool.install(|| run(&name, images, threads, samples_file.as_deref()))
+    pool.install(|| run(&name, images, threads, samples_file.as_deref(), &opts))
+}
+
+struct Opts {
+    batch: usize,
+    params: String,
+    degree: usize,
 }
 
 fn run(
@@ -62,10 +80,11 @@ fn run(
     images: usize,
     threads: usize,
     samples_file: Option<&str>,
+    opts: &Opts,
 ) -> Result<(), BoxErr> {
     let manifest = Manifest::shipped()?;
     let entry = manifest.model(name)?.clone();
-    let ir = onnx::import(&manifest.read_model(name)?.bytes)?;
+    let mut ir = onnx::import(&manifest.read_model(name)?.bytes)?;
     let samples = match samples_file {
         Some(path) => SampleSet::parse(&std::fs::read(path)?, std::path::Path::new(path))?,
         None => manifest.load_samples(&entry.dataset)?,
@@ -75,13 +94,51 @@ fn run(
         .map(|(t, l)| (t.into_data(), l))
         .collect();
     let images = images.min(inputs.len());
-    let params = Preset::Pn13Depth5.build()?;
-    let t = Instant::now();
+    let mut conversion_json = serde_json::Value::Null;
+    if !ir.is_he_friendly() {
+        let labelled: Vec<(Tensor, u8)> = plain::sample_inputs(&samples, &entry.input)?;
+        let options = ConvertOptions {
+            degree: opts.degree,
+            ..ConvertOptions::default()
+        };
+        let conversion = convert_and_evaluate(&ir, &labelled, &options)?;
+        eprintln!("{}", conversion.report);
+        conversion_json = serde_json::json!({
+            "degree": opts.degree,
+            "accuracy_before": conversion.report.accuracy_before,
+            "accuracy_after": conversion.report.accuracy_after,
+            "evaluated_images": conversion.report.evaluated_images,
+        });
+        ir = conversion.model;
+    }
     let calibration: Vec<Vec<f64>> = inputs.iter().take(200).map(|(x, _)| x.clone()).collect();
-    let (_net, model) = compile_model(&ir, params.clone(), &calibration)?;
+    let params = match opts.params.as_str() {
+        "auto" => {
+            // The smallest 128-bit set whose ring offers the plan's depth with `batch` images.
+            let net = Network::from_ir(&ir)?;
+            let mut chosen = None;
+            for log_n in 13u32..=15 {
+                let slots = 1usize << (log_n - 1);
+                let Ok(plan) = compile(&net, slots / opts.batch.max(1)) else {
+                    continue;
+                };
+                if let Ok(p) = select_parameters(plan.depth(), slots)
+                    && p.log_n() == log_n
+                {
+                    chosen = Some(p);
+                    break;
+                }
+            }
+            chosen.ok_or("no 128-bit parameter set fits this model and batch")?
+        }
+        preset => Preset::from_name(preset)?.build()?,
+    };
+    let t = Instant::now();
+    let (_net, model) = compile_model_batch(&ir, params.clone(), &calibration, opts.batch)?;
     let compile_s = t.elapsed().as_secs_f64();
     let plan = model.plan();
-    let steps = plan.rotation_steps();
+    let steps = model.rotation_steps();
+    let batch = model.batch_size();
 
     // Client: keys, as uploaded (seeded, bit-packed).
     let t = Instant::now();
@@ -101,9 +158,10 @@ fn run(
     let (mut agree, mut correct_enc, mut correct_plain) = (0usize, 0usize, 0usize);
     let (mut in_bytes, mut out_bytes) = (0usize, 0usize);
     let mut worst: f64 = 0.0;
-    for (x, label) in inputs.iter().take(images) {
+    for chunk in inputs[..images].chunks(batch) {
+        let xs: Vec<&[f64]> = chunk.iter().map(|(x, _)| x.as_slice()).collect();
         let t = Instant::now();
-        let cts = model.encrypt_input(&encoder, &mut dec, x)?;
+        let cts = model.encrypt_batch(&encoder, &mut dec, &xs)?;
         enc_ms.push(t.elapsed().as_secs_f64() * 1e3);
         in_bytes = cts.iter().map(|c| c.to_bytes().len()).sum();
         let t = Instant::now();
@@ -114,18 +172,21 @@ fn run(
         }
         out_bytes = out.iter().map(|c| c.to_bytes().len()).sum();
         let t = Instant::now();
-        let got = model.decrypt_output(&encoder, &dec, &out)?;
+        let got_all = model.decrypt_batch(&encoder, &dec, &out)?;
         dec_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        let want = plan.execute_cleartext(x)?;
-        worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(worst, f64::max);
-        agree += usize::from(argmax(&got) == argmax(&want));
-        correct_enc += usize::from(argmax(&got) == *label as usize);
-        correct_plain += usize::from(argmax(&want) == *label as usize);
+        for ((x, label), got) in chunk.iter().zip(&got_all) {
+            let want = plan.execute_cleartext(x)?;
+            worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(worst, f64::max);
+            agree += usize::from(argmax(got) == argmax(&want));
+            correct_enc += usize::from(argmax(got) == *label as usize);
+            correct_plain += usize::from(argmax(&want) == *label as usize);
+        }
     }
+    let total_eval_s: f64 = eval_ms.iter().sum::<f64>() / 1e3;
     let mean = eval_ms.iter().sum::<f64>() / eval_ms.len() as f64;
     let step_medians: Vec<serde_json::Value> = plan
         .steps
@@ -137,10 +198,14 @@ fn run(
         "model": name,
         "images": images,
         "threads": threads,
-        "parameters": {"preset": "PN13_DEPTH5", "log_n": params.log_n(), "log_qp": params.log_qp(), "dnum": params.dnum(), "security_bits": 128},
+        "parameters": {"choice": opts.params, "log_n": params.log_n(), "log_qp": params.log_qp(), "dnum": params.dnum(), "q_primes": params.q_primes().len(), "p_primes": params.p_primes().len(), "security_bits": 128},
+        "batch_size": batch,
+        "lazy_masks": model.lazy_masks(),
+        "conversion": conversion_json,
+        "throughput_images_per_s": images as f64 / total_eval_s,
         "depth": plan.depth(),
         "rotation_keys": steps.len(),
-        "server_eval_ms_median": median(&mut eval_ms.clone()),
+        "server_eval_ms_median_per_ciphertext_set": median(&mut eval_ms.clone()),
         "server_eval_ms_mean": mean,
         "per_step_ms_median": step_medians,
         "encrypt_ms_median": median(&mut enc_ms),
@@ -156,7 +221,8 @@ fn run(
         "keygen_s": keygen_s,
     });
     eprintln!(
-        "{name}: {images} images, {threads} thread(s): server {:.1} ms median ({mean:.1} mean); keys {:.2} MB; input {:.1} KB; encrypted accuracy {:.2}%, argmax agreement {:.2}%",
+        "{name}: {images} images, batch {batch}, {threads} thread(s): {:.1} images/s; server {:.1} ms median per evaluation ({mean:.1} mean); keys {:.2} MB; input {:.1} KB; encrypted accuracy {:.2}%, argmax agreement {:.2}%",
+        images as f64 / total_eval_s,
         median(&mut eval_ms),
         key_bytes as f64 / 1e6,
         in_bytes as f64 / 1e3,

@@ -24,8 +24,11 @@ pub struct ClientSpec {
     pub parameter_id: String,
     /// Input shape (channels, height, width).
     pub input_shape: (usize, usize, usize),
-    /// Where each input value goes.
+    /// Where each input value goes, in the slots of one image (`slots / batch_size`).
     pub input: SlotMap,
+    /// Images per ciphertext set: image `b`'s slot `i` is slot `i · batch_size + b`.
+    #[serde(default = "one")]
+    pub batch_size: usize,
     /// Level to encrypt the input at.
     pub input_level: usize,
     /// Scale to encode the input at.
@@ -42,6 +45,10 @@ pub struct ClientSpec {
     pub output_multiplier: f64,
     /// Levels the evaluation consumes.
     pub depth: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn bad(msg: impl Into<String>) -> CompileError {
@@ -83,13 +90,19 @@ impl ClientSpec {
             return Err(bad("parameter id does not match the parameters"));
         }
         let slots = params.slots();
+        if self.batch_size == 0 || !self.batch_size.is_power_of_two() || self.batch_size > slots {
+            return Err(bad(
+                "batch size must be a power of two no larger than the slots",
+            ));
+        }
+        let image_slots = slots / self.batch_size;
         let (c, h, w) = self.input_shape;
         let features = c
             .checked_mul(h)
             .and_then(|x| x.checked_mul(w))
             .ok_or_else(|| bad("input shape overflows"))?;
-        check_map(&self.input, slots, features, "input")?;
-        check_map(&self.output, slots, self.output_shape.len(), "output")?;
+        check_map(&self.input, image_slots, features, "input")?;
+        check_map(&self.output, image_slots, self.output_shape.len(), "output")?;
         if self.input_level > params.max_level() || self.depth > self.input_level {
             return Err(bad("levels out of range"));
         }
@@ -120,38 +133,84 @@ impl ClientSpec {
         dec: &mut Decryptor,
         input: &[f64],
     ) -> Result<Vec<Ciphertext>> {
+        self.encrypt_batch(encoder, dec, &[input])
+    }
+
+    /// Packs up to `batch_size` inputs into one ciphertext set and encrypts it.
+    pub fn encrypt_batch(
+        &self,
+        encoder: &Encoder,
+        dec: &mut Decryptor,
+        inputs: &[&[f64]],
+    ) -> Result<Vec<Ciphertext>> {
         pack_and_encrypt(
             &self.input,
+            self.batch_size,
             self.input_level,
             self.input_scale,
             encoder,
             dec,
-            input,
+            inputs,
         )
     }
 
-    /// Decrypts the outputs and reads the output values.
+    /// Decrypts the outputs and reads the output values (of the first image of a batch).
     pub fn decrypt_output(
         &self,
         encoder: &Encoder,
         dec: &Decryptor,
         outputs: &[Ciphertext],
     ) -> Result<Vec<f64>> {
-        decrypt_and_unpack(&self.output, self.output_multiplier, encoder, dec, outputs)
+        let mut all = self.decrypt_batch(encoder, dec, outputs)?;
+        Ok(all.swap_remove(0))
+    }
+
+    /// Decrypts the outputs and reads every image's output values.
+    pub fn decrypt_batch(
+        &self,
+        encoder: &Encoder,
+        dec: &Decryptor,
+        outputs: &[Ciphertext],
+    ) -> Result<Vec<Vec<f64>>> {
+        decrypt_and_unpack(
+            &self.output,
+            self.batch_size,
+            self.output_multiplier,
+            encoder,
+            dec,
+            outputs,
+        )
     }
 }
 
-/// Packs `input` by `map` and encrypts each ciphertext's slots with the secret key.
+/// Packs each of `inputs` (at most `batch`) by `map` into its interleaved image slots and
+/// encrypts each ciphertext's slots with the secret key.
 pub(crate) fn pack_and_encrypt(
     map: &SlotMap,
+    batch: usize,
     level: usize,
     scale: f64,
     encoder: &Encoder,
     dec: &mut Decryptor,
-    input: &[f64],
+    inputs: &[&[f64]],
 ) -> Result<Vec<Ciphertext>> {
-    map.pack(input, encoder.slots())?
-        .iter()
+    if inputs.is_empty() || inputs.len() > batch {
+        return Err(CompileError::Input(format!(
+            "{} inputs for a batch of {batch}",
+            inputs.len()
+        )));
+    }
+    let slots = encoder.slots();
+    let image_slots = slots / batch;
+    let mut cts = vec![vec![0.0; slots]; map.num_cts];
+    for (b, input) in inputs.iter().enumerate() {
+        for (ct, packed) in cts.iter_mut().zip(map.pack(input, image_slots)?) {
+            for (i, v) in packed.into_iter().enumerate() {
+                ct[i * batch + b] = v;
+            }
+        }
+    }
+    cts.iter()
         .map(|v| {
             let pt = encoder.encode(v, level, scale)?;
             Ok(dec.encrypt_symmetric(&pt)?)
@@ -159,14 +218,16 @@ pub(crate) fn pack_and_encrypt(
         .collect()
 }
 
-/// Decrypts output ciphertexts and reads the values `map` points at, times `multiplier`.
+/// Decrypts output ciphertexts and reads, for each of the `batch` images, the values `map`
+/// points at, times `multiplier`.
 pub(crate) fn decrypt_and_unpack(
     map: &SlotMap,
+    batch: usize,
     multiplier: f64,
     encoder: &Encoder,
     dec: &Decryptor,
     outputs: &[Ciphertext],
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Vec<f64>>> {
     if outputs.len() < map.num_cts {
         return Err(CompileError::Input(format!(
             "{} output ciphertexts, the model produces {}",
@@ -178,9 +239,16 @@ pub(crate) fn decrypt_and_unpack(
         .iter()
         .map(|c| Ok(encoder.decode(&dec.decrypt(c)?)?))
         .collect::<Result<Vec<_>>>()?;
-    Ok(map
-        .unpack(&slots)
-        .into_iter()
-        .map(|v| v * multiplier)
+    Ok((0..batch)
+        .map(|b| {
+            let image: Vec<Vec<f64>> = slots
+                .iter()
+                .map(|s| s.iter().skip(b).step_by(batch).copied().collect())
+                .collect();
+            map.unpack(&image)
+                .into_iter()
+                .map(|v| v * multiplier)
+                .collect()
+        })
         .collect())
 }

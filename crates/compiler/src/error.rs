@@ -26,6 +26,23 @@ pub enum CompileError {
     /// The evaluation was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// The model needs more levels than a caller's bound allows.
+    #[error("the model needs multiplicative depth {needed}, the bound is {bound}")]
+    DepthExceeded {
+        /// Depth of the plan.
+        needed: usize,
+        /// The caller's bound.
+        bound: usize,
+    },
+    /// The evaluation keys lack rotation keys the plan uses.
+    #[error("missing rotation keys for steps {steps:?}")]
+    MissingRotationKeys {
+        /// The rotation steps without a key.
+        steps: Vec<i64>,
+    },
+    /// The plan multiplies ciphertexts and no relinearization key was given.
+    #[error("missing the relinearization key")]
+    MissingRelinearizationKey,
 }
 
 impl CompileError {
@@ -37,6 +54,9 @@ impl CompileError {
             CompileError::DoesNotFit(_) => "depth_exceeded",
             CompileError::Ckks(e) => e.code(),
             CompileError::Cancelled => "cancelled",
+            CompileError::DepthExceeded { .. } => "depth_exceeded",
+            CompileError::MissingRotationKeys { .. } => "invalid_galois_key",
+            CompileError::MissingRelinearizationKey => "missing_relinearization_key",
         }
     }
 }

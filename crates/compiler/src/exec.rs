@@ -1,5 +1,13 @@
-//! The encrypted executor: a [`Plan`] bound to CKKS parameters, with every mask pre-encoded at
-//! the level and scale a level/scale simulation assigns to it.
+//! The encrypted executor: a [`Plan`] bound to CKKS parameters, with every mask encoded at the
+//! level and scale a level/scale simulation assigns to it — ahead of time when the masks fit a
+//! memory budget, otherwise when their step runs.
+//!
+//! **Batch mode.** A plan compiled for `n'` slots runs on parameters with `n = B·n'` slots as `B`
+//! independent copies: image `b`'s slot `i` sits at slot `i·B + b`. Rotating the full vector by
+//! `k·B` rotates every image by `k` within its own `n'` slots, and masks are the plan's masks with
+//! each value repeated `B` times, so every step acts on each image exactly as on one image
+//! (the interleaving is an isomorphism of the slot algebra). The rotation keys are the plan's
+//! steps times `B`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,21 +16,37 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use cipherinfer_ckks::{
     Ciphertext, Decryptor, Encoder, Evaluator, ExtendedPlaintext, Parameters, Plaintext, Polynomial,
 };
+use rayon::prelude::*;
 
 use crate::client::ClientSpec;
 use crate::error::{CompileError, Result};
 use crate::plan::{Plan, Step, chebyshev_polynomial, is_pure_square};
 
-/// Per input ciphertext, the baby-step masks of one (output, giant step) group.
-type GroupParts = Vec<(usize, Vec<(i64, ExtendedPlaintext)>)>;
+/// Memory the pre-encoded masks of a model may take before [`HeModel::new`] switches to encoding
+/// them when their step runs (1 GiB).
+pub const DEFAULT_MASK_BUDGET: usize = 1 << 30;
+
+/// A mask of a linear step.
+enum Mask {
+    /// Encoded in Q ∪ P at the step's level.
+    Ready(ExtendedPlaintext),
+    /// The diagonal (already rotated by its giant step, in the plan's slot domain), encoded when
+    /// the step runs.
+    Lazy(Vec<f64>),
+}
+
+/// Per input ciphertext, the (baby step, mask) terms of one (output, giant step) group.
+type GroupParts = Vec<(usize, Vec<(i64, Mask)>)>;
 
 struct EncodedLinear {
     level: usize,
-    baby_steps: usize,
-    /// (output ct, giant step j) -> [(input ct, [(baby step, mask)])]
+    mask_scale: f64,
+    /// Rotation of giant step `j` is `j · giant_unit` (baby-step size times the batch).
+    giant_unit: usize,
+    /// (output ct, giant step j) -> [(input ct, [(baby rotation, mask)])]
     groups: BTreeMap<(usize, usize), GroupParts>,
     bias: Vec<Plaintext>,
-    block_sum: Vec<usize>,
+    block_sum: Vec<i64>,
     out_cts: usize,
 }
 
@@ -40,21 +64,32 @@ fn poly_step(p: Polynomial, level: &mut usize) -> Result<EncodedStep> {
     Ok(EncodedStep::Poly(p))
 }
 
+/// Repeats every value `batch` times: slot `i·batch + b` holds `v[i]`.
+fn dilate(v: &[f64], batch: usize) -> Vec<f64> {
+    v.iter()
+        .flat_map(|&x| std::iter::repeat_n(x, batch))
+        .collect()
+}
+
 /// A plan ready to run on ciphertexts under one parameter set.
 pub struct HeModel {
     plan: Plan,
     params: Arc<Parameters>,
+    batch: usize,
     input_level: usize,
     input_scale: f64,
     steps: Vec<EncodedStep>,
+    lazy_masks: bool,
 }
 
 impl std::fmt::Debug for HeModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeModel")
             .field("depth", &self.plan.depth())
+            .field("batch", &self.batch)
             .field("input_level", &self.input_level)
             .field("steps", &self.steps.len())
+            .field("lazy_masks", &self.lazy_masks)
             .finish_non_exhaustive()
     }
 }
@@ -74,15 +109,24 @@ pub struct EvalReport {
 
 impl HeModel {
     /// Binds a plan to parameters: checks the slot count and depth, simulates levels and scales,
-    /// and encodes every mask and bias. Inputs are encrypted at the lowest level that suffices.
+    /// and encodes every mask and bias (masks ahead of time within [`DEFAULT_MASK_BUDGET`]).
+    /// Parameters with `B` times the plan's slots run `B` images at once (batch mode). Inputs are
+    /// encrypted at the lowest level that suffices.
     pub fn new(plan: Plan, params: Arc<Parameters>) -> Result<Self> {
-        if params.slots() != plan.slots {
+        Self::with_mask_budget(plan, params, DEFAULT_MASK_BUDGET)
+    }
+
+    /// [`HeModel::new`] with a memory budget (bytes) for pre-encoded masks; above it, masks are
+    /// encoded when their step runs (slower per image, but the model fits in memory).
+    pub fn with_mask_budget(plan: Plan, params: Arc<Parameters>, budget: usize) -> Result<Self> {
+        let slots = params.slots();
+        if plan.slots == 0 || !plan.slots.is_power_of_two() || !slots.is_multiple_of(plan.slots) {
             return Err(CompileError::DoesNotFit(format!(
-                "plan compiled for {} slots, parameters have {}",
-                plan.slots,
-                params.slots()
+                "plan compiled for {} slots, parameters have {slots}",
+                plan.slots
             )));
         }
+        let batch = slots / plan.slots;
         let depth = plan.depth();
         if depth > params.max_level() {
             return Err(CompileError::DoesNotFit(format!(
@@ -90,8 +134,21 @@ impl HeModel {
                 params.max_level()
             )));
         }
-        let encoder = Encoder::new(params.clone());
         let q = params.q_primes();
+        let p_count = params.p_primes().len();
+        // Bytes of all masks if pre-encoded: each is (level + 1 + |P|) residues of N words.
+        let mut level = depth;
+        let mut mask_bytes = 0usize;
+        for step in &plan.steps {
+            if let Step::Linear(l) = step {
+                let count: usize = l.diagonals.values().map(|d| d.len()).sum();
+                mask_bytes = mask_bytes
+                    .saturating_add(count.saturating_mul((level + 1 + p_count) * params.n() * 8));
+            }
+            level = level.saturating_sub(step.depth());
+        }
+        let lazy_masks = mask_bytes > budget;
+        let encoder = Encoder::new(params.clone());
         let mut level = depth;
         let mut scale = params.default_scale();
         let mut steps = Vec::with_capacity(plan.steps.len());
@@ -100,35 +157,52 @@ impl HeModel {
                 Step::Linear(l) => {
                     let n1 = l.baby_steps;
                     let mask_scale = q[level] as f64;
-                    let mut groups: BTreeMap<(usize, usize), GroupParts> = BTreeMap::new();
+                    let mut flat: Vec<(usize, usize, usize, i64, Vec<f64>)> = Vec::new();
                     for (&(o, i), diags) in &l.diagonals {
-                        let mut by_giant: BTreeMap<usize, Vec<(i64, ExtendedPlaintext)>> =
-                            BTreeMap::new();
                         for (&k, d) in diags {
                             let (j, b) = (k / n1, k % n1);
                             let shift = j * n1;
                             let n = d.len();
                             let rotated: Vec<f64> =
                                 (0..n).map(|t| d[(t + n - shift % n) % n]).collect();
-                            let pt = encoder.encode_extended(&rotated, level, mask_scale)?;
-                            by_giant.entry(j).or_default().push((b as i64, pt));
+                            flat.push((o, j, i, (b * batch) as i64, rotated));
                         }
-                        for (j, terms) in by_giant {
-                            groups.entry((o, j)).or_default().push((i, terms));
+                    }
+                    let masks: Vec<Mask> = flat
+                        .par_iter_mut()
+                        .map(|(.., rotated)| {
+                            if lazy_masks {
+                                Ok(Mask::Lazy(std::mem::take(rotated)))
+                            } else {
+                                Ok(Mask::Ready(encoder.encode_extended(
+                                    &dilate(rotated, batch),
+                                    level,
+                                    mask_scale,
+                                )?))
+                            }
+                        })
+                        .collect::<Result<_>>()?;
+                    let mut groups: BTreeMap<(usize, usize), GroupParts> = BTreeMap::new();
+                    for ((o, j, i, b, _), mask) in flat.into_iter().zip(masks) {
+                        let parts = groups.entry((o, j)).or_default();
+                        match parts.last_mut() {
+                            Some((last, terms)) if *last == i => terms.push((b, mask)),
+                            _ => parts.push((i, vec![(b, mask)])),
                         }
                     }
                     let out_scale = scale * mask_scale / q[level] as f64;
                     let bias = l
                         .bias
                         .iter()
-                        .map(|b| encoder.encode(b, level - 1, out_scale))
+                        .map(|b| encoder.encode(&dilate(b, batch), level - 1, out_scale))
                         .collect::<std::result::Result<Vec<_>, _>>()?;
                     steps.push(EncodedStep::Linear(EncodedLinear {
                         level,
-                        baby_steps: n1,
+                        mask_scale,
+                        giant_unit: n1 * batch,
                         groups,
                         bias,
-                        block_sum: l.block_sum.clone(),
+                        block_sum: l.block_sum.iter().map(|&s| (s * batch) as i64).collect(),
                         out_cts: l.out_cts,
                     }));
                     level -= 1;
@@ -158,9 +232,11 @@ impl HeModel {
         Ok(Self {
             plan,
             params,
+            batch,
             input_level: depth,
             input_scale,
             steps,
+            lazy_masks,
         })
     }
 
@@ -180,34 +256,118 @@ impl HeModel {
     pub fn parameters(&self) -> &Arc<Parameters> {
         &self.params
     }
+    /// Images evaluated at once (1: latency mode).
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+    /// Whether masks are encoded when their step runs rather than ahead of time.
+    pub fn lazy_masks(&self) -> bool {
+        self.lazy_masks
+    }
+    /// Multiplicative depth of the evaluation.
+    pub fn depth(&self) -> usize {
+        self.plan.depth()
+    }
+    /// The rotation steps the evaluation uses (the plan's, times the batch size): the minimal
+    /// rotation-key set.
+    pub fn rotation_steps(&self) -> Vec<i64> {
+        self.plan
+            .rotation_steps()
+            .into_iter()
+            .map(|s| s * self.batch as i64)
+            .collect()
+    }
+
+    /// Refuses an evaluation before any work when `max_depth` (a caller's bound on the
+    /// multiplicative depth) is below the plan's depth.
+    pub fn check_depth_bound(&self, max_depth: usize) -> Result<()> {
+        let needed = self.plan.depth();
+        if needed > max_depth {
+            return Err(CompileError::DepthExceeded {
+                needed,
+                bound: max_depth,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that an evaluator holds every key the evaluation uses and belongs to the model's
+    /// parameters.
+    pub fn check_keys(&self, ev: &Evaluator) -> Result<()> {
+        if ev.parameters().id() != self.params.id() {
+            return Err(CompileError::Ckks(
+                cipherinfer_ckks::Error::ParameterMismatch {
+                    expected: self.params.id_hex()[..16].to_string(),
+                    found: ev.parameters().id_hex()[..16].to_string(),
+                },
+            ));
+        }
+        let missing: Vec<i64> = self
+            .rotation_steps()
+            .into_iter()
+            .filter(|&s| !ev.can_rotate(s))
+            .collect();
+        if !missing.is_empty() {
+            return Err(CompileError::MissingRotationKeys { steps: missing });
+        }
+        if self.plan.needs_relinearization() && !ev.has_relinearization_key() {
+            return Err(CompileError::MissingRelinearizationKey);
+        }
+        Ok(())
+    }
 
     /// Client side: packs an input tensor as the plan says and encrypts it with the secret key
-    /// (seeded ciphertexts, at the lowest level the model needs).
+    /// (seeded ciphertexts, at the lowest level the model needs). In batch mode the other
+    /// images' slots are zero.
     pub fn encrypt_input(
         &self,
         encoder: &Encoder,
         dec: &mut Decryptor,
         input: &[f64],
     ) -> Result<Vec<Ciphertext>> {
+        self.encrypt_batch(encoder, dec, &[input])
+    }
+
+    /// Client side: packs up to [`HeModel::batch_size`] images into one ciphertext set.
+    pub fn encrypt_batch(
+        &self,
+        encoder: &Encoder,
+        dec: &mut Decryptor,
+        inputs: &[&[f64]],
+    ) -> Result<Vec<Ciphertext>> {
         crate::client::pack_and_encrypt(
             &self.plan.input,
+            self.batch,
             self.input_level,
             self.input_scale,
             encoder,
             dec,
-            input,
+            inputs,
         )
     }
 
-    /// Client side: decrypts the output ciphertexts and reads the output values.
+    /// Client side: decrypts the output ciphertexts and reads the output values (of the first
+    /// image in batch mode).
     pub fn decrypt_output(
         &self,
         encoder: &Encoder,
         dec: &Decryptor,
         outputs: &[Ciphertext],
     ) -> Result<Vec<f64>> {
+        let mut all = self.decrypt_batch(encoder, dec, outputs)?;
+        Ok(all.swap_remove(0))
+    }
+
+    /// Client side: the output values of every image slot of the batch.
+    pub fn decrypt_batch(
+        &self,
+        encoder: &Encoder,
+        dec: &Decryptor,
+        outputs: &[Ciphertext],
+    ) -> Result<Vec<Vec<f64>>> {
         crate::client::decrypt_and_unpack(
             &self.plan.output,
+            self.batch,
             self.plan.output_multiplier,
             encoder,
             dec,
@@ -227,9 +387,10 @@ impl HeModel {
                 1,
             )),
             input: self.plan.input.clone(),
+            batch_size: self.batch,
             input_level: self.input_level,
             input_scale: self.input_scale,
-            rotation_steps: self.plan.rotation_steps(),
+            rotation_steps: self.rotation_steps(),
             relinearization: self.plan.needs_relinearization(),
             output: self.plan.output.clone(),
             output_shape: self.plan.output_shape,
@@ -248,6 +409,7 @@ impl HeModel {
         cancel: &AtomicBool,
         mut progress: impl FnMut(usize, usize, &str),
     ) -> Result<(Vec<Ciphertext>, EvalReport)> {
+        self.check_keys(ev)?;
         if inputs.len() != self.plan.input.num_cts {
             return Err(CompileError::Input(format!(
                 "expected {} input ciphertexts, got {}",
@@ -326,6 +488,7 @@ impl HeModel {
             .zip(&babies)
             .map(|(c, b)| ev.rotations_extended(c, None, &b.iter().copied().collect::<Vec<_>>()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        let encoder = self.lazy_masks.then(|| Encoder::new(self.params.clone()));
         let mut outs: Vec<Option<Ciphertext>> = vec![None; l.out_cts];
         for (&(o, j), parts) in &l.groups {
             if cancel.load(Ordering::Relaxed) {
@@ -333,8 +496,31 @@ impl HeModel {
             }
             let mut inner: Option<Ciphertext> = None;
             for (i, terms) in parts {
-                let refs: Vec<(i64, &ExtendedPlaintext)> =
-                    terms.iter().map(|(b, pt)| (*b, pt)).collect();
+                let encoded: Vec<Option<ExtendedPlaintext>> = match &encoder {
+                    Some(enc) => terms
+                        .par_iter()
+                        .map(|(_, m)| match m {
+                            Mask::Lazy(d) => Ok(Some(enc.encode_extended(
+                                &dilate(d, self.batch),
+                                l.level,
+                                l.mask_scale,
+                            )?)),
+                            Mask::Ready(_) => Ok(None),
+                        })
+                        .collect::<Result<_>>()?,
+                    None => Vec::new(),
+                };
+                let refs = terms
+                    .iter()
+                    .enumerate()
+                    .map(|(t, (b, m))| match (m, encoded.get(t)) {
+                        (Mask::Ready(pt), _) => Ok((*b, pt)),
+                        (Mask::Lazy(_), Some(Some(pt))) => Ok((*b, pt)),
+                        (Mask::Lazy(_), _) => Err(CompileError::Input(
+                            "a lazily encoded mask was not encoded".into(),
+                        )),
+                    })
+                    .collect::<Result<Vec<(i64, &ExtendedPlaintext)>>>()?;
                 let part = ev.combine_rotations(&rots[*i], &refs)?;
                 match inner.as_mut() {
                     None => inner = Some(part),
@@ -342,7 +528,7 @@ impl HeModel {
                 }
             }
             let Some(inner) = inner else { continue };
-            let moved = ev.rotate(&inner, (j * l.baby_steps) as i64)?;
+            let moved = ev.rotate(&inner, (j * l.giant_unit) as i64)?;
             match outs[o].as_mut() {
                 None => outs[o] = Some(moved),
                 Some(acc) => ev.add_assign(acc, &moved)?,
@@ -358,7 +544,7 @@ impl HeModel {
             result.push(r);
         }
         for &step in &l.block_sum {
-            let rot = ev.rotate(&result[0], step as i64)?;
+            let rot = ev.rotate(&result[0], step)?;
             ev.add_assign(&mut result[0], &rot)?;
         }
         Ok(result)

@@ -44,6 +44,23 @@ pub fn compile_model(
     params: Arc<Parameters>,
     calibration: &[Vec<f64>],
 ) -> Result<(Network, HeModel)> {
+    compile_model_batch(model, params, calibration, 1)
+}
+
+/// [`compile_model`] in batch mode: the plan is compiled for `slots / batch` slots and runs
+/// `batch` images per ciphertext set (a power of two; 1 is latency mode).
+pub fn compile_model_batch(
+    model: &Model,
+    params: Arc<Parameters>,
+    calibration: &[Vec<f64>],
+    batch: usize,
+) -> Result<(Network, HeModel)> {
+    if batch == 0 || !batch.is_power_of_two() || batch > params.slots() {
+        return Err(CompileError::DoesNotFit(format!(
+            "batch size {batch} must be a power of two no larger than {} slots",
+            params.slots()
+        )));
+    }
     let net = Network::from_ir(model)?;
     let mut max_abs: f64 = 1.0;
     for x in calibration {
@@ -52,7 +69,7 @@ pub fn compile_model(
     let options = CompileOptions {
         output_divisor: output_divisor_for(max_abs, &params),
     };
-    let plan = compile_with(&net, params.slots(), options)?;
+    let plan = compile_with(&net, params.slots() / batch, options)?;
     let model = HeModel::new(plan, params)?;
     Ok((net, model))
 }

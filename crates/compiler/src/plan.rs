@@ -131,7 +131,12 @@ impl SlotMap {
     pub fn unpack(&self, cts: &[Vec<f64>]) -> Vec<f64> {
         self.positions
             .iter()
-            .map(|ps| cts[ps[0].0][ps[0].1])
+            .map(|ps| {
+                ps.first()
+                    .and_then(|&(ct, s)| cts.get(ct).and_then(|c| c.get(s)))
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            })
             .collect()
     }
 }

@@ -145,3 +145,219 @@ fn mnist_cnn_runs_encrypted_with_cleartext_argmax() {
 fn fashion_cnn_runs_encrypted_with_cleartext_argmax() {
     run("fashion-cnn", 24);
 }
+
+fn mnist_inputs(count: usize) -> (cipherinfer_model::ir::Model, Vec<Vec<f64>>) {
+    let manifest = Manifest::shipped().expect("manifest");
+    let entry = manifest.model("mnist-cnn").expect("entry").clone();
+    let ir = onnx::import(&manifest.read_model("mnist-cnn").expect("model").bytes).expect("import");
+    let samples = manifest.load_samples(&entry.dataset).expect("samples");
+    let inputs = plain::sample_inputs(&samples, &entry.input)
+        .expect("inputs")
+        .into_iter()
+        .take(count)
+        .map(|(t, _)| t.into_data())
+        .collect();
+    (ir, inputs)
+}
+
+#[test]
+fn batch_mode_runs_four_images_in_one_ciphertext_set() {
+    use cipherinfer_compiler::compile_model_batch;
+    let (ir, inputs) = mnist_inputs(7);
+    let params = Preset::Pn13Depth5.build().expect("params");
+    let (_, model) = compile_model_batch(&ir, params.clone(), &inputs, 4).expect("compile");
+    assert_eq!(model.batch_size(), 4);
+    assert_eq!(model.plan().slots, params.slots() / 4);
+    // The keys are the plan's steps times the batch size.
+    let spec = model.client_spec();
+    assert_eq!(spec.batch_size, 4);
+    assert!(spec.rotation_steps.iter().all(|s| s % 4 == 0));
+    let json = serde_json::to_string(&spec).expect("serialize");
+    let spec: cipherinfer_compiler::ClientSpec = serde_json::from_str(&json).expect("parse");
+    spec.validate().expect("valid");
+
+    let mut kg = KeyGenerator::new(params.clone()).expect("kg");
+    let sk = kg.secret_key();
+    let keys = kg
+        .evaluation_keys(&sk, spec.relinearization, &spec.rotation_steps, false)
+        .expect("keys");
+    let ev = Evaluator::new(keys);
+    let encoder = Encoder::new(params.clone());
+    let mut dec = Decryptor::new(sk).expect("dec");
+    // A full batch of four, then a partial batch of three (the fourth image slot stays empty).
+    for chunk in inputs.chunks(4) {
+        let xs: Vec<&[f64]> = chunk.iter().map(Vec::as_slice).collect();
+        let cts = spec
+            .encrypt_batch(&encoder, &mut dec, &xs)
+            .expect("encrypt");
+        let (out, _) = model
+            .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {})
+            .expect("evaluate");
+        let got = spec.decrypt_batch(&encoder, &dec, &out).expect("decrypt");
+        assert_eq!(got.len(), 4);
+        for (x, got) in chunk.iter().zip(&got) {
+            let want = model.plan().execute_cleartext(x).expect("cleartext");
+            let largest = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert_eq!(argmax(got), argmax(&want));
+            assert!(err < 0.02 * largest, "batch logit error {err}");
+        }
+    }
+    // More images than the batch holds is an input error.
+    let five: Vec<&[f64]> = std::iter::repeat_n(inputs[0].as_slice(), 5).collect();
+    assert!(spec.encrypt_batch(&encoder, &mut dec, &five).is_err());
+}
+
+#[test]
+fn lazily_encoded_masks_give_the_same_result() {
+    use cipherinfer_compiler::HeModel;
+    let (ir, inputs) = mnist_inputs(1);
+    let params = Preset::Pn13Depth5.build().expect("params");
+    let (_, eager) = compile_model(&ir, params.clone(), &inputs).expect("compile");
+    assert!(!eager.lazy_masks());
+    let lazy = HeModel::with_mask_budget(eager.plan().clone(), params.clone(), 0).expect("lazy");
+    assert!(lazy.lazy_masks());
+    let mut kg = KeyGenerator::new(params.clone()).expect("kg");
+    let sk = kg.secret_key();
+    let keys = kg
+        .evaluation_keys(&sk, true, &eager.rotation_steps(), false)
+        .expect("keys");
+    let ev = Evaluator::new(keys);
+    let encoder = Encoder::new(params.clone());
+    let mut dec = Decryptor::new(sk).expect("dec");
+    let cts = eager
+        .encrypt_input(&encoder, &mut dec, &inputs[0])
+        .expect("encrypt");
+    let never = AtomicBool::new(false);
+    let (a, _) = eager
+        .evaluate(&ev, &cts, &never, |_, _, _| {})
+        .expect("eager");
+    let (b, _) = lazy
+        .evaluate(&ev, &cts, &never, |_, _, _| {})
+        .expect("lazy");
+    let a = eager.decrypt_output(&encoder, &dec, &a).expect("decrypt");
+    let b = lazy.decrypt_output(&encoder, &dec, &b).expect("decrypt");
+    // Same masks, same keys, same input: the results differ only by rounding noise.
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(d < 1e-3, "eager and lazy differ by {d}");
+}
+
+#[test]
+fn missing_keys_and_depth_bounds_are_refused_before_any_work() {
+    use cipherinfer_compiler::CompileError;
+    let (ir, inputs) = mnist_inputs(1);
+    let params = Preset::Pn13Depth5.build().expect("params");
+    let (_, model) = compile_model(&ir, params.clone(), &inputs).expect("compile");
+    let steps = model.rotation_steps();
+    let dropped = steps[steps.len() / 2];
+    let partial: Vec<i64> = steps.iter().copied().filter(|&s| s != dropped).collect();
+    let mut kg = KeyGenerator::new(params.clone()).expect("kg");
+    let sk = kg.secret_key();
+    let ev = Evaluator::new(
+        kg.evaluation_keys(&sk, true, &partial, false)
+            .expect("keys"),
+    );
+    let no_relin = Evaluator::new(kg.evaluation_keys(&sk, false, &steps, false).expect("keys"));
+    let encoder = Encoder::new(params.clone());
+    let mut dec = Decryptor::new(sk).expect("dec");
+    let cts = model
+        .encrypt_input(&encoder, &mut dec, &inputs[0])
+        .expect("encrypt");
+    let mut progressed = false;
+    let err = model
+        .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {
+            progressed = true
+        })
+        .expect_err("a rotation key is missing");
+    assert!(
+        matches!(&err, CompileError::MissingRotationKeys { steps } if steps == &vec![dropped]),
+        "{err}"
+    );
+    assert_eq!(err.code(), "invalid_galois_key");
+    assert!(!progressed, "no step may run without its keys");
+    assert!(matches!(
+        model.check_keys(&no_relin),
+        Err(CompileError::MissingRelinearizationKey)
+    ));
+    let mut kg4 = KeyGenerator::new(Preset::Pn13Depth4.build().expect("params")).expect("kg");
+    let sk4 = kg4.secret_key();
+    let other = Evaluator::new(kg4.evaluation_keys(&sk4, true, &[], false).expect("keys"));
+    assert_eq!(
+        model
+            .check_keys(&other)
+            .expect_err("other parameters")
+            .code(),
+        "parameter_mismatch"
+    );
+    assert!(model.check_depth_bound(5).is_ok());
+    let err = model.check_depth_bound(4).expect_err("bound below depth");
+    assert!(matches!(
+        err,
+        CompileError::DepthExceeded {
+            needed: 5,
+            bound: 4
+        }
+    ));
+    assert_eq!(err.code(), "depth_exceeded");
+}
+
+#[test]
+fn mnist_relu_converted_runs_encrypted_at_128_bits() {
+    use cipherinfer_compiler::compile_model_auto;
+    use cipherinfer_model::convert::{ConvertOptions, convert};
+    // Degree-4 ReLU polynomials keep the depth at 13, which fits N = 2^14 (the bench also runs
+    // the default degree 8 at N = 2^15).
+    let manifest = Manifest::shipped().expect("manifest");
+    let entry = manifest.model("mnist-relu").expect("entry").clone();
+    let ir =
+        onnx::import(&manifest.read_model("mnist-relu").expect("model").bytes).expect("import");
+    let samples = manifest.load_samples(&entry.dataset).expect("samples");
+    let labelled = plain::sample_inputs(&samples, &entry.input).expect("inputs");
+    let calibration: Vec<_> = labelled.iter().take(200).map(|(t, _)| t.clone()).collect();
+    let options = ConvertOptions {
+        degree: 4,
+        ..ConvertOptions::default()
+    };
+    let converted = convert(&ir, &calibration, &options).expect("convert").model;
+    let flat: Vec<Vec<f64>> = calibration.iter().map(|t| t.data().to_vec()).collect();
+    let (_, model) = compile_model_auto(&converted, &flat).expect("compile");
+    let params = model.parameters().clone();
+    assert_eq!(params.log_n(), 14);
+    assert_eq!(model.depth(), 13);
+    assert!(model.lazy_masks(), "the masks exceed the default budget");
+    let mut kg = KeyGenerator::new(params.clone()).expect("kg");
+    let sk = kg.secret_key();
+    let keys = kg
+        .evaluation_keys(&sk, true, &model.rotation_steps(), false)
+        .expect("keys");
+    let ev = Evaluator::new(keys);
+    let encoder = Encoder::new(params);
+    let mut dec = Decryptor::new(sk).expect("dec");
+    for (x, _) in labelled.iter().take(2) {
+        let want = plain::run(&converted, x).expect("reference").into_data();
+        let cts = model
+            .encrypt_input(&encoder, &mut dec, x.data())
+            .expect("encrypt");
+        let (out, report) = model
+            .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {})
+            .expect("evaluate");
+        assert_eq!(report.depth_used, 13);
+        let got = model.decrypt_output(&encoder, &dec, &out).expect("decrypt");
+        let largest = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert_eq!(argmax(&got), argmax(&want));
+        assert!(err < 0.02 * largest, "logit error {err} of {largest}");
+    }
+}
