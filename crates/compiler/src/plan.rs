@@ -141,6 +141,31 @@ impl SlotMap {
     }
 }
 
+/// Serializes a map with composite keys as a sequence of (key, value) pairs (JSON objects only
+/// take string keys).
+mod as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, K: Serialize, V: Serialize>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+    {
+        let pairs: Vec<(K, V)> = Vec::deserialize(d)?;
+        Ok(pairs.into_iter().collect())
+    }
+}
+
 /// One fused linear layer lowered to diagonals.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinearStep {
@@ -151,6 +176,7 @@ pub struct LinearStep {
     /// Baby-step size of the baby-step/giant-step evaluation.
     pub baby_steps: usize,
     /// (output ct, input ct) -> diagonal index k -> diagonal values (one per slot).
+    #[serde(with = "as_pairs")]
     pub diagonals: BTreeMap<(usize, usize), BTreeMap<usize, Vec<f64>>>,
     /// Bias per output ciphertext (one value per slot).
     pub bias: Vec<Vec<f64>>,

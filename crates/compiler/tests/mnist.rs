@@ -361,3 +361,22 @@ fn mnist_relu_converted_runs_encrypted_at_128_bits() {
         assert!(err < 0.02 * largest, "logit error {err} of {largest}");
     }
 }
+
+#[test]
+fn the_server_view_round_trips_through_serialization() {
+    use cipherinfer_compiler::{HeModel, Plan};
+    let (ir, inputs) = mnist_inputs(3);
+    let params = Preset::Pn13Depth5.build().expect("params");
+    let (_, model) = compile_model(&ir, params.clone(), &inputs).expect("compile");
+    let bytes = serde_json::to_vec(model.plan()).expect("serialize");
+    let plan: Plan = serde_json::from_slice(&bytes).expect("parse");
+    assert_eq!(&plan, model.plan());
+    let rebuilt = HeModel::new(plan, params).expect("bind");
+    assert_eq!(rebuilt.client_spec(), model.client_spec());
+    for x in &inputs {
+        assert_eq!(
+            rebuilt.plan().execute_cleartext(x).expect("cleartext"),
+            model.plan().execute_cleartext(x).expect("cleartext")
+        );
+    }
+}
