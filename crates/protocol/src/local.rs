@@ -421,8 +421,10 @@ pub fn validate_remote_url(url: &str) -> Result<()> {
         } else {
             authority.rsplit_once(':').map_or(authority, |(h, _)| h)
         };
-        let loopback =
-            host.eq_ignore_ascii_case("localhost") || host == "::1" || host.starts_with("127.");
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
         if !loopback {
             return bad("plain http is allowed only for loopback hosts; use https");
         }
