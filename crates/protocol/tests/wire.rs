@@ -1,0 +1,863 @@
+//! Wire stability: error code strings, serde round trips of every type, JSON Schemas of every
+//! tool's arguments, and the draft's example messages.
+
+use cipherinfer_ckks::Preset;
+use cipherinfer_protocol::auth::AuthToken;
+use cipherinfer_protocol::error::parse_arguments;
+use cipherinfer_protocol::local::*;
+use cipherinfer_protocol::params::{ExtendedParameters, InferenceTelemetry};
+use cipherinfer_protocol::remote::*;
+use cipherinfer_protocol::validate::Limits;
+use cipherinfer_protocol::{AlgorithmId, ErrorCode, ToolError};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+#[test]
+fn error_code_strings_are_pinned() {
+    let expected = [
+        "ERROR_INVALID_ARGUMENT",
+        "ERROR_UNAUTHORIZED",
+        "ERROR_RATE_LIMITED",
+        "ERROR_UNKNOWN_CLIENT",
+        "ERROR_CLIENT_EXISTS",
+        "ERROR_UNKNOWN_SESSION",
+        "ERROR_SESSION_FORBIDDEN",
+        "ERROR_EXPIRED",
+        "ERROR_INVALID_FILE_NAME",
+        "ERROR_INVALID_CHUNK_INDEX",
+        "ERROR_TOTAL_CHUNKS_MISMATCH",
+        "ERROR_CHUNK_TOO_LARGE",
+        "ERROR_OBJECT_TOO_LARGE",
+        "ERROR_INVALID_BASE64",
+        "ERROR_CHUNK_CONFLICT",
+        "ERROR_INCOMPLETE_UPLOAD",
+        "ERROR_INTEGRITY_MISMATCH",
+        "ERROR_UNKNOWN_MODEL",
+        "ERROR_UNSUPPORTED_ALGORITHM",
+        "ERROR_INVALID_PARAMETERS",
+        "ERROR_WEAK_PARAMETERS",
+        "ERROR_PARAMETER_MISMATCH",
+        "ERROR_UNSUPPORTED_PACKING",
+        "ERROR_DEPTH_EXCEEDED",
+        "ERROR_INVALID_GALOIS_KEY",
+        "ERROR_NOISE_OVERFLOW",
+        "ERROR_MALFORMED_CIPHERTEXT",
+        "ERROR_MALFORMED_KEYS",
+        "ERROR_KEYS_NOT_PROVISIONED",
+        "ERROR_KEYS_REVOKED",
+        "ERROR_KEY_REFERENCE_UNRESOLVED",
+        "ERROR_QUOTA_EXCEEDED",
+        "ERROR_BUSY",
+        "ERROR_CANCELLED",
+        "ERROR_RESULT_NOT_FOUND",
+        "ERROR_REPLAY",
+        "ERROR_BAD_SIGNATURE",
+        "ERROR_PATH_NOT_ALLOWED",
+        "ERROR_FILE_NOT_FOUND",
+        "ERROR_IMAGE_UNREADABLE",
+        "ERROR_DECRYPTION_FAILED",
+        "ERROR_UNAVAILABLE",
+        "ERROR_INTERNAL",
+    ];
+    assert_eq!(ErrorCode::ALL.len(), expected.len());
+    let retryable = [
+        "ERROR_RATE_LIMITED",
+        "ERROR_QUOTA_EXCEEDED",
+        "ERROR_BUSY",
+        "ERROR_CANCELLED",
+        "ERROR_UNAVAILABLE",
+        "ERROR_INTERNAL",
+    ];
+    for (code, s) in ErrorCode::ALL.iter().zip(expected) {
+        assert_eq!(code.as_str(), s);
+        assert_eq!(code.to_string(), s);
+        assert_eq!(serde_json::to_value(code).expect("ser"), json!(s));
+        assert_eq!(
+            serde_json::from_value::<ErrorCode>(json!(s)).expect("de"),
+            *code
+        );
+        assert_eq!(ErrorCode::parse(s), Some(*code));
+        assert_eq!(code.is_retryable(), retryable.contains(&s), "{s}");
+        assert!(!code.description().is_empty());
+    }
+    assert_eq!(ErrorCode::parse("ERROR_NOPE"), None);
+    // The JSON Schema lists exactly these strings.
+    let schema = serde_json::to_value(schemars::schema_for!(ErrorCode)).expect("schema");
+    let text = schema.to_string();
+    for s in expected {
+        assert!(text.contains(s), "{s} missing from the schema");
+    }
+}
+
+#[test]
+fn tool_error_payload() {
+    let e = ToolError::new(ErrorCode::IncompleteUpload, "2 chunks missing")
+        .with_details(json!({"missing": [{"file_name": "a.bin", "chunks": [1, 2]}]}));
+    let v = e.to_json();
+    assert_eq!(v["ok"], json!(false));
+    assert_eq!(v["error_code"], json!("ERROR_INCOMPLETE_UPLOAD"));
+    assert_eq!(v["retryable"], json!(false));
+    assert!(v.get("retry_after_ms").is_none());
+    assert_eq!(v["details"]["missing"][0]["chunks"], json!([1, 2]));
+    let back: ToolError = serde_json::from_value(v).expect("de");
+    assert_eq!(back, e);
+    assert_eq!(e.to_string(), "ERROR_INCOMPLETE_UPLOAD: 2 chunks missing");
+    let busy = ToolError::new(ErrorCode::Busy, "full").with_retry_after_ms(500);
+    assert!(busy.retryable);
+    assert_eq!(busy.to_json()["retry_after_ms"], json!(500));
+}
+
+#[test]
+fn ckks_errors_map_to_codes() {
+    let mut lit = Preset::Pn14Depth7.literal();
+    lit.log_q.push(40);
+    let err = lit.build().expect_err("insecure");
+    assert_eq!(
+        ErrorCode::from_ckks(&err, ErrorCode::MalformedKeys),
+        ErrorCode::WeakParameters
+    );
+    let missing = cipherinfer_ckks::Error::MissingKey {
+        kind: "rotation",
+        galois_element: Some(5),
+    };
+    assert_eq!(
+        ErrorCode::from_ckks(&missing, ErrorCode::MalformedKeys),
+        ErrorCode::InvalidGaloisKey
+    );
+    assert_eq!(
+        ErrorCode::from_ckks(
+            &cipherinfer_ckks::Error::OutOfLevels,
+            ErrorCode::MalformedCiphertext
+        ),
+        ErrorCode::DepthExceeded
+    );
+    // A truncated ciphertext decodes to the caller's "malformed" code.
+    let params = Preset::Pn13Depth4.build().expect("preset");
+    use cipherinfer_ckks::serialization::FromBytes;
+    let err = cipherinfer_ckks::Ciphertext::from_bytes(&params, b"CIFR\x01", 1 << 20)
+        .expect_err("truncated");
+    assert_eq!(
+        ToolError::from_ckks(&err, ErrorCode::MalformedCiphertext).error_code,
+        ErrorCode::MalformedCiphertext
+    );
+}
+
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T) -> Value {
+    let json = serde_json::to_value(value).expect("serialize");
+    let back: T = serde_json::from_value(json.clone()).expect("deserialize");
+    assert_eq!(&back, value);
+    json
+}
+
+fn token() -> AuthToken {
+    AuthToken::generate().expect("token")
+}
+
+fn alg() -> AlgorithmId {
+    "CKKS-RNS-128-N8192-CIFR1".parse().expect("alg")
+}
+
+const PID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn telemetry() -> InferenceTelemetry {
+    InferenceTelemetry {
+        remaining_level: Some(0),
+        current_scale: Some(67108864.0),
+        noise_budget_remaining: None,
+        computation_depth_used: 5,
+        output_shape: vec![10],
+        requires_decryption: true,
+        error_code: None,
+    }
+}
+
+fn classification() -> Classification {
+    Classification {
+        label: "7".into(),
+        class_index: 7,
+        probabilities: vec![0.1; 10],
+        top_k: vec![ClassScore {
+            class_index: 7,
+            label: "7".into(),
+            probability: 0.9,
+            logit: 8.25,
+        }],
+        logits: vec![0.5; 10],
+        output_shape: vec![10],
+        precision_bits: 14.5,
+    }
+}
+
+#[test]
+fn every_type_round_trips() {
+    let params = Preset::Pn13Depth5.build().expect("preset");
+    let block = ExtendedParameters::from_ckks(&params);
+    round_trip(&block);
+    round_trip(&Limits::default());
+    round_trip(&telemetry());
+    round_trip(&ProvisionKeysBeginArgs {
+        client_id: "agent_fe8354f2851b".into(),
+        algorithm_id: alg().to_string(),
+        parameter_id: PID.into(),
+        model: Some("mnist-cnn".into()),
+        mode: ProvisionMode::Rotate,
+        bundle_bytes: 12345,
+        bundle_sha256: PID.into(),
+        total_chunks: 1,
+        key_uri: None,
+        auth_token: Some(token()),
+        enrollment_token: None,
+    });
+    round_trip(&ProvisionKeysBeginResult {
+        ok: true,
+        provisioning_id: "ab".repeat(16),
+        client_id: "c".into(),
+        total_chunks: 3,
+        max_chunk_bytes: 1 << 25,
+        expires_at: 1_800_000_000,
+    });
+    round_trip(&ProvisionKeysChunkArgs {
+        client_id: "c".into(),
+        provisioning_id: "ab".repeat(16),
+        chunk_index: 0,
+        total_chunks: 3,
+        chunk_b64: "AAAA".into(),
+    });
+    round_trip(&ProvisionKeysChunkAck {
+        ok: true,
+        provisioning_id: "ab".repeat(16),
+        chunk_index: 0,
+        chunk_bytes: 3,
+        received_chunks: 1,
+        total_chunks: 3,
+        duplicate: false,
+    });
+    round_trip(&ProvisionKeysCommitArgs {
+        client_id: "c".into(),
+        provisioning_id: "ab".repeat(16),
+    });
+    let provisioned = round_trip(&ProvisionKeysResult {
+        ok: true,
+        client_id: "c".into(),
+        key_ref: format_key_ref("c", 2),
+        key_version: 2,
+        algorithm_id: alg(),
+        parameter_id: PID.into(),
+        auth_token: token(),
+        bundle_bytes: 9,
+        bundle_sha256: PID.into(),
+        relinearization: true,
+        galois_elements: vec![5, 25],
+        models: vec!["mnist-cnn".into()],
+    });
+    assert!(
+        provisioned["auth_token"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("cit_"))
+    );
+    round_trip(&RevokeKeysArgs {
+        client_id: "c".into(),
+        auth_token: Some(token()),
+    });
+    round_trip(&RevokeKeysResult {
+        ok: true,
+        client_id: "c".into(),
+        revoked_key_ref: format_key_ref("c", 1),
+        sessions_deleted: 2,
+    });
+    round_trip(&UploadChunkAck {
+        ok: true,
+        file_name: "enc_input_ic0_phase0.bin".into(),
+        chunk_index: 0,
+        chunk_bytes: 4_194_304,
+        total_chunks: 2,
+        received_chunks: 1,
+        object_complete: false,
+        duplicate: false,
+    });
+    let args = RemoteInferenceArgs {
+        client_id: "c".into(),
+        session_id: "s".into(),
+        auth_token: Some(token()),
+        model: Some("mnist-cnn".into()),
+        max_inline_bytes: Some(0),
+        ..Default::default()
+    }
+    .with_extended_parameters(block.clone());
+    let v = round_trip(&args);
+    assert_eq!(
+        v["poly_modulus_degree"],
+        json!(8192),
+        "7.1 fields sit at top level"
+    );
+    assert_eq!(args.extended_parameters(), block);
+    let result = RemoteInferenceResult {
+        ok: true,
+        session_id: "s".into(),
+        model: "mnist-cnn".into(),
+        algorithm_id: alg(),
+        parameter_id: PID.into(),
+        encrypted_logit_b64: None,
+        encrypted_logit_bytes: 2_000_000,
+        encrypted_logit_sha256: PID.into(),
+        result_ref: Some(ResultRef {
+            result_id: "r1".into(),
+            total_bytes: 2_000_000,
+            total_chunks: 4,
+            chunk_bytes: 524_288,
+            sha256: PID.into(),
+            expires_at: 1_800_000_000,
+        }),
+        profile: Profile {
+            infer_s: 57.1,
+            threads: Some(2),
+            step_s: vec![1.0, 2.0],
+            ..Default::default()
+        },
+        telemetry: telemetry(),
+    };
+    let v = round_trip(&result);
+    assert_eq!(
+        v["requires_decryption"],
+        json!(true),
+        "7.2 fields sit at top level"
+    );
+    assert_eq!(v["computation_depth_used"], json!(5));
+    assert_eq!(v["profile"]["infer_s"], json!(57.1));
+    round_trip(&FetchResultChunkArgs {
+        client_id: "c".into(),
+        session_id: "s".into(),
+        result_id: "r1".into(),
+        chunk_index: 3,
+        auth_token: None,
+    });
+    round_trip(&FetchResultChunkResult {
+        ok: true,
+        result_id: "r1".into(),
+        chunk_index: 3,
+        total_chunks: 4,
+        chunk_b64: "AAAA".into(),
+        chunk_bytes: 3,
+    });
+    round_trip(&DescribeCapabilitiesArgs { model: None });
+    round_trip(&Capabilities {
+        ok: true,
+        protocol: PROTOCOL_PROFILE.into(),
+        server: "cipherinfer-remote 0.1.0".into(),
+        algorithm_ids: vec![alg()],
+        limits: Limits::default(),
+        session_ttl_s: 3600,
+        result_ttl_s: 600,
+        enrollment_required: false,
+        default_model: "mnist-cnn".into(),
+        models: vec![ModelInfo {
+            name: "mnist-cnn".into(),
+            description: "MNIST digits".into(),
+            input_shape: vec![1, 28, 28],
+            output_shape: vec![10],
+            labels: (0..10).map(|i| i.to_string()).collect(),
+            algorithm_id: alg(),
+            parameter_id: PID.into(),
+            parameters: block.clone(),
+            multiplicative_depth: 5,
+            rotation_steps: vec![1, -28],
+            galois_elements: vec![5, 25],
+            relinearization: true,
+            input_objects: vec!["enc_input_ic0.bin".into()],
+            client_spec: json!({"depth": 5}),
+            preprocessing: Some(json!({"resize": [28, 28]})),
+        }],
+    });
+    round_trip(&SessionArgs {
+        client_id: "c".into(),
+        session_id: "s".into(),
+        auth_token: None,
+    });
+    round_trip(&SessionStatus {
+        ok: true,
+        session_id: "s".into(),
+        objects: vec![ObjectStatus {
+            file_name: "a.bin".into(),
+            total_chunks: 2,
+            received_chunks: 1,
+            missing_chunks: vec![1],
+            bytes: 10,
+        }],
+        results: vec!["r1".into()],
+        expires_at: 1,
+    });
+    round_trip(&DeleteSessionResult {
+        ok: true,
+        session_id: "s".into(),
+        deleted: true,
+        bytes_freed: 10,
+    });
+    // Local tools.
+    round_trip(&GenerateKeysArgs {
+        client_id: "c".into(),
+        model: "mnist-cnn".into(),
+        client_spec: json!({"depth": 5}),
+        overwrite: false,
+    });
+    round_trip(&GenerateKeysResult {
+        ok: true,
+        client_id: "c".into(),
+        model: "mnist-cnn".into(),
+        algorithm_id: alg(),
+        parameter_id: PID.into(),
+        parameters: block.clone(),
+        galois_elements: vec![5],
+        relinearization: true,
+        evaluation_key_bytes: 100,
+        keygen_s: 0.5,
+    });
+    round_trip(&ExportEvaluationKeysArgs {
+        client_id: "c".into(),
+        output_path: "/tmp/keys.bin".into(),
+        chunk_bytes: Some(1 << 22),
+    });
+    round_trip(&ExportEvaluationKeysResult {
+        ok: true,
+        client_id: "c".into(),
+        path: "/tmp/keys.bin".into(),
+        bytes: 100,
+        sha256: PID.into(),
+        chunk_count: 1,
+        chunk_bytes: 1 << 22,
+        algorithm_id: alg(),
+        parameter_id: PID.into(),
+        galois_elements: vec![5],
+        relinearization: true,
+    });
+    round_trip(&FheEncryptArgs {
+        client_id: "c".into(),
+        image_path: "/home/user/cat.jpg".into(),
+        session_dir: "/runtime_mcp/sessions/s".into(),
+        model: None,
+        chunk_bytes: None,
+        inline_max_bytes: Some(0),
+    });
+    round_trip(&FheEncryptResult {
+        ok: true,
+        client_id: "c".into(),
+        model: "mnist-cnn".into(),
+        session_dir: "/runtime_mcp/sessions/s".into(),
+        algorithm_id: alg(),
+        parameter_id: PID.into(),
+        objects: vec![CiphertextObject {
+            file_name: "enc_input_ic0.bin".into(),
+            path: "/runtime_mcp/sessions/s/enc_input_ic0.bin".into(),
+            bytes: 400_000,
+            sha256: PID.into(),
+            chunk_count: 1,
+        }],
+        chunk_bytes: 1 << 22,
+        total_bytes: 400_000,
+        encrypted_payload_b64: None,
+        encrypt_s: 0.1,
+    });
+    round_trip(&FheDecryptArgs {
+        client_id: "c".into(),
+        encrypted_logit_path: "/runtime_mcp/sessions/s/enc_logit.bin".into(),
+        model: None,
+        top_k: Some(3),
+    });
+    let v = round_trip(&FheDecryptResult {
+        ok: true,
+        client_id: "c".into(),
+        model: "mnist-cnn".into(),
+        classification: classification(),
+        decrypt_s: 0.01,
+    });
+    assert_eq!(v["label"], json!("7"), "classification sits at top level");
+    round_trip(&PrivateClassifyArgs {
+        image_path: "/home/user/7.png".into(),
+        remote_url: Some("https://infer.example/mcp".into()),
+        model: Some("mnist-cnn".into()),
+        client_id: None,
+        top_k: None,
+    });
+    round_trip(&PrivateClassifyResult {
+        ok: true,
+        model: "mnist-cnn".into(),
+        client_id: "c".into(),
+        remote_url: "https://infer.example/mcp".into(),
+        session_id: "s".into(),
+        classification: classification(),
+        provisioned: true,
+        bytes_uploaded: 400_000,
+        evaluation_key_bytes: 20_000_000,
+        timings: ClassifyTimings {
+            encrypt_s: 0.1,
+            total_s: 3.0,
+            ..Default::default()
+        },
+    });
+}
+
+fn schema_of<T: JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).expect("schema")
+}
+
+fn assert_required<T: JsonSchema>(required: &[&str]) {
+    let schema = schema_of::<T>();
+    assert_eq!(schema["type"], json!("object"), "{}", T::schema_name());
+    let listed: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut want: Vec<&str> = required.to_vec();
+    want.sort_unstable();
+    let mut got = listed.clone();
+    got.sort_unstable();
+    assert_eq!(got, want, "required fields of {}", T::schema_name());
+    let props = schema["properties"].as_object().expect("properties");
+    for (name, prop) in props {
+        let described = prop.get("description").is_some()
+            || prop.get("$ref").is_some()
+            || prop.get("allOf").is_some()
+            || prop.get("anyOf").is_some();
+        assert!(described, "{}.{name} has no description", T::schema_name());
+    }
+    assert_eq!(
+        schema["additionalProperties"],
+        json!(false),
+        "{} must refuse unknown fields",
+        T::schema_name()
+    );
+}
+
+#[test]
+fn tool_argument_schemas_list_their_required_fields() {
+    assert_required::<ProvisionKeysBeginArgs>(&[
+        "client_id",
+        "algorithm_id",
+        "parameter_id",
+        "bundle_bytes",
+        "bundle_sha256",
+        "total_chunks",
+    ]);
+    assert_required::<ProvisionKeysChunkArgs>(&[
+        "client_id",
+        "provisioning_id",
+        "chunk_index",
+        "total_chunks",
+        "chunk_b64",
+    ]);
+    assert_required::<ProvisionKeysCommitArgs>(&["client_id", "provisioning_id"]);
+    assert_required::<RevokeKeysArgs>(&["client_id"]);
+    assert_required::<UploadCiphertextChunkArgs>(&[
+        "client_id",
+        "session_id",
+        "file_name",
+        "chunk_index",
+        "total_chunks",
+        "chunk_b64",
+    ]);
+    assert_required::<RemoteInferenceArgs>(&["client_id", "session_id"]);
+    assert_required::<FetchResultChunkArgs>(&[
+        "client_id",
+        "session_id",
+        "result_id",
+        "chunk_index",
+    ]);
+    assert_required::<DescribeCapabilitiesArgs>(&[]);
+    assert_required::<SessionArgs>(&["client_id", "session_id"]);
+    assert_required::<GenerateKeysArgs>(&["client_id", "model", "client_spec"]);
+    assert_required::<ExportEvaluationKeysArgs>(&["client_id", "output_path"]);
+    assert_required::<FheEncryptArgs>(&["client_id", "image_path", "session_dir"]);
+    assert_required::<FheDecryptArgs>(&["client_id", "encrypted_logit_path"]);
+    assert_required::<PrivateClassifyArgs>(&["image_path"]);
+    // The inference schema carries every draft 7.1 field.
+    let schema = schema_of::<RemoteInferenceArgs>();
+    for f in [
+        "scheme_context",
+        "poly_modulus_degree",
+        "scale",
+        "coeff_modulus",
+        "security_level",
+        "max_multiplication_depth",
+        "input_packing_format",
+        "batch_size",
+        "slot_count",
+        "galois_key_mappings",
+        "omp_threads",
+    ] {
+        assert!(schema["properties"].get(f).is_some(), "{f}");
+    }
+    // Result schemas generate too, and the inference result lists the 7.2 fields.
+    let schema = schema_of::<RemoteInferenceResult>();
+    for f in [
+        "encrypted_logit_b64",
+        "encrypted_logit_bytes",
+        "profile",
+        "computation_depth_used",
+        "output_shape",
+        "requires_decryption",
+        "remaining_level",
+        "current_scale",
+        "error_code",
+        "result_ref",
+    ] {
+        assert!(schema["properties"].get(f).is_some(), "{f}");
+    }
+    for s in [
+        schema_of::<ProvisionKeysResult>(),
+        schema_of::<Capabilities>(),
+        schema_of::<FheEncryptResult>(),
+        schema_of::<FheDecryptResult>(),
+        schema_of::<PrivateClassifyResult>(),
+        schema_of::<ToolError>(),
+    ] {
+        assert_eq!(s["type"], json!("object"));
+    }
+}
+
+#[test]
+fn draft_example_messages_parse() {
+    // Figure 3.
+    let up: UploadCiphertextChunkArgs = parse_arguments(json!({
+        "client_id": "agent_fe8354f2851b",
+        "session_id": "session_20260617_8f3a9b",
+        "file_name": "enc_input_ic0_phase0.bin",
+        "chunk_index": 0,
+        "total_chunks": 2,
+        "chunk_b64": "YWJj",
+        "auth_token": "k7Qf6w2Jx0aB9dW3nT1uY5vH8sR4eL2"
+    }))
+    .expect("figure 3");
+    up.validate(&Limits::default()).expect("valid");
+    // Figure 4.
+    let inf: RemoteInferenceArgs = parse_arguments(json!({
+        "client_id": "agent_fe8354f2851b",
+        "session_id": "session_20260617_8f3a9b",
+        "auth_token": "k7Qf6w2Jx0aB9dW3nT1uY5vH8sR4eL2",
+        "omp_threads": 9
+    }))
+    .expect("figure 4");
+    assert_eq!(inf.validate().expect("valid"), None);
+    assert_eq!(inf.omp_threads, Some(9));
+    // Figure 2 and Figure 6.
+    let enc: FheEncryptArgs = parse_arguments(json!({
+        "client_id": "agent_fe8354f2851b",
+        "image_path": "/home/user/cat.jpg",
+        "session_dir": "/runtime_mcp/sessions/session_20260617_8f3a9b"
+    }))
+    .expect("figure 2");
+    enc.validate().expect("valid");
+    let dec: FheDecryptArgs = parse_arguments(json!({
+        "client_id": "agent_fe8354f2851b",
+        "encrypted_logit_path": "/runtime_mcp/sessions/session_20260617_8f3a9b/enc_logit.bin"
+    }))
+    .expect("figure 6");
+    dec.validate().expect("valid");
+    // The draft's per-chunk acknowledgement is a subset of ours.
+    let ack = serde_json::to_value(UploadChunkAck {
+        ok: true,
+        file_name: "enc_input_ic0_phase0.bin".into(),
+        chunk_index: 0,
+        chunk_bytes: 4_194_304,
+        total_chunks: 2,
+        received_chunks: 1,
+        object_complete: false,
+        duplicate: false,
+    })
+    .expect("ser");
+    let draft = json!({"ok": true, "file_name": "enc_input_ic0_phase0.bin", "chunk_index": 0, "chunk_bytes": 4194304});
+    for (k, v) in draft.as_object().expect("object") {
+        assert_eq!(&ack[k], v, "{k}");
+    }
+}
+
+#[test]
+fn arguments_refuse_unknown_fields_and_bad_values_with_codes() {
+    let err = parse_arguments::<UploadCiphertextChunkArgs>(json!({
+        "client_id": "c", "session_id": "s", "file_name": "a", "chunk_index": 0,
+        "total_chunks": 1, "chunk_b64": "YWJj", "path": "/etc"
+    }))
+    .expect_err("unknown field");
+    assert_eq!(err.error_code, ErrorCode::InvalidArgument);
+    let err = parse_arguments::<UploadCiphertextChunkArgs>(json!({"client_id": "c"}))
+        .expect_err("missing fields");
+    assert_eq!(err.error_code, ErrorCode::InvalidArgument);
+
+    let mut up = UploadCiphertextChunkArgs {
+        client_id: "c".into(),
+        session_id: "s".into(),
+        file_name: "../../keys".into(),
+        chunk_index: 0,
+        total_chunks: 1,
+        chunk_b64: "YWJj".into(),
+        auth_token: None,
+    };
+    assert_eq!(
+        up.validate(&Limits::default())
+            .expect_err("hostile")
+            .error_code,
+        ErrorCode::InvalidFileName
+    );
+    up.file_name = "ok.bin".into();
+    up.chunk_index = 1;
+    assert_eq!(
+        up.validate(&Limits::default())
+            .expect_err("index")
+            .error_code,
+        ErrorCode::InvalidChunkIndex
+    );
+
+    let inf = RemoteInferenceArgs {
+        client_id: "c".into(),
+        session_id: "s".into(),
+        security_level: Some(112),
+        ..Default::default()
+    };
+    assert_eq!(
+        inf.validate().expect_err("weak").error_code,
+        ErrorCode::WeakParameters
+    );
+    let inf = RemoteInferenceArgs {
+        client_id: "c".into(),
+        session_id: "s".into(),
+        key_ref: Some(format_key_ref("other", 1)),
+        ..Default::default()
+    };
+    assert_eq!(
+        inf.validate().expect_err("other key").error_code,
+        ErrorCode::Unauthorized
+    );
+    let inf = RemoteInferenceArgs {
+        client_id: "c".into(),
+        session_id: "s".into(),
+        algorithm_id: Some("CKKS-RNS-128-N8192-CIFR1".into()),
+        ..Default::default()
+    };
+    assert_eq!(inf.validate().expect("valid"), Some(alg()));
+}
+
+#[test]
+fn provisioning_begin_validation() {
+    let limits = Limits::default();
+    let base = ProvisionKeysBeginArgs {
+        client_id: "agent_1".into(),
+        algorithm_id: alg().to_string(),
+        parameter_id: PID.into(),
+        model: None,
+        mode: ProvisionMode::New,
+        bundle_bytes: 40 << 20,
+        bundle_sha256: PID.into(),
+        total_chunks: 10,
+        key_uri: None,
+        auth_token: None,
+        enrollment_token: None,
+    };
+    assert_eq!(base.validate(&limits).expect("valid"), alg());
+    let check = |f: &dyn Fn(&mut ProvisionKeysBeginArgs), code: ErrorCode| {
+        let mut a = base.clone();
+        f(&mut a);
+        assert_eq!(a.validate(&limits).expect_err("invalid").error_code, code);
+    };
+    check(&|a| a.total_chunks = 1, ErrorCode::ChunkTooLarge);
+    check(&|a| a.total_chunks = 0, ErrorCode::InvalidChunkIndex);
+    check(&|a| a.bundle_bytes = 2 << 30, ErrorCode::ObjectTooLarge);
+    check(
+        &|a| a.algorithm_id = "BFV-RNS-128-N8192-CIFR1".into(),
+        ErrorCode::UnsupportedAlgorithm,
+    );
+    check(
+        &|a| a.parameter_id = "XYZ".into(),
+        ErrorCode::InvalidArgument,
+    );
+    check(&|a| a.mode = ProvisionMode::Rotate, ErrorCode::Unauthorized);
+    check(
+        &|a| a.key_uri = Some("keystore:bundles/a.bin".into()),
+        ErrorCode::InvalidChunkIndex,
+    );
+    check(
+        &|a| {
+            a.key_uri = Some("https://evil.example/keys".into());
+            a.total_chunks = 0;
+        },
+        ErrorCode::InvalidArgument,
+    );
+    check(
+        &|a| {
+            a.key_uri = Some("keystore:../etc/passwd".into());
+            a.total_chunks = 0;
+        },
+        ErrorCode::InvalidArgument,
+    );
+    let mut oob = base.clone();
+    oob.key_uri = Some("keystore:bundles/agent_1.keys".into());
+    oob.total_chunks = 0;
+    oob.validate(&limits).expect("out-of-band reference");
+    assert_eq!(
+        parse_key_store_uri("keystore:bundles/agent_1.keys").expect("uri"),
+        vec!["bundles".to_string(), "agent_1.keys".to_string()]
+    );
+}
+
+#[test]
+fn key_refs_round_trip_and_reject_garbage() {
+    let r = format_key_ref("agent_fe8354f2851b", 3);
+    assert_eq!(r, "urn:cipherinfer:key:agent_fe8354f2851b:3");
+    assert_eq!(
+        parse_key_ref(&r).expect("parse"),
+        ("agent_fe8354f2851b".to_string(), 3)
+    );
+    for bad in [
+        "",
+        "urn:cipherinfer:key:",
+        "urn:cipherinfer:key:a:0",
+        "urn:cipherinfer:key:a:01",
+        "urn:cipherinfer:key:a/b:1",
+        "urn:cipherinfer:key:a:1:2",
+        "urn:other:key:a:1",
+    ] {
+        assert!(parse_key_ref(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn local_paths_and_urls() {
+    for bad in ["", "relative/x.png", "/a/../b.png", "/a\0b"] {
+        assert_eq!(
+            validate_local_path("image_path", bad)
+                .expect_err(bad)
+                .error_code,
+            ErrorCode::PathNotAllowed
+        );
+    }
+    validate_local_path("image_path", "/home/user/cat.jpg").expect("absolute");
+    for good in [
+        "https://infer.example/mcp",
+        "http://127.0.0.1:8080/mcp",
+        "http://localhost:9/mcp",
+        "http://[::1]:9/mcp",
+    ] {
+        let r = validate_remote_url(good);
+        assert!(r.is_ok(), "{good}: {r:?}");
+    }
+    for bad in [
+        "ftp://x/mcp",
+        "http://example.com/mcp",
+        "https://user:pw@example.com/mcp",
+        "https:///mcp",
+        "https://a b/mcp",
+        "http://127.0.0.1.evil.example/mcp",
+    ] {
+        assert!(validate_remote_url(bad).is_err(), "{bad}");
+    }
+    let args = PrivateClassifyArgs {
+        image_path: "/x.png".into(),
+        remote_url: None,
+        model: None,
+        client_id: None,
+        top_k: Some(0),
+    };
+    assert_eq!(
+        args.validate().expect_err("top_k").error_code,
+        ErrorCode::InvalidArgument
+    );
+}
