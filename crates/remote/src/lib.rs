@@ -1,0 +1,6 @@
+//! The remote (untrusted) half of cipherinfer: an MCP server that computes on ciphertexts only.
+//!
+//! [`transport`] serves any rmcp [`rmcp::ServerHandler`] over Streamable HTTP (`/mcp`) and over
+//! the legacy HTTP+SSE transport of protocol 2024-11-05 (`GET /sse` + `POST /messages`).
+
+pub mod transport;

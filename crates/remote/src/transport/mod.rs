@@ -1,0 +1,207 @@
+//! MCP over HTTP: Streamable HTTP at `/mcp` (rmcp), the legacy HTTP+SSE transport at
+//! `GET /sse` + `POST /messages` (ours, protocol 2024-11-05) and `GET /healthz`.
+//!
+//! Both transports drive the same [`ServerHandler`] through rmcp's own service loop, so tool
+//! handlers, progress notifications, cancellation and protocol negotiation are shared.
+//!
+//! ```no_run
+//! # async fn demo<H: rmcp::ServerHandler + Clone>(handler: H) -> std::io::Result<()> {
+//! use cipherinfer_remote::transport::{HttpConfig, router, serve};
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let app = router(move || handler.clone(), HttpConfig::default(), shutdown.clone());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! serve(listener, app, shutdown).await
+//! # }
+//! ```
+
+mod error;
+mod guard;
+mod legacy_sse;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Json, Router, middleware, routing::get};
+use rmcp::{
+    ServerHandler,
+    transport::{
+        StreamableHttpServerConfig, StreamableHttpService,
+        streamable_http_server::session::local::LocalSessionManager,
+    },
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ErrorBody;
+pub use guard::HostPolicy;
+pub use legacy_sse::StreamClosed;
+
+/// Path of the Streamable HTTP endpoint.
+pub const MCP_PATH: &str = "/mcp";
+/// Path of the legacy SSE stream (protocol 2024-11-05).
+pub const SSE_PATH: &str = "/sse";
+/// Path the legacy transport's clients POST their messages to.
+pub const MESSAGES_PATH: &str = "/messages";
+/// Path of the liveness probe.
+pub const HEALTHZ_PATH: &str = "/healthz";
+
+/// The default decoded chunk size of `upload_ciphertext_chunk` (draft 6.3: 32 MiB).
+pub const DEFAULT_CHUNK_BYTES: usize = 32 * 1024 * 1024;
+
+/// Room for the JSON-RPC envelope and the other tool arguments around one Base64 chunk.
+pub const JSON_FRAMING_BYTES: usize = 1024 * 1024;
+
+/// The request body size that carries one chunk of `chunk_bytes` decoded bytes: its Base64 length
+/// plus [`JSON_FRAMING_BYTES`]. 32 MiB chunks give about 43.7 MiB.
+pub const fn body_limit_for_chunk(chunk_bytes: usize) -> usize {
+    chunk_bytes
+        .div_ceil(3)
+        .saturating_mul(4)
+        .saturating_add(JSON_FRAMING_BYTES)
+}
+
+/// Everything the HTTP layer needs to know; tools know nothing of it.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest request body accepted on `/mcp` and `/messages`, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// `Host` values accepted (`name` or `name:port`); empty accepts any host, which only
+    /// deployments behind a proxy that checks the host should choose.
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` values accepted when a request carries one (`scheme://host`, `scheme://host:port`,
+    /// `scheme://host:*`, or `null`); requests without `Origin` (non-browser clients) pass.
+    pub allowed_origins: Vec<String>,
+    /// Interval of SSE keep-alive comments on both transports.
+    pub sse_keep_alive: Duration,
+    /// Capacity of each legacy SSE session's inbound and outbound message queues.
+    pub legacy_queue_capacity: usize,
+    /// How long a `POST /messages` waits for room in a full session queue before a 503.
+    pub legacy_enqueue_timeout: Duration,
+    /// Most legacy SSE sessions open at once (503 above it).
+    pub max_legacy_sessions: usize,
+    /// A Streamable HTTP session idle this long is closed.
+    pub session_idle_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    /// Loopback-only, with a body limit sized for [`DEFAULT_CHUNK_BYTES`] chunks.
+    fn default() -> Self {
+        Self {
+            max_body_bytes: body_limit_for_chunk(DEFAULT_CHUNK_BYTES),
+            allowed_hosts: HostPolicy::LOOPBACK_HOSTS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            allowed_origins: HostPolicy::LOOPBACK_ORIGINS
+                .iter()
+                .map(|o| o.to_string())
+                .collect(),
+            sse_keep_alive: Duration::from_secs(15),
+            legacy_queue_capacity: 64,
+            legacy_enqueue_timeout: Duration::from_secs(10),
+            max_legacy_sessions: 1024,
+            session_idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Sets the body limit to carry chunks of `chunk_bytes` decoded bytes.
+    pub fn with_chunk_bytes(mut self, chunk_bytes: usize) -> Self {
+        self.max_body_bytes = body_limit_for_chunk(chunk_bytes);
+        self
+    }
+
+    fn streamable_config(&self, shutdown: &CancellationToken) -> StreamableHttpServerConfig {
+        let mut config = StreamableHttpServerConfig::default()
+            .with_max_request_body_bytes(self.max_body_bytes)
+            .with_sse_keep_alive(Some(self.sse_keep_alive))
+            .with_legacy_session_mode(true)
+            .with_cancellation_token(shutdown.child_token())
+            .with_allowed_hosts(self.allowed_hosts.iter().cloned());
+        // Our own middleware checks first and answers in JSON; rmcp's check stays as a second
+        // line with the same lists.
+        config = if self.allowed_origins.is_empty() {
+            config.disable_allowed_origins()
+        } else {
+            config.with_allowed_origins(self.allowed_origins.iter().cloned())
+        };
+        config
+    }
+}
+
+/// Builds the axum app serving one MCP server, made by `factory` per session (and per request
+/// for stateless protocol versions). `shutdown` ends every open stream and session.
+pub fn router<H, F>(factory: F, config: HttpConfig, shutdown: CancellationToken) -> Router
+where
+    H: ServerHandler + Send + 'static,
+    F: Fn() -> H + Send + Sync + 'static,
+{
+    let factory = Arc::new(factory);
+    let policy = Arc::new(HostPolicy::new(
+        &config.allowed_hosts,
+        &config.allowed_origins,
+    ));
+
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(config.session_idle_timeout);
+    let streamable = StreamableHttpService::new(
+        {
+            let factory = Arc::clone(&factory);
+            move || Ok(factory())
+        },
+        Arc::new(sessions),
+        config.streamable_config(&shutdown),
+    );
+
+    let legacy = legacy_sse::routes(
+        {
+            let factory = Arc::clone(&factory);
+            move || factory()
+        },
+        &config,
+        shutdown,
+    );
+
+    let guarded = Router::new()
+        .nest_service(MCP_PATH, streamable)
+        .merge(legacy)
+        .layer(middleware::from_fn_with_state(
+            policy,
+            guard::check_host_origin,
+        ));
+
+    Router::new()
+        .route(HEALTHZ_PATH, get(healthz))
+        .merge(guarded)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// How long [`serve`] lets open connections finish after `shutdown` before it returns anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then stops accepting, lets
+/// in-flight requests finish for at most [`SHUTDOWN_GRACE`] and returns.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let graceful = axum::serve(listener, app).with_graceful_shutdown({
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled_owned().await }
+    });
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = graceful => result,
+        () = grace_over => {
+            tracing::warn!("connections still open after the shutdown grace period; closing");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! Drives a real server over real HTTP on loopback, on both MCP transports.
+
+mod common;
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use cipherinfer_remote::transport::{ErrorBody, HttpConfig};
+use common::TestServer;
+use futures::StreamExt;
+use rmcp::{
+    ClientHandler, RoleClient, ServiceExt,
+    model::{
+        CallToolRequestParams, ClientConfig, ClientRequest, ProgressNotificationParam,
+        ProtocolVersion, Request, ServerResult,
+    },
+    service::{
+        ClientLifecycleMode, ClientServiceExt, NotificationContext, PeerRequestOptions,
+        RunningService,
+    },
+    transport::{
+        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+    },
+};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// An rmcp client that forwards the progress notifications it receives.
+#[derive(Clone)]
+struct ProgressClient {
+    progress: mpsc::UnboundedSender<ProgressNotificationParam>,
+    info: ClientConfig,
+}
+
+impl ClientHandler for ProgressClient {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        let _ = self.progress.send(params);
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        self.info.clone()
+    }
+}
+
+type Client = RunningService<RoleClient, ProgressClient>;
+
+fn transport(server: &TestServer) -> StreamableHttpClientTransport<reqwest::Client> {
+    StreamableHttpClientTransport::with_client(
+        reqwest::Client::new(),
+        StreamableHttpClientTransportConfig::with_uri(server.url("/mcp"))
+            .max_sse_event_size(64 * 1024 * 1024),
+    )
+}
+
+/// Connects with the `initialize` handshake at `version`.
+async fn connect(
+    server: &TestServer,
+    version: ProtocolVersion,
+) -> (Client, mpsc::UnboundedReceiver<ProgressNotificationParam>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let info = ClientConfig::default().with_protocol_version(version);
+    let client = ProgressClient { progress: tx, info }
+        .serve(transport(server))
+        .await
+        .unwrap();
+    (client, rx)
+}
+
+fn call(name: &'static str, args: Value) -> CallToolRequestParams {
+    let Value::Object(map) = args else {
+        panic!("arguments must be an object")
+    };
+    CallToolRequestParams::new(name).with_arguments(map)
+}
+
+fn small_config() -> HttpConfig {
+    HttpConfig {
+        max_body_bytes: 2 * 1024 * 1024,
+        ..HttpConfig::default()
+    }
+}
+
+async fn exercise_tools(
+    client: &Client,
+    progress: &mut mpsc::UnboundedReceiver<ProgressNotificationParam>,
+) {
+    let mut names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["echo_size", "slow_count"]);
+
+    // A call with a progress token: the notifications arrive before the result.
+    let handle = client
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(Request::new(call(
+                "slow_count",
+                json!({"steps": 4, "delay_ms": 10}),
+            ))),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    let token = handle.progress_token.clone();
+    let ServerResult::CallToolResult(result) = handle.await_response().await.unwrap() else {
+        panic!("expected a tool result")
+    };
+    assert_eq!(result.is_error, Some(false));
+    assert_eq!(
+        result.structured_content,
+        Some(json!({"counted": 4, "progress_reported": true}))
+    );
+    let mut seen = Vec::new();
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(2), progress.recv()).await {
+        assert_eq!(p.progress_token, token);
+        seen.push(p.progress);
+        if seen.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!(seen, [1.0, 2.0, 3.0, 4.0]);
+
+    // A tool-level error is a result with isError, not a JSON-RPC error.
+    let result = client
+        .call_tool(call("echo_size", json!({"data": ""})))
+        .await
+        .unwrap();
+    assert_eq!(result.is_error, Some(true));
+    assert_eq!(
+        result
+            .structured_content
+            .as_ref()
+            .and_then(|v| v.get("error_code")),
+        Some(&json!("ERROR_EMPTY"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_http_2025_11_25_tools_progress() {
+    let server = TestServer::start(HttpConfig::default()).await;
+    let (client, mut progress) = connect(&server, ProtocolVersion::V_2025_11_25).await;
+    let negotiated = client.peer_info().map(|i| i.protocol_version.clone());
+    assert_eq!(negotiated, Some(ProtocolVersion::V_2025_11_25));
+    exercise_tools(&client, &mut progress).await;
+    client.cancel().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_http_2026_07_28_tools_progress() {
+    let server = TestServer::start(HttpConfig::default()).await;
+    let (tx, mut progress) = mpsc::unbounded_channel();
+    let client = ProgressClient {
+        progress: tx,
+        info: ClientConfig::default(),
+    }
+    .serve_with_lifecycle(
+        transport(&server),
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        },
+    )
+    .await
+    .unwrap();
+    let negotiated = client.peer_info().map(|i| i.protocol_version.clone());
+    assert_eq!(negotiated, Some(ProtocolVersion::V_2026_07_28));
+    exercise_tools(&client, &mut progress).await;
+    client.cancel().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_http_cancellation_stops_the_tool() {
+    let server = TestServer::start(HttpConfig::default()).await;
+    let (client, mut progress) = connect(&server, ProtocolVersion::V_2025_11_25).await;
+    let handle = client
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(Request::new(call(
+                "slow_count",
+                json!({"steps": 1000, "delay_ms": 20}),
+            ))),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    // Wait until the tool is demonstrably running, then cancel.
+    tokio::time::timeout(Duration::from_secs(5), progress.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    handle.cancel(Some("test".into())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the tool never saw the cancellation"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let steps = server.stats.steps.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        server.stats.steps.load(Ordering::SeqCst),
+        steps,
+        "steps after cancellation"
+    );
+    assert!(steps < 1000);
+    // The session is still usable.
+    let result = client
+        .call_tool(call("echo_size", json!({"data": "abc"})))
+        .await
+        .unwrap();
+    assert_eq!(result.structured_content, Some(json!({"bytes": 3})));
+    client.cancel().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_http_body_limit() {
+    let config = small_config();
+    let limit = config.max_body_bytes;
+    let server = TestServer::start(config).await;
+    let (client, _progress) = connect(&server, ProtocolVersion::V_2025_11_25).await;
+
+    // Just under the limit once framed: works.
+    let under = "a".repeat(limit - 4096);
+    let result = client
+        .call_tool(call("echo_size", json!({"data": under})))
+        .await
+        .unwrap();
+    assert_eq!(
+        result.structured_content,
+        Some(json!({"bytes": limit - 4096}))
+    );
+
+    // Over the limit: refused, and the session survives.
+    let over = "a".repeat(limit + 1);
+    assert!(
+        client
+            .call_tool(call("echo_size", json!({"data": over})))
+            .await
+            .is_err()
+    );
+    let result = client
+        .call_tool(call("echo_size", json!({"data": "x"})))
+        .await
+        .unwrap();
+    assert_eq!(result.structured_content, Some(json!({"bytes": 1})));
+
+    // And on the wire it is a 413.
+    let response = reqwest::Client::new()
+        .post(server.url("/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(vec![b' '; limit + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    client.cancel().await.unwrap();
+    server.stop().await;
+}
+
+async fn assert_forbidden(response: reqwest::Response, code: &str) {
+    assert_eq!(response.status(), 403);
+    let body: ErrorBody = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(body.error.code, code);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_and_origin_validation() {
+    let server = TestServer::start(HttpConfig::default()).await;
+    let http = reqwest::Client::new();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"}}});
+    for path in ["/mcp", "/messages?sessionId=x"] {
+        let post = || {
+            http.post(server.url(path))
+                .header("accept", "application/json, text/event-stream")
+                .json(&init)
+        };
+        assert_forbidden(
+            post().header("host", "evil.example").send().await.unwrap(),
+            "host_not_allowed",
+        )
+        .await;
+        assert_forbidden(
+            post()
+                .header("origin", "https://evil.example")
+                .send()
+                .await
+                .unwrap(),
+            "origin_not_allowed",
+        )
+        .await;
+    }
+    let sse = http
+        .get(server.url("/sse"))
+        .header("host", "attacker.test:80")
+        .send()
+        .await
+        .unwrap();
+    assert_forbidden(sse, "host_not_allowed").await;
+
+    // A loopback origin is fine; the health probe needs no check.
+    let ok = http
+        .post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("origin", "http://localhost:5173")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let health = http
+        .get(server.url("/healthz"))
+        .header("host", "lb.internal")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // A configured public host is accepted.
+    drop(ok);
+    server.stop().await;
+    let server = TestServer::start(HttpConfig {
+        allowed_hosts: vec!["infer.example".into()],
+        ..HttpConfig::default()
+    })
+    .await;
+    let ok = http
+        .post(server.url("/mcp"))
+        .header("host", "infer.example")
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    drop(ok);
+    server.stop().await;
+}
+
+/// A raw legacy SSE client: the event stream and the POST endpoint it announced.
+struct LegacyClient {
+    http: reqwest::Client,
+    events: std::pin::Pin<Box<dyn futures::Stream<Item = (String, String)> + Send>>,
+    endpoint: String,
+}
+
+impl LegacyClient {
+    async fn open(server: &TestServer) -> Self {
+        let http = reqwest::Client::new();
+        let response = http
+            .get(server.url("/sse"))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        let mut events = Box::pin(sse_events(response));
+        let (kind, data) = events.next().await.unwrap();
+        assert_eq!(kind, "endpoint");
+        assert!(data.starts_with("/messages?sessionId="), "{data}");
+        let endpoint = server.url(&data);
+        Self {
+            http,
+            events,
+            endpoint,
+        }
+    }
+
+    async fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.http
+            .post(&self.endpoint)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn send(&self, message: Value) {
+        let response = self.post(message.to_string()).await;
+        assert_eq!(response.status(), 202);
+    }
+
+    async fn next_message(&mut self) -> Value {
+        let (kind, data) = tokio::time::timeout(Duration::from_secs(10), self.events.next())
+            .await
+            .expect("no event within 10 s")
+            .expect("stream ended");
+        assert_eq!(kind, "message");
+        serde_json::from_str(&data).unwrap()
+    }
+
+    /// Reads until the response with `id`, collecting the notifications seen before it.
+    async fn response(&mut self, id: u64) -> (Value, Vec<Value>) {
+        let mut notifications = Vec::new();
+        loop {
+            let message = self.next_message().await;
+            if message.get("id") == Some(&json!(id)) {
+                return (message, notifications);
+            }
+            notifications.push(message);
+        }
+    }
+
+    async fn initialize(&mut self) {
+        self.send(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2024-11-05", "capabilities": {},
+            "clientInfo": {"name": "raw-sse-test", "version": "0"}}}),
+        )
+        .await;
+        let (init, _) = self.response(1).await;
+        assert_eq!(init["result"]["protocolVersion"], "2024-11-05");
+        assert!(init["result"]["capabilities"]["tools"].is_object());
+        self.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+    }
+}
+
+/// Parses an SSE body into (event, data) pairs, skipping comments (keep-alives).
+fn sse_events(response: reqwest::Response) -> impl futures::Stream<Item = (String, String)> + Send {
+    let bytes = response.bytes_stream();
+    futures::stream::unfold(
+        (bytes, String::new()),
+        |(mut bytes, mut buffer)| async move {
+            loop {
+                if let Some(end) = buffer.find("\n\n") {
+                    let block: String = buffer.drain(..end + 2).collect();
+                    let mut kind = "message".to_string();
+                    let mut data = Vec::new();
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("event:") {
+                            kind = v.trim().to_string();
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                        }
+                    }
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Some(((kind, data.join("\n")), (bytes, buffer)));
+                }
+                let chunk = bytes.next().await?.ok()?;
+                buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_sse_session() {
+    let server = TestServer::start(small_config()).await;
+    let mut client = LegacyClient::open(&server).await;
+    client.initialize().await;
+
+    client
+        .send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .await;
+    let (list, _) = client.response(2).await;
+    let mut names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["echo_size", "slow_count"]);
+
+    client
+        .send(
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+            "name": "slow_count", "arguments": {"steps": 3, "delay_ms": 5},
+            "_meta": {"progressToken": "p-3"}}}),
+        )
+        .await;
+    let (result, notifications) = client.response(3).await;
+    assert_eq!(
+        result["result"]["structuredContent"],
+        json!({"counted": 3, "progress_reported": true})
+    );
+    assert_eq!(result["result"]["isError"], json!(false));
+    let progress: Vec<f64> = notifications
+        .iter()
+        .filter(|n| n["method"] == "notifications/progress")
+        .inspect(|n| assert_eq!(n["params"]["progressToken"], "p-3"))
+        .map(|n| n["params"]["progress"].as_f64().unwrap())
+        .collect();
+    assert_eq!(progress, [1.0, 2.0, 3.0]);
+
+    // A batch of two requests.
+    client
+        .send(json!([
+            {"jsonrpc": "2.0", "id": 4, "method": "ping"},
+            {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+                "name": "echo_size", "arguments": {"data": "hello"}}}
+        ]))
+        .await;
+    let (echo, _) = client.response(5).await;
+    assert_eq!(echo["result"]["structuredContent"], json!({"bytes": 5}));
+
+    // Body limit: just under works, over is a 413 with a JSON error, and the session lives on.
+    let limit = 2 * 1024 * 1024;
+    let under = json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {
+        "name": "echo_size", "arguments": {"data": "b".repeat(limit - 4096)}}});
+    client.send(under).await;
+    let (echo, _) = client.response(6).await;
+    assert_eq!(
+        echo["result"]["structuredContent"],
+        json!({"bytes": limit - 4096})
+    );
+    let over = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "echo_size", "arguments": {"data": "b".repeat(limit)}}});
+    let response = client.post(over.to_string()).await;
+    assert_eq!(response.status(), 413);
+    let body: ErrorBody = response.json().await.unwrap();
+    assert_eq!(body.error.code, "body_too_large");
+    // The same without a Content-Length (chunked body).
+    let chunks =
+        futures::stream::iter((0..3).map(move |_| Ok::<_, std::io::Error>(vec![b' '; limit / 2])));
+    let response = client.post(reqwest::Body::wrap_stream(chunks)).await;
+    assert_eq!(response.status(), 413);
+
+    // Malformed JSON and non-MCP JSON: 400 with a JSON error.
+    let response = client.post("{not json").await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.json::<ErrorBody>().await.unwrap().error.code,
+        "malformed_json"
+    );
+    let response = client.post(r#"{"hello": "world"}"#).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.json::<ErrorBody>().await.unwrap().error.code,
+        "invalid_message"
+    );
+
+    client
+        .send(json!({"jsonrpc": "2.0", "id": 8, "method": "ping"}))
+        .await;
+    let (pong, _) = client.response(8).await;
+    assert_eq!(pong["result"], json!({}));
+
+    // Unknown or missing session: 404 / 400.
+    let http = reqwest::Client::new();
+    let response = http
+        .post(server.url("/messages?sessionId=00000000000000000000000000000000"))
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.json::<ErrorBody>().await.unwrap().error.code,
+        "unknown_session"
+    );
+    let response = http
+        .post(server.url("/messages"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // Closing the stream ends the session: its endpoint then answers 404.
+    let endpoint = client.endpoint.clone();
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = http
+            .post(&endpoint)
+            .body(r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "session outlived its stream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_sse_cancellation_stops_the_tool() {
+    let server = TestServer::start(HttpConfig::default()).await;
+    let mut client = LegacyClient::open(&server).await;
+    client.initialize().await;
+    client
+        .send(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "slow_count", "arguments": {"steps": 1000, "delay_ms": 20},
+            "_meta": {"progressToken": 7}}}),
+        )
+        .await;
+    let first = client.next_message().await;
+    assert_eq!(first["method"], "notifications/progress");
+    client
+        .send(
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": 2, "reason": "test"}}),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the tool never saw the cancellation"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(server.stats.steps.load(Ordering::SeqCst) < 1000);
+    // No response for the cancelled request; the session answers the next one.
+    client
+        .send(json!({"jsonrpc": "2.0", "id": 3, "method": "ping"}))
+        .await;
+    let (pong, _) = client.response(3).await;
+    assert_eq!(pong["result"], json!({}));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_open_streams() {
+    let server = TestServer::start(HttpConfig::default()).await;
+    let mut legacy = LegacyClient::open(&server).await;
+    legacy.initialize().await;
+    let (client, _progress) = connect(&server, ProtocolVersion::V_2025_11_25).await;
+    let started = Instant::now();
+    server.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(client);
+    drop(legacy);
+}
