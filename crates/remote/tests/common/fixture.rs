@@ -60,9 +60,27 @@ pub struct EchoSizeResult {
     pub bytes: usize,
 }
 
+/// Arguments of `make_blob`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct MakeBlobArgs {
+    /// Length of the string to return, in bytes (at most 64 MiB).
+    pub bytes: usize,
+}
+
+/// Result of `make_blob`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct MakeBlobResult {
+    /// `bytes` copies of `z`.
+    pub data: String,
+}
+
 /// The fixture server.
 #[derive(Debug, Clone)]
 pub struct Fixture {
+    #[allow(
+        dead_code,
+        reason = "read through the tool_handler macro in some builds only"
+    )]
     tool_router: ToolRouter<Self>,
     /// Shared by every clone, so a test sees what all sessions did.
     pub stats: Arc<Stats>,
@@ -127,6 +145,20 @@ impl Fixture {
                 CallToolResult::structured_error(serde_json::json!({ "message": e.to_string() }))
             }
         }
+    }
+
+    /// Returns a large result, to check that big responses cross the transports.
+    #[tool]
+    async fn make_blob(
+        &self,
+        Parameters(args): Parameters<MakeBlobArgs>,
+    ) -> Result<Json<MakeBlobResult>, ErrorData> {
+        if args.bytes > 64 << 20 {
+            return Err(ErrorData::invalid_params("at most 64 MiB", None));
+        }
+        Ok(Json(MakeBlobResult {
+            data: "z".repeat(args.bytes),
+        }))
     }
 }
 
