@@ -3,4 +3,15 @@
 //! [`transport`] serves any rmcp [`rmcp::ServerHandler`] over Streamable HTTP (`/mcp`) and over
 //! the legacy HTTP+SSE transport of protocol 2024-11-05 (`GET /sse` + `POST /messages`).
 
+pub mod handler;
+pub mod registry;
+pub mod service;
+pub mod store;
 pub mod transport;
+
+pub use handler::RemoteHandler;
+pub use registry::Registry;
+pub use service::{Service, ServiceConfig};
+pub use store::Store;
+pub mod server;
+pub use server::{Server, ServerOptions};

@@ -1,0 +1,154 @@
+//! `cipherinfer`: the command line of the system.
+//!
+//! `cipherinfer serve` runs the remote inference MCP server with embedded defaults: the shipped
+//! models, a local object store under `./cipherinfer-data`, loopback only.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cipherinfer_protocol::AuthToken;
+use cipherinfer_remote::transport::body_limit_for_chunk;
+use cipherinfer_remote::{Server, ServerOptions};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cipherinfer",
+    version,
+    about = "Private image classification over MCP with CKKS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the remote inference MCP server (Streamable HTTP at /mcp, legacy SSE at /sse).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on. Anything but loopback should sit behind TLS.
+    #[arg(long, default_value = "127.0.0.1:8750")]
+    bind: SocketAddr,
+    /// Directory of the local object store (keys, staged chunks, results).
+    #[arg(long, default_value = "cipherinfer-data")]
+    data_dir: PathBuf,
+    /// Served models, the first is the default (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',', default_values_t = ["mnist-cnn".to_string(), "fashion-cnn".to_string()])]
+    model: Vec<String>,
+    /// Accepted Host header values (default: loopback names). Repeat for several.
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
+    /// Accepted Origin values (default: loopback origins). Repeat for several.
+    #[arg(long = "allowed-origin")]
+    allowed_origins: Vec<String>,
+    /// Largest decoded chunk in MiB (the HTTP body limit follows from it).
+    #[arg(long, default_value_t = 32)]
+    max_chunk_mib: u64,
+    /// Session lifetime after last use, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    session_ttl_s: u64,
+    /// Live sessions per client.
+    #[arg(long, default_value_t = 16)]
+    max_sessions_per_client: usize,
+    /// Inferences evaluated at once.
+    #[arg(long, default_value_t = 1)]
+    max_concurrent_inferences: usize,
+    /// File holding an enrollment token new clients must present (generated and printed if the
+    /// file does not exist yet).
+    #[arg(long)]
+    enrollment_token_file: Option<PathBuf>,
+}
+
+fn enrollment_hash(
+    path: &std::path::Path,
+) -> Result<cipherinfer_protocol::TokenHash, Box<dyn std::error::Error + Send + Sync>> {
+    let token = match std::fs::read_to_string(path) {
+        Ok(t) => AuthToken::from_string(t.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let t = AuthToken::generate()?;
+            std::fs::write(path, t.expose())?;
+            eprintln!("wrote a new enrollment token to {}", path.display());
+            t
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !token.is_well_formed() {
+        return Err(format!("{} does not hold a well-formed token", path.display()).into());
+    }
+    Ok(token.hash()?)
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut options = ServerOptions {
+        bind: args.bind,
+        data_dir: args.data_dir,
+        models: args.model,
+        ..ServerOptions::default()
+    };
+    let chunk = args.max_chunk_mib.clamp(1, 32) * 1024 * 1024;
+    options.service.limits.max_chunk_bytes = chunk;
+    options.http.max_body_bytes = body_limit_for_chunk(usize::try_from(chunk)?);
+    options.service.session_ttl = Duration::from_secs(args.session_ttl_s);
+    options.service.max_sessions_per_client = args.max_sessions_per_client;
+    options.service.max_concurrent_inferences = args.max_concurrent_inferences;
+    if let Some(path) = &args.enrollment_token_file {
+        options.service.enrollment_token_hash = Some(enrollment_hash(path)?);
+    }
+    if !args.allowed_hosts.is_empty() {
+        options.http.allowed_hosts = args.allowed_hosts;
+    }
+    if !args.allowed_origins.is_empty() {
+        options.http.allowed_origins = args.allowed_origins;
+    }
+    eprintln!("compiling models {:?} ...", options.models);
+    let server = Server::build(options)?;
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        });
+    }
+    server.bind_and_run(shutdown).await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The MCP face of [`Service`]: tool list with JSON Schemas for arguments and results, and the
+//! dispatch of `tools/call`. Every failure a client can cause comes back as an `isError` result
+//! whose structured content carries a machine-readable `error_code`, never as a JSON-RPC error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cipherinfer_protocol::remote::{
+    Capabilities, DeleteSessionResult, DescribeCapabilitiesArgs, FetchResultChunkArgs,
+    FetchResultChunkResult, ProvisionKeysBeginArgs, ProvisionKeysBeginResult,
+    ProvisionKeysChunkAck, ProvisionKeysChunkArgs, ProvisionKeysCommitArgs, ProvisionKeysResult,
+    RemoteInferenceArgs, RemoteInferenceResult, RevokeKeysArgs, RevokeKeysResult, SessionArgs,
+    SessionStatus, TOOL_DELETE_SESSION, TOOL_DESCRIBE_CAPABILITIES, TOOL_FETCH_RESULT_CHUNK,
+    TOOL_GET_SESSION_STATUS, TOOL_PROVISION_KEYS_BEGIN, TOOL_PROVISION_KEYS_CHUNK,
+    TOOL_PROVISION_KEYS_COMMIT, TOOL_REMOTE_INFERENCE_CNN, TOOL_REVOKE_KEYS,
+    TOOL_UPLOAD_CIPHERTEXT_CHUNK, UploadChunkAck, UploadCiphertextChunkArgs,
+};
+use cipherinfer_protocol::{AuthToken, ErrorCode, ToolError, parse_arguments};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
+    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::service::Service;
+
+/// The remote server's MCP handler (cheap to clone: one per transport session).
+#[derive(Clone, Debug)]
+pub struct RemoteHandler {
+    service: Arc<Service>,
+}
+
+impl RemoteHandler {
+    /// A handler over a shared service.
+    pub fn new(service: Arc<Service>) -> Self {
+        Self { service }
+    }
+}
+
+fn tool<A: schemars::JsonSchema + 'static, R: schemars::JsonSchema + 'static>(
+    name: &'static str,
+    description: &'static str,
+) -> Tool {
+    Tool::new(name, description, serde_json::Map::new())
+        .with_input_schema::<A>()
+        .with_output_schema::<R>()
+}
+
+/// The tools, with their schemas.
+pub fn tools() -> Vec<Tool> {
+    vec![
+        tool::<DescribeCapabilitiesArgs, Capabilities>(
+            TOOL_DESCRIBE_CAPABILITIES,
+            "Served models (input shape, labels, CKKS parameters, required rotation keys, input objects), Algorithm IDs and chunk limits. Public.",
+        ),
+        tool::<ProvisionKeysBeginArgs, ProvisionKeysBeginResult>(
+            TOOL_PROVISION_KEYS_BEGIN,
+            "Step 0: start uploading an evaluation-key bundle bound to client_id, Algorithm ID and parameter id (mode new or rotate).",
+        ),
+        tool::<ProvisionKeysChunkArgs, ProvisionKeysChunkAck>(
+            TOOL_PROVISION_KEYS_CHUNK,
+            "Step 0: one Base64 chunk of the key bundle (any order, idempotent re-sends).",
+        ),
+        tool::<ProvisionKeysCommitArgs, ProvisionKeysResult>(
+            TOOL_PROVISION_KEYS_COMMIT,
+            "Step 0: verify and store the key bundle; returns the key reference and a fresh auth_token (shown once).",
+        ),
+        tool::<RevokeKeysArgs, RevokeKeysResult>(
+            TOOL_REVOKE_KEYS,
+            "Revoke a client's keys and delete its sessions.",
+        ),
+        tool::<UploadCiphertextChunkArgs, UploadChunkAck>(
+            TOOL_UPLOAD_CIPHERTEXT_CHUNK,
+            "Stage one Base64 chunk of a ciphertext object in a session (draft 6.3).",
+        ),
+        tool::<RemoteInferenceArgs, RemoteInferenceResult>(
+            TOOL_REMOTE_INFERENCE_CNN,
+            "Evaluate a CNN on the session's ciphertexts with the client's cached evaluation keys; returns the encrypted logits (draft 6.3/6.4, 7.1/7.2). Sends progress notifications; honours cancellation.",
+        ),
+        tool::<FetchResultChunkArgs, FetchResultChunkResult>(
+            TOOL_FETCH_RESULT_CHUNK,
+            "One chunk of an output offered by reference (result_ref).",
+        ),
+        tool::<SessionArgs, SessionStatus>(
+            TOOL_GET_SESSION_STATUS,
+            "The objects, chunks and results a session holds (to resume an upload).",
+        ),
+        tool::<SessionArgs, DeleteSessionResult>(
+            TOOL_DELETE_SESSION,
+            "Delete a session's staged objects and results.",
+        ),
+    ]
+}
+
+fn bearer(ctx: &RequestContext<RoleServer>) -> Option<AuthToken> {
+    let parts = ctx.extensions.get::<http::request::Parts>()?;
+    let value = parts
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    AuthToken::from_authorization_header(value)
+}
+
+/// Parses arguments, merging an `Authorization: Bearer` token into `auth_token` (both present
+/// and different is refused).
+fn arguments<T: DeserializeOwned>(
+    request: &CallToolRequestParams,
+    header: Option<&AuthToken>,
+) -> Result<T, ToolError> {
+    let mut args = Value::Object(request.arguments.clone().unwrap_or_default());
+    if let (Some(h), Value::Object(map)) = (header, &mut args) {
+        match map.get("auth_token") {
+            None | Some(Value::Null) => {
+                map.insert("auth_token".into(), Value::String(h.expose().to_string()));
+            }
+            Some(Value::String(s)) if s == h.expose() => {}
+            Some(_) => {
+                return Err(ToolError::new(
+                    ErrorCode::Unauthorized,
+                    "auth_token and the Authorization header differ",
+                ));
+            }
+        }
+    }
+    parse_arguments(args)
+}
+
+fn respond<R: Serialize>(result: Result<R, ToolError>) -> CallToolResult {
+    match result.and_then(|r| {
+        serde_json::to_value(r).map_err(|e| ToolError::new(ErrorCode::Internal, e.to_string()))
+    }) {
+        Ok(v) => CallToolResult::structured(v),
+        Err(e) => CallToolResult::structured_error(e.to_json()),
+    }
+}
+
+impl RemoteHandler {
+    async fn call(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let header = bearer(&ctx);
+        let h = header.as_ref();
+        let s = &self.service;
+        match request.name.as_ref() {
+            TOOL_DESCRIBE_CAPABILITIES => {
+                respond(arguments(&request, None).and_then(|a| s.describe_capabilities(&a)))
+            }
+            TOOL_PROVISION_KEYS_BEGIN => {
+                respond(match arguments::<ProvisionKeysBeginArgs>(&request, h) {
+                    Ok(a) => s.provision_begin(&a).await,
+                    Err(e) => Err(e),
+                })
+            }
+            TOOL_PROVISION_KEYS_CHUNK => {
+                respond(match arguments::<ProvisionKeysChunkArgs>(&request, None) {
+                    Ok(a) => s.provision_chunk(&a).await,
+                    Err(e) => Err(e),
+                })
+            }
+            TOOL_PROVISION_KEYS_COMMIT => {
+                respond(match arguments::<ProvisionKeysCommitArgs>(&request, None) {
+                    Ok(a) => s.provision_commit(&a).await,
+                    Err(e) => Err(e),
+                })
+            }
+            TOOL_REVOKE_KEYS => respond(match arguments::<RevokeKeysArgs>(&request, h) {
+                Ok(a) => s.revoke(&a).await,
+                Err(e) => Err(e),
+            }),
+            TOOL_UPLOAD_CIPHERTEXT_CHUNK => {
+                respond(match arguments::<UploadCiphertextChunkArgs>(&request, h) {
+                    Ok(a) => s.upload_chunk(&a).await,
+                    Err(e) => Err(e),
+                })
+            }
+            TOOL_REMOTE_INFERENCE_CNN => {
+                let args = match arguments::<RemoteInferenceArgs>(&request, h) {
+                    Ok(a) => a,
+                    Err(e) => return respond::<()>(Err(e)),
+                };
+                let cancel = Arc::new(AtomicBool::new(false));
+                let watcher = {
+                    let cancel = cancel.clone();
+                    let ct = ctx.ct.clone();
+                    tokio::spawn(async move {
+                        ct.cancelled().await;
+                        cancel.store(true, Ordering::Relaxed);
+                    })
+                };
+                // Progress goes from the blocking evaluation to the peer through a channel.
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, usize, String)>();
+                let forwarder = ctx.meta.get_progress_token().map(|token| {
+                    let peer = ctx.peer.clone();
+                    tokio::spawn(async move {
+                        while let Some((i, n, what)) = rx.recv().await {
+                            let p = ProgressNotificationParam::new(token.clone(), i as f64)
+                                .with_total(n as f64)
+                                .with_message(what);
+                            // A client that went away is not the evaluation's problem.
+                            let _ = peer.notify_progress(p).await;
+                        }
+                    })
+                });
+                let progress = Box::new(move |i: usize, n: usize, what: &str| {
+                    let _ = tx.send((i, n, what.to_string()));
+                });
+                let result = s.infer(&args, cancel, progress).await;
+                watcher.abort();
+                if let Some(f) = forwarder {
+                    // The sender is gone with the evaluation: the forwarder drains and ends.
+                    let _ = f.await;
+                }
+                respond(result)
+            }
+            TOOL_FETCH_RESULT_CHUNK => {
+                respond(match arguments::<FetchResultChunkArgs>(&request, h) {
+                    Ok(a) => s.fetch_result_chunk(&a).await,
+                    Err(e) => Err(e),
+                })
+            }
+            TOOL_GET_SESSION_STATUS => respond(match arguments::<SessionArgs>(&request, h) {
+                Ok(a) => s.session_status(&a).await,
+                Err(e) => Err(e),
+            }),
+            TOOL_DELETE_SESSION => respond(match arguments::<SessionArgs>(&request, h) {
+                Ok(a) => s.delete_session(&a).await,
+                Err(e) => Err(e),
+            }),
+            other => respond::<()>(Err(ToolError::new(
+                ErrorCode::InvalidArgument,
+                format!("unknown tool {other:?}"),
+            ))),
+        }
+    }
+}
+
+impl ServerHandler for RemoteHandler {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "cipherinfer-remote",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(
+                "Encrypted CNN inference (CKKS). Step 0: provision_keys_begin/chunk/commit. \
+                 Then upload_ciphertext_chunk and remote_inference_cnn. See describe_capabilities.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(tools()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        Ok(self.call(request, ctx).await.into())
+    }
+}

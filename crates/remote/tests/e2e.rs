@@ -1,0 +1,593 @@
+//! The remote server end to end over real HTTP on loopback, with real keys and a real encrypted
+//! image: Step 0 → upload → inference → decryption in the test, then the error paths a client can
+//! cause, and a restart between upload and inference.
+#![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use cipherinfer_ckks::serialization::{FromBytes, ToBytes};
+use cipherinfer_ckks::{Ciphertext, Decryptor, Encoder, KeyGenerator};
+use cipherinfer_compiler::ClientSpec;
+use cipherinfer_model::{Manifest, onnx, plain};
+use cipherinfer_protocol::validate::{encode_base64, sha256_hex};
+use cipherinfer_remote::{Server, ServerOptions};
+use rmcp::model::{
+    CallToolRequestParams, ClientRequest, ProgressNotificationParam, Request, ServerResult,
+};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+struct Client {
+    progress: mpsc::UnboundedSender<ProgressNotificationParam>,
+}
+
+impl ClientHandler for Client {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        let _ = self.progress.send(params);
+    }
+}
+
+struct Running {
+    url: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn options(dir: &std::path::Path) -> ServerOptions {
+    let mut o = ServerOptions {
+        data_dir: dir.to_path_buf(),
+        models: vec!["mnist-cnn".into()],
+        ..ServerOptions::default()
+    };
+    // Chunks above 4 MiB are refused by the tool (the HTTP limit stays at the 32 MiB default).
+    o.service.limits.max_chunk_bytes = 4 * 1024 * 1024;
+    o
+}
+
+async fn start(dir: &std::path::Path) -> Running {
+    let server = Server::build(options(dir)).expect("server builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(listener, shutdown.clone()));
+    Running {
+        url,
+        shutdown,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+    }
+}
+
+type Peer = RunningService<RoleClient, Client>;
+
+async fn connect(url: &str) -> (Peer, mpsc::UnboundedReceiver<ProgressNotificationParam>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let transport = StreamableHttpClientTransport::with_client(
+        reqwest::Client::new(),
+        StreamableHttpClientTransportConfig::with_uri(url.to_string()).max_sse_event_size(64 << 20),
+    );
+    (
+        Client { progress: tx }
+            .serve(transport)
+            .await
+            .expect("connect"),
+        rx,
+    )
+}
+
+/// Calls a tool; returns (is_error, structured content).
+async fn call(peer: &Peer, name: &str, args: Value) -> (bool, Value) {
+    let Value::Object(map) = args else {
+        panic!("object")
+    };
+    let r = peer
+        .call_tool(CallToolRequestParams::new(name.to_string()).with_arguments(map))
+        .await
+        .expect("tools/call");
+    (
+        r.is_error == Some(true),
+        r.structured_content.unwrap_or(Value::Null),
+    )
+}
+
+async fn ok(peer: &Peer, name: &str, args: Value) -> Value {
+    let (is_error, v) = call(peer, name, args).await;
+    assert!(!is_error, "{name} failed: {v}");
+    v
+}
+
+async fn fails(peer: &Peer, name: &str, args: Value, code: &str) -> Value {
+    let (is_error, v) = call(peer, name, args).await;
+    assert!(is_error, "{name} should fail with {code}: {v}");
+    assert_eq!(v["error_code"], code, "{name}: {v}");
+    v
+}
+
+fn chunks(bytes: &[u8], n: usize) -> Vec<String> {
+    bytes
+        .chunks(bytes.len().div_ceil(n))
+        .map(encode_base64)
+        .collect()
+}
+
+/// Step 0 for `client_id` with `bundle`; returns the token.
+async fn provision(peer: &Peer, client_id: &str, info: &Value, bundle: &[u8]) -> Value {
+    let parts = chunks(bundle, 4);
+    let begin = ok(
+        peer,
+        "provision_keys_begin",
+        json!({
+            "client_id": client_id,
+            "algorithm_id": info["algorithm_id"],
+            "parameter_id": info["parameter_id"],
+            "model": info["name"],
+            "bundle_bytes": bundle.len(),
+            "bundle_sha256": sha256_hex(bundle),
+            "total_chunks": parts.len(),
+        }),
+    )
+    .await;
+    let pid = begin["provisioning_id"].as_str().expect("id").to_string();
+    // Out of order, with one re-send.
+    for i in [2usize, 0, 3, 1, 2] {
+        let ack = ok(
+            peer,
+            "provision_keys_chunk",
+            json!({"client_id": client_id, "provisioning_id": pid, "chunk_index": i,
+                   "total_chunks": parts.len(), "chunk_b64": parts[i]}),
+        )
+        .await;
+        assert_eq!(ack["chunk_index"], i);
+    }
+    json!({"client_id": client_id, "provisioning_id": pid})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step0_upload_inference_and_errors_over_http() {
+    let dir = std::env::temp_dir().join(format!(
+        "cipherinfer-e2e-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    let server = start(&dir).await;
+    let (peer, mut progress) = connect(&server.url).await;
+
+    // Capabilities, and the client's view of the model, validated like any untrusted input.
+    let names: Vec<String> = peer
+        .list_all_tools()
+        .await
+        .expect("tools")
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    for t in [
+        "provision_keys_begin",
+        "upload_ciphertext_chunk",
+        "remote_inference_cnn",
+        "describe_capabilities",
+        "delete_session",
+        "fetch_result_chunk",
+    ] {
+        assert!(names.iter().any(|n| n == t), "{t} missing from {names:?}");
+    }
+    let caps = ok(&peer, "describe_capabilities", json!({})).await;
+    let info = caps["models"][0].clone();
+    assert_eq!(info["name"], "mnist-cnn");
+    let spec: ClientSpec = serde_json::from_value(info["client_spec"].clone()).expect("spec");
+    let params = spec.validate().expect("valid spec");
+    fails(
+        &peer,
+        "describe_capabilities",
+        json!({"model": "nope"}),
+        "ERROR_UNKNOWN_MODEL",
+    )
+    .await;
+
+    // Keys: the full set, and one lacking a rotation key.
+    let mut kg = KeyGenerator::new(params.clone()).expect("kg");
+    let sk = kg.secret_key();
+    let bundle = kg
+        .evaluation_keys(&sk, spec.relinearization, &spec.rotation_steps, false)
+        .expect("keys")
+        .to_bytes();
+    let partial = kg
+        .evaluation_keys(&sk, spec.relinearization, &spec.rotation_steps[1..], false)
+        .expect("keys")
+        .to_bytes();
+
+    let commit = provision(&peer, "alice", &info, &bundle).await;
+    let done = ok(&peer, "provision_keys_commit", commit).await;
+    let token = done["auth_token"].as_str().expect("token").to_string();
+    assert_eq!(done["key_version"], 1);
+    assert_eq!(done["models"], json!(["mnist-cnn"]));
+    // The same client id cannot be claimed twice.
+    fails(
+        &peer,
+        "provision_keys_begin",
+        json!({"client_id": "alice", "algorithm_id": info["algorithm_id"],
+               "parameter_id": info["parameter_id"], "bundle_bytes": bundle.len(),
+               "bundle_sha256": sha256_hex(&bundle), "total_chunks": 4}),
+        "ERROR_CLIENT_EXISTS",
+    )
+    .await;
+    // A bundle without a rotation key the model needs is refused at commit.
+    let commit = provision(&peer, "mallory", &info, &partial).await;
+    let e = fails(
+        &peer,
+        "provision_keys_commit",
+        commit,
+        "ERROR_INVALID_GALOIS_KEY",
+    )
+    .await;
+    assert_eq!(
+        e["details"]["missing_galois_elements"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    // A tampered bundle does not match its announced hash.
+    let mut flipped = bundle.clone();
+    flipped[bundle.len() / 2] ^= 1;
+    let begin = ok(&peer, "provision_keys_begin", json!({
+        "client_id": "trudy", "algorithm_id": info["algorithm_id"], "parameter_id": info["parameter_id"],
+        "bundle_bytes": bundle.len(), "bundle_sha256": sha256_hex(&bundle), "total_chunks": 4})).await;
+    let pid = begin["provisioning_id"].clone();
+    for (i, c) in chunks(&flipped, 4).iter().enumerate() {
+        ok(
+            &peer,
+            "provision_keys_chunk",
+            json!({"client_id": "trudy", "provisioning_id": pid,
+            "chunk_index": i, "total_chunks": 4, "chunk_b64": c}),
+        )
+        .await;
+    }
+    fails(
+        &peer,
+        "provision_keys_commit",
+        json!({"client_id": "trudy", "provisioning_id": pid}),
+        "ERROR_INTEGRITY_MISMATCH",
+    )
+    .await;
+
+    // Encrypt one shipped test image and upload it in three chunks, out of order.
+    let manifest = Manifest::shipped().expect("manifest");
+    let entry = manifest.model("mnist-cnn").expect("entry").clone();
+    let ir = onnx::import(&manifest.read_model("mnist-cnn").expect("model").bytes).expect("import");
+    let samples = manifest.load_samples(&entry.dataset).expect("samples");
+    let (x, _) = plain::sample_inputs(&samples, &entry.input)
+        .expect("inputs")
+        .swap_remove(0);
+    let want = plain::run(&ir, &x).expect("reference").into_data();
+    let encoder = Encoder::new(params.clone());
+    let mut dec = Decryptor::new(sk).expect("dec");
+    let cts = spec
+        .encrypt_input(&encoder, &mut dec, x.data())
+        .expect("encrypt");
+    let ct_bytes = cts[0].to_bytes();
+    let parts = chunks(&ct_bytes, 3);
+    let upload = |i: usize, b64: &str, name: &str, tok: &str| {
+        json!({"client_id": "alice", "session_id": "s1", "file_name": name, "chunk_index": i,
+               "total_chunks": 3, "chunk_b64": b64, "auth_token": tok})
+    };
+    let name = info["input_objects"][0]
+        .as_str()
+        .expect("object")
+        .to_string();
+    fails(
+        &peer,
+        "upload_ciphertext_chunk",
+        upload(0, &parts[0], &name, "cit_wrong"),
+        "ERROR_UNAUTHORIZED",
+    )
+    .await;
+    fails(
+        &peer,
+        "upload_ciphertext_chunk",
+        upload(0, &parts[0], "../../etc/passwd", &token),
+        "ERROR_INVALID_FILE_NAME",
+    )
+    .await;
+    fails(
+        &peer,
+        "upload_ciphertext_chunk",
+        upload(0, "not base64!", &name, &token),
+        "ERROR_INVALID_BASE64",
+    )
+    .await;
+    let big = encode_base64(&vec![7u8; 4 * 1024 * 1024 + 1]);
+    fails(
+        &peer,
+        "upload_ciphertext_chunk",
+        upload(0, &big, &name, &token),
+        "ERROR_CHUNK_TOO_LARGE",
+    )
+    .await;
+    fails(
+        &peer,
+        "upload_ciphertext_chunk",
+        upload(3, &parts[0], &name, &token),
+        "ERROR_INVALID_CHUNK_INDEX",
+    )
+    .await;
+    let ack = ok(
+        &peer,
+        "upload_ciphertext_chunk",
+        upload(2, &parts[2], &name, &token),
+    )
+    .await;
+    assert_eq!(
+        (
+            ack["received_chunks"].clone(),
+            ack["object_complete"].clone()
+        ),
+        (json!(1), json!(false))
+    );
+    let ack = ok(
+        &peer,
+        "upload_ciphertext_chunk",
+        upload(2, &parts[2], &name, &token),
+    )
+    .await;
+    assert_eq!(ack["duplicate"], true);
+    fails(
+        &peer,
+        "upload_ciphertext_chunk",
+        upload(2, &parts[0], &name, &token),
+        "ERROR_CHUNK_CONFLICT",
+    )
+    .await;
+    ok(
+        &peer,
+        "upload_ciphertext_chunk",
+        upload(0, &parts[0], &name, &token),
+    )
+    .await;
+
+    // Inference before the upload completes.
+    let infer = |extra: Value| {
+        let mut a = json!({"client_id": "alice", "session_id": "s1", "auth_token": token});
+        if let (Value::Object(m), Value::Object(e)) = (&mut a, extra) {
+            m.extend(e);
+        }
+        a
+    };
+    let e = fails(
+        &peer,
+        "remote_inference_cnn",
+        infer(json!({})),
+        "ERROR_INCOMPLETE_UPLOAD",
+    )
+    .await;
+    assert_eq!(e["details"]["missing"][0]["missing_chunks"], json!([1]));
+    let ack = ok(
+        &peer,
+        "upload_ciphertext_chunk",
+        upload(1, &parts[1], &name, &token),
+    )
+    .await;
+    assert_eq!(ack["object_complete"], true);
+
+    // Parameter checks come before any evaluation.
+    fails(
+        &peer,
+        "remote_inference_cnn",
+        infer(json!({"max_multiplication_depth": 3})),
+        "ERROR_DEPTH_EXCEEDED",
+    )
+    .await;
+    fails(
+        &peer,
+        "remote_inference_cnn",
+        infer(json!({"security_level": 80})),
+        "ERROR_WEAK_PARAMETERS",
+    )
+    .await;
+    fails(
+        &peer,
+        "remote_inference_cnn",
+        infer(json!({"model": "resnet-9000"})),
+        "ERROR_UNKNOWN_MODEL",
+    )
+    .await;
+    fails(
+        &peer,
+        "remote_inference_cnn",
+        infer(json!({"poly_modulus_degree": 16384})),
+        "ERROR_PARAMETER_MISMATCH",
+    )
+    .await;
+
+    // Another client (provisioned with its own keys) cannot touch alice's session.
+    let commit = provision(&peer, "bob", &info, &bundle).await;
+    let bob = ok(&peer, "provision_keys_commit", commit).await["auth_token"].clone();
+    fails(
+        &peer,
+        "remote_inference_cnn",
+        json!({"client_id": "bob", "session_id": "s1", "auth_token": bob}),
+        "ERROR_SESSION_FORBIDDEN",
+    )
+    .await;
+    fails(
+        &peer,
+        "remote_inference_cnn",
+        json!({"client_id": "bob", "session_id": "s1", "auth_token": token}),
+        "ERROR_UNAUTHORIZED",
+    )
+    .await;
+
+    // The real thing, with progress notifications; the result decrypts to the model's logits.
+    let Value::Object(args) = infer(json!({"max_multiplication_depth": 5, "security_level": 128}))
+    else {
+        panic!()
+    };
+    let handle = peer
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(Request::new(
+                CallToolRequestParams::new("remote_inference_cnn").with_arguments(args),
+            )),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .expect("send");
+    let ServerResult::CallToolResult(r) = handle.await_response().await.expect("response") else {
+        panic!("expected a tool result")
+    };
+    assert_eq!(r.is_error, Some(false), "{:?}", r.structured_content);
+    let v = r.structured_content.expect("structured");
+    assert_eq!(v["requires_decryption"], true);
+    assert_eq!(v["computation_depth_used"], 5);
+    assert_eq!(v["remaining_level"], 0);
+    assert_eq!(v["output_shape"], json!([10]));
+    assert!(v["profile"]["infer_s"].as_f64().expect("infer_s") > 0.0);
+    let out = cipherinfer_protocol::validate::decode_base64_limited(
+        v["encrypted_logit_b64"].as_str().expect("inline"),
+        1 << 20,
+    )
+    .expect("b64");
+    assert_eq!(v["encrypted_logit_bytes"], out.len());
+    let got = spec
+        .decrypt_output(
+            &encoder,
+            &dec,
+            &[Ciphertext::from_bytes(&params, &out, 1 << 20).expect("ct")],
+        )
+        .expect("decrypt");
+    let argmax = |v: &[f64]| {
+        v.iter()
+            .enumerate()
+            .fold(0, |b, (i, x)| if *x > v[b] { i } else { b })
+    };
+    assert_eq!(argmax(&got), argmax(&want));
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 0.05, "logit error {err}");
+    let mut steps = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), progress.recv()).await
+    {
+        steps += 1;
+    }
+    assert!(steps >= 5, "{steps} progress notifications");
+
+    // Restart: everything acknowledged survives; the output is offered by reference this time.
+    drop(peer);
+    server.stop().await;
+    let server = start(&dir).await;
+    let (peer, _progress) = connect(&server.url).await;
+    let v = ok(
+        &peer,
+        "remote_inference_cnn",
+        infer(json!({"max_inline_bytes": 0})),
+    )
+    .await;
+    let rr = v["result_ref"].clone();
+    assert!(v.get("encrypted_logit_b64").is_none());
+    let mut fetched = Vec::new();
+    for i in 0..rr["total_chunks"].as_u64().expect("chunks") {
+        let c = ok(
+            &peer,
+            "fetch_result_chunk",
+            json!({"client_id": "alice", "session_id": "s1",
+            "result_id": rr["result_id"], "chunk_index": i, "auth_token": token}),
+        )
+        .await;
+        fetched.extend(
+            cipherinfer_protocol::validate::decode_base64_limited(
+                c["chunk_b64"].as_str().expect("b64"),
+                1 << 20,
+            )
+            .expect("b64"),
+        );
+    }
+    assert_eq!(sha256_hex(&fetched), rr["sha256"].as_str().expect("sha"));
+    let again = spec
+        .decrypt_output(
+            &encoder,
+            &dec,
+            &[Ciphertext::from_bytes(&params, &fetched, 1 << 20).expect("ct")],
+        )
+        .expect("decrypt");
+    assert_eq!(argmax(&again), argmax(&want));
+    fails(
+        &peer,
+        "fetch_result_chunk",
+        json!({"client_id": "alice", "session_id": "s1",
+        "result_id": "nope", "chunk_index": 0, "auth_token": token}),
+        "ERROR_RESULT_NOT_FOUND",
+    )
+    .await;
+
+    // Session status, deletion, and revocation.
+    let st = ok(
+        &peer,
+        "get_session_status",
+        json!({"client_id": "alice", "session_id": "s1", "auth_token": token}),
+    )
+    .await;
+    assert_eq!(st["objects"][0]["missing_chunks"], json!([]));
+    let del = ok(
+        &peer,
+        "delete_session",
+        json!({"client_id": "alice", "session_id": "s1", "auth_token": token}),
+    )
+    .await;
+    assert_eq!(del["deleted"], true);
+    fails(
+        &peer,
+        "remote_inference_cnn",
+        infer(json!({})),
+        "ERROR_UNKNOWN_SESSION",
+    )
+    .await;
+    ok(
+        &peer,
+        "revoke_keys",
+        json!({"client_id": "alice", "auth_token": token}),
+    )
+    .await;
+    fails(
+        &peer,
+        "upload_ciphertext_chunk",
+        upload(0, &parts[0], &name, &token),
+        "ERROR_KEYS_REVOKED",
+    )
+    .await;
+    // Repeated wrong tokens are rate-limited.
+    let mut limited = false;
+    for _ in 0..12 {
+        let (_, v) = call(
+            &peer,
+            "get_session_status",
+            json!({"client_id": "bob", "session_id": "x", "auth_token": "cit_guess"}),
+        )
+        .await;
+        limited |= v["error_code"] == "ERROR_RATE_LIMITED";
+    }
+    assert!(limited, "failed authentications must be rate-limited");
+    drop(peer);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
