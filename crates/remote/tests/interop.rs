@@ -28,28 +28,14 @@ async fn sdk_available(python: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_sdk_interop() {
-    let python = python();
-    if !sdk_available(&python).await {
-        let required = std::env::var("CIPHERINFER_REQUIRE_INTEROP").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "CIPHERINFER_REQUIRE_INTEROP=1 but `{python} -c 'import mcp'` fails: pip install mcp==2.3.0"
-        );
-        eprintln!(
-            "SKIPPED python_sdk_interop: the MCP Python SDK is not importable by `{python}` \
-             (pip install mcp==2.3.0, or set CIPHERINFER_PYTHON); set CIPHERINFER_REQUIRE_INTEROP=1 \
-             to make this a failure"
-        );
-        return;
-    }
-
-    let server = TestServer::start(HttpConfig::default()).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/client.py");
-    let child = tokio::process::Command::new(&python)
+/// Runs `tests/interop/<script> <base>` and checks it reports three passing transports.
+async fn run_script(python: &str, script: &str, base: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(script);
+    let child = tokio::process::Command::new(python)
         .arg(&script)
-        .arg(server.url(""))
+        .arg(base)
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(120), child)
@@ -65,5 +51,58 @@ async fn python_sdk_interop() {
         output.status
     );
     assert_eq!(stdout.matches("ok: ").count(), 3, "{stdout}");
+}
+
+/// Whether the SDK is importable; if not, fails under `CIPHERINFER_REQUIRE_INTEROP=1`.
+async fn sdk_or_skip(python: &str, test: &str) -> bool {
+    if sdk_available(python).await {
+        return true;
+    }
+    let required = std::env::var("CIPHERINFER_REQUIRE_INTEROP").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "CIPHERINFER_REQUIRE_INTEROP=1 but `{python} -c 'import mcp'` fails: pip install mcp==2.3.0"
+    );
+    eprintln!(
+        "SKIPPED {test}: the MCP Python SDK is not importable by `{python}` \
+         (pip install mcp==2.3.0, or set CIPHERINFER_PYTHON); set CIPHERINFER_REQUIRE_INTEROP=1 \
+         to make this a failure"
+    );
+    false
+}
+
+/// The real remote server (the shipped mnist-cnn) under the Python SDK on both transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_against_the_remote_server() {
+    let python = python();
+    if !sdk_or_skip(&python, "python_sdk_against_the_remote_server").await {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cipherinfer-interop-{}", std::process::id()));
+    let server = cipherinfer_remote::Server::build(cipherinfer_remote::ServerOptions {
+        data_dir: dir.clone(),
+        models: vec!["mnist-cnn".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.run(listener, shutdown.clone()));
+    run_script(&python, "remote_client.py", &base).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_interop() {
+    let python = python();
+    if !sdk_or_skip(&python, "python_sdk_interop").await {
+        return;
+    }
+
+    let server = TestServer::start(HttpConfig::default()).await;
+    run_script(&python, "client.py", &server.url("")).await;
     server.stop().await;
 }
