@@ -31,7 +31,7 @@ use rmcp::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use error::ErrorBody;
+pub use error::{ErrorBody, ErrorDetail};
 pub use guard::HostPolicy;
 pub use legacy_sse::StreamClosed;
 
