@@ -166,6 +166,10 @@ where
         .nest_service(MCP_PATH, streamable)
         .merge(legacy)
         .layer(middleware::from_fn_with_state(
+            config.max_body_bytes,
+            guard::check_declared_length,
+        ))
+        .layer(middleware::from_fn_with_state(
             policy,
             guard::check_host_origin,
         ));
