@@ -188,6 +188,29 @@ pub(crate) async fn check_host_origin(
     next.run(request).await
 }
 
+/// Refuses a request whose declared `Content-Length` exceeds the body limit with 413 and a JSON
+/// error, before a byte of the body is read (bodies without the header are still capped while
+/// they stream in).
+pub(crate) async fn check_declared_length(
+    State(max_body_bytes): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body_bytes as u64) {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body exceeds this server's limit of {max_body_bytes} bytes"),
+        );
+    }
+    next.run(request).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

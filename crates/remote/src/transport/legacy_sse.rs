@@ -27,7 +27,11 @@ use axum::{
     },
     routing::{get, post},
 };
-use futures::{Stream, StreamExt, future::BoxFuture, stream};
+use futures::{
+    Stream, StreamExt,
+    future::{BoxFuture, Either, ready},
+    stream,
+};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rmcp::{
     RoleServer, ServerHandler,
@@ -61,8 +65,22 @@ impl Transport<RoleServer> for SessionTransport {
         &mut self,
         item: ServerJsonRpcMessage,
     ) -> impl Future<Output = Result<(), StreamClosed>> + Send + 'static {
+        // rmcp polls send futures from separate tasks; enqueueing here, while the call order is
+        // still known, keeps the stream in the order rmcp produced it unless the queue is full.
+        let pending = match self.outbound.try_send(item) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Either::Left(ready(Err(StreamClosed)));
+            }
+            Err(mpsc::error::TrySendError::Full(item)) => Some(item),
+        };
         let outbound = self.outbound.clone();
-        async move { outbound.send(item).await.map_err(|_| StreamClosed) }
+        Either::Right(async move {
+            match pending {
+                Some(item) => outbound.send(item).await.map_err(|_| StreamClosed),
+                None => Ok(()),
+            }
+        })
     }
 
     async fn receive(&mut self) -> Option<ClientJsonRpcMessage> {

@@ -31,7 +31,7 @@ use rmcp::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use error::ErrorBody;
+pub use error::{ErrorBody, ErrorDetail};
 pub use guard::HostPolicy;
 pub use legacy_sse::StreamClosed;
 
@@ -165,6 +165,10 @@ where
     let guarded = Router::new()
         .nest_service(MCP_PATH, streamable)
         .merge(legacy)
+        .layer(middleware::from_fn_with_state(
+            config.max_body_bytes,
+            guard::check_declared_length,
+        ))
         .layer(middleware::from_fn_with_state(
             policy,
             guard::check_host_origin,
