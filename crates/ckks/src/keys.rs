@@ -92,7 +92,7 @@ impl PublicKey {
 
 /// A hybrid key-switching key: for each digit `j`, `(b_j, a_j)` over all primes with
 /// `b_j = -a_j·s + e_j + P·g_j·s'`, where `g_j` is the digit's CRT gadget; `a_j` is expanded
-/// from `seed` (stream `j`).
+/// from `seed` (stream `1 + j`; stream 0 is the public key's).
 #[derive(Clone)]
 pub struct SwitchingKey {
     pub(crate) params: Arc<Parameters>,

@@ -1,7 +1,12 @@
 //! `cipherinfer`: the command line of the system.
 //!
-//! `cipherinfer serve` runs the remote inference MCP server with embedded defaults: the shipped
-//! models, a local object store under `./cipherinfer-data`, loopback only.
+//! - `cipherinfer demo` runs the whole workflow on the shipped sample images, with an
+//!   in-process remote server on loopback and a temporary key store.
+//! - `cipherinfer serve` runs the remote inference MCP server with embedded defaults: the
+//!   shipped models, a local object store under `./cipherinfer-data`, loopback only.
+//! - `cipherinfer local` runs the local crypto MCP server over stdio.
+//! - `cipherinfer keygen`, `provision` and `classify` are the client.
+//! - `cipherinfer bench` measures encrypted inference and the server under load.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -15,6 +20,14 @@ use cipherinfer_protocol::AuthToken;
 use cipherinfer_remote::transport::body_limit_for_chunk;
 use cipherinfer_remote::{Server, ServerOptions};
 use clap::{Parser, Subcommand};
+
+mod bench;
+mod client;
+mod demo;
+mod load;
+
+/// Errors of the subcommands.
+pub(crate) type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -30,8 +43,30 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Classify the shipped sample images under encryption, end to end, with no configuration
+    /// (an in-process remote server on loopback and a temporary key store).
+    Demo(demo::DemoArgs),
+    /// Classify images privately: encrypt locally, infer remotely on ciphertext, decrypt locally.
+    Classify(client::ClassifyArgs),
+    /// Generate a key set for a served model in the local key store.
+    Keygen(client::ClientArgs),
+    /// Generate keys if needed and provision the public evaluation keys (Step 0).
+    Provision(client::ClientArgs),
+    /// Run the local crypto MCP server over stdio (holds the secret keys; for MCP hosts).
+    Local(client::LocalArgs),
     /// Run the remote inference MCP server (Streamable HTTP at /mcp, legacy SSE at /sse).
     Serve(ServeArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Encrypted inference of a shipped model in-process: latency, throughput, sizes, accuracy.
+    Model(bench::ModelBenchArgs),
+    /// Concurrent clients through provision, upload and inference against a loopback server.
+    Load(load::LoadArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,7 +106,7 @@ struct ServeArgs {
 
 fn enrollment_hash(
     path: &std::path::Path,
-) -> Result<cipherinfer_protocol::TokenHash, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<cipherinfer_protocol::TokenHash, BoxErr> {
     let token = match std::fs::read_to_string(path) {
         Ok(t) => AuthToken::from_string(t.trim().to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -88,9 +123,8 @@ fn enrollment_hash(
     Ok(token.hash()?)
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
     let mut options = ServerOptions {
-        bind: args.bind,
         data_dir: args.data_dir,
         models: args.model,
         ..ServerOptions::default()
@@ -120,7 +154,13 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send +
             shutdown.cancel();
         });
     }
-    server.bind_and_run(shutdown).await?;
+    let listener = tokio::net::TcpListener::bind(args.bind).await?;
+    // The one line on stdout: where to connect (useful with --bind 127.0.0.1:0).
+    println!(
+        "cipherinfer remote server listening on http://{}/mcp",
+        listener.local_addr()?
+    );
+    server.run(listener, shutdown).await?;
     Ok(())
 }
 
@@ -141,14 +181,41 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Demo(args) => demo::demo(args).await,
+            Command::Classify(args) => return tool_exit(client::classify(args).await),
+            Command::Keygen(args) => {
+                return tool_exit(client::keygen_or_provision(args, false).await);
+            }
+            Command::Provision(args) => {
+                return tool_exit(client::keygen_or_provision(args, true).await);
+            }
+            Command::Local(args) => client::local(args).await,
             Command::Serve(args) => serve(args).await,
+            Command::Bench(BenchCommand::Model(args)) => {
+                tokio::task::spawn_blocking(move || bench::model_bench(args)).await?
+            }
+            Command::Bench(BenchCommand::Load(args)) => load::load(args).await,
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints a tool error with its code and maps it to the exit code of its class.
+fn tool_exit(
+    result: Result<(), cipherinfer_protocol::ToolError>,
+) -> Result<ExitCode, BoxErr> {
+    Ok(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error [{}]: {}", e.error_code, e.message);
+            client::exit_code(&e)
+        }
+    })
 }

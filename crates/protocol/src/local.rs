@@ -82,6 +82,12 @@ pub struct GenerateKeysArgs {
     /// The model's client specification (ModelInfo.client_spec): parameters, rotation steps,
     /// relinearization, packing.
     pub client_spec: serde_json::Value,
+    /// Class names by output index (ModelInfo.labels); the shipped manifest's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// Image preprocessing (ModelInfo.preprocessing); the shipped manifest's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<serde_json::Value>,
     /// Replace an existing key set of this client (default false: refuse).
     #[serde(default)]
     pub overwrite: bool,

@@ -399,6 +399,8 @@ fn every_type_round_trips() {
         client_id: "c".into(),
         model: "mnist-cnn".into(),
         client_spec: json!({"depth": 5}),
+        labels: Some(vec!["zero".into(), "one".into()]),
+        preprocessing: None,
         overwrite: false,
     });
     round_trip(&GenerateKeysResult {

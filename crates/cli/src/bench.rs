@@ -1,16 +1,14 @@
-//! Encrypted inference benchmark of a shipped model: per-image server latency with a per-step
-//! breakdown, client encrypt/decrypt time, evaluation-key and ciphertext bytes as uploaded, and
-//! accuracy and argmax agreement against the cleartext plan. JSON on stdout, a summary on stderr.
+//! `cipherinfer bench model`: encrypted inference benchmark of a shipped model — per-image
+//! server latency with a per-step breakdown, client encrypt/decrypt time, evaluation-key and
+//! ciphertext bytes as uploaded, and accuracy and argmax agreement against the cleartext plan.
+//! JSON on stdout, a summary on stderr.
 //!
-//! `cargo run --release -p cipherinfer-compiler --example he_bench -- [--model mnist-cnn]
-//! [--images 100 | --all] [--threads 2] [--samples FILE] [--batch B] [--params auto|PRESET]
-//! [--degree D]` (FILE: a sample set in the shipped format, e.g. the full test set written by
-//! `bench/export_full_test_set.py`; B images per ciphertext set in batch mode; PRESET e.g.
-//! `PN13_DEPTH5`, default `auto`: the smallest 128-bit set that fits; D: the degree of the ReLU
-//! polynomials when the model needs conversion, like mnist-relu).
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! `cipherinfer bench model [--model mnist-cnn] [--images 100 | --all] [--threads 2]
+//! [--samples FILE] [--batch B] [--params auto|PRESET] [--degree D]` (FILE: a sample set in the
+//! shipped format, e.g. the full test set written by `bench/export_full_test_set.py`; B images
+//! per ciphertext set in batch mode; PRESET e.g. `PN13_DEPTH5`, default `auto`: the smallest
+//! 128-bit set that fits; D: the degree of the ReLU polynomials when the model needs
+//! conversion, like mnist-relu).
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -21,7 +19,7 @@ use cipherinfer_compiler::{Network, compile, compile_model_batch, select_paramet
 use cipherinfer_model::convert::{ConvertOptions, convert_and_evaluate};
 use cipherinfer_model::{Manifest, SampleSet, Tensor, onnx, plain};
 
-type BoxErr = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxErr;
 
 fn argmax(v: &[f64]) -> usize {
     v.iter()
@@ -31,42 +29,50 @@ fn argmax(v: &[f64]) -> usize {
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn main() -> Result<(), BoxErr> {
-    let mut name = "mnist-cnn".to_string();
-    let mut images = 100usize;
-    let mut threads = 2usize;
-    let mut samples_file: Option<String> = None;
-    let mut opts = Opts {
-        batch: 1,
-        params: "auto".into(),
-        degree: ConvertOptions::default().degree,
+/// Options of `cipherinfer bench model`.
+#[derive(clap::Args, Debug)]
+pub struct ModelBenchArgs {
+    /// Shipped model to run.
+    #[arg(long, default_value = "mnist-cnn")]
+    model: String,
+    /// Number of images from the sample set.
+    #[arg(long, default_value_t = 100)]
+    images: usize,
+    /// Every image of the sample set.
+    #[arg(long)]
+    all: bool,
+    /// Evaluation threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// A sample set in the shipped format instead of the shipped one.
+    #[arg(long)]
+    samples: Option<String>,
+    /// Images per ciphertext set (batch mode).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Parameter set: auto (smallest 128-bit set that fits) or a preset name like PN13_DEPTH5.
+    #[arg(long, default_value = "auto")]
+    params: String,
+    /// Degree of the ReLU polynomials when the model needs conversion.
+    #[arg(long, default_value_t = ConvertOptions::default().degree)]
+    degree: usize,
+}
+
+/// Runs `cipherinfer bench model`.
+pub fn model_bench(a: ModelBenchArgs) -> Result<(), BoxErr> {
+    let images = if a.all { usize::MAX } else { a.images };
+    let opts = Opts {
+        batch: a.batch,
+        params: a.params,
+        degree: a.degree,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--model" => name = args.get(i + 1).ok_or("--model NAME")?.clone(),
-            "--images" => images = args.get(i + 1).ok_or("--images N")?.parse()?,
-            "--threads" => threads = args.get(i + 1).ok_or("--threads N")?.parse()?,
-            "--samples" => samples_file = Some(args.get(i + 1).ok_or("--samples FILE")?.clone()),
-            "--batch" => opts.batch = args.get(i + 1).ok_or("--batch B")?.parse()?,
-            "--params" => opts.params = args.get(i + 1).ok_or("--params NAME")?.clone(),
-            "--degree" => opts.degree = args.get(i + 1).ok_or("--degree D")?.parse()?,
-            "--all" => {
-                images = usize::MAX;
-                i -= 1;
-            }
-            other => return Err(format!("unknown argument {other}").into()),
-        }
-        i += 2;
-    }
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
+        .num_threads(a.threads)
         .build()?;
-    pool.install(|| run(&name, images, threads, samples_file.as_deref(), &opts))
+    pool.install(|| run(&a.model, images, a.threads, a.samples.as_deref(), &opts))
 }
 
 struct Opts {

@@ -1,0 +1,408 @@
+//! The client commands: `keygen`, `provision`, `classify`, and `local` (the local crypto MCP
+//! server over stdio).
+//!
+//! `classify` is an MCP host of both servers, as the draft draws it: it spawns
+//! `cipherinfer local` as a child process and talks MCP to it over stdio for every trusted step
+//! (keys, encryption, decryption), and talks MCP over HTTP to the remote server for Step 0,
+//! uploads and inference. Only ciphertexts and public keys leave the machine.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cipherinfer_client::{
+    ClassifyRequest, Event, McpLocal, RemoteClient, Workflow, WorkflowOptions,
+};
+use cipherinfer_local::{KeyStore, LocalConfig, LocalCrypto, LocalServerOptions};
+use cipherinfer_protocol::local::PrivateClassifyResult;
+use cipherinfer_protocol::{AuthToken, ErrorCode, ToolError};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::BoxErr;
+
+/// Options shared by the client commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The remote inference server's MCP endpoint (https://host/mcp; http only for loopback).
+    #[arg(long, env = "CIPHERINFER_REMOTE", default_value = "http://127.0.0.1:8750/mcp")]
+    remote: String,
+    /// Served model (default: the server's default model).
+    #[arg(long)]
+    model: Option<String>,
+    /// Client identity (default: `<random per key store>-<model>`).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Key store directory (default: $CIPHERINFER_HOME/keys or the XDG data directory).
+    #[arg(long)]
+    key_dir: Option<PathBuf>,
+    /// File holding an enrollment token, for servers that restrict enrollment.
+    #[arg(long)]
+    enrollment_token_file: Option<PathBuf>,
+}
+
+/// Options of `cipherinfer classify`.
+#[derive(clap::Args, Debug)]
+pub struct ClassifyArgs {
+    /// PNG or JPEG images to classify.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Top classes to show.
+    #[arg(long, default_value_t = 3)]
+    top_k: u32,
+    /// Print one JSON result per image (the `private_classify` result) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `cipherinfer local`.
+#[derive(clap::Args, Debug)]
+pub struct LocalArgs {
+    /// Key store directory (default: $CIPHERINFER_HOME/keys or the XDG data directory).
+    #[arg(long)]
+    key_dir: Option<PathBuf>,
+    /// Directories tools may read images from and write ciphertexts to (default: any).
+    #[arg(long = "allow-dir")]
+    allow_dirs: Vec<PathBuf>,
+    /// Default remote endpoint of `private_classify`.
+    #[arg(long, env = "CIPHERINFER_REMOTE")]
+    remote: Option<String>,
+    /// File holding an enrollment token, for servers that restrict enrollment.
+    #[arg(long)]
+    enrollment_token_file: Option<PathBuf>,
+}
+
+/// The exit code of a failed command, by error class.
+pub fn exit_code(e: &ToolError) -> ExitCode {
+    ExitCode::from(match e.error_code {
+        ErrorCode::Unavailable => 3,
+        ErrorCode::Unauthorized
+        | ErrorCode::ClientExists
+        | ErrorCode::KeysRevoked
+        | ErrorCode::RateLimited => 4,
+        ErrorCode::UnknownModel => 5,
+        ErrorCode::ImageUnreadable | ErrorCode::FileNotFound | ErrorCode::PathNotAllowed => 6,
+        _ => 1,
+    })
+}
+
+fn key_root(dir: Option<&Path>) -> Result<PathBuf, BoxErr> {
+    match dir {
+        Some(d) => Ok(absolute(d)?),
+        None => Ok(KeyStore::default_root()?),
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, BoxErr> {
+    Ok(std::path::absolute(p)?)
+}
+
+fn enrollment(path: Option<&Path>) -> Result<Option<AuthToken>, BoxErr> {
+    path.map(|p| {
+        let t = std::fs::read_to_string(p)?;
+        Ok(AuthToken::from_string(t.trim().to_string()))
+    })
+    .transpose()
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Shows workflow events on stderr: progress bars for transfers, a spinner for inference.
+struct Display {
+    quiet: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Display {
+    fn event(&mut self, e: Event) {
+        if self.quiet {
+            return;
+        }
+        match e {
+            Event::GeneratingKeys { client_id, model } => {
+                self.finish();
+                eprintln!("generating keys of {client_id} for {model} ...");
+            }
+            Event::Provisioning(t) | Event::Uploading(t) => {
+                let what = if matches!(e, Event::Provisioning(_)) {
+                    "Step 0 keys"
+                } else {
+                    "upload"
+                };
+                let bar = self.bar.get_or_insert_with(|| bar(t.total, what));
+                bar.set_message(what);
+                bar.set_length(t.total);
+                bar.set_position(t.done);
+                if t.done >= t.total {
+                    self.finish();
+                }
+            }
+            Event::Encrypted { bytes } => {
+                self.finish();
+                eprintln!("encrypted: {:.1} KB of ciphertext", bytes as f64 / 1e3);
+            }
+            Event::Inference(p) => {
+                let bar = self.bar.get_or_insert_with(|| {
+                    let b = ProgressBar::new(p.total.unwrap_or(0.0) as u64);
+                    b.set_style(
+                        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {wide_msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                    );
+                    b.set_message("inference");
+                    b
+                });
+                if let Some(total) = p.total {
+                    bar.set_length(total as u64);
+                }
+                bar.set_position(p.progress as u64);
+            }
+            Event::Decrypting => self.finish(),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Prints one result as text.
+fn print_result(image: &Path, r: &PrivateClassifyResult) {
+    let c = &r.classification;
+    println!(
+        "{}: {} (class {}, p = {:.3}){}",
+        image.display(),
+        c.label,
+        c.class_index,
+        c.top_k.first().map_or(0.0, |s| s.probability),
+        if r.provisioned {
+            " [keys provisioned]"
+        } else {
+            ""
+        }
+    );
+    for s in &c.top_k {
+        println!(
+            "    {:>3}  {:<16} p = {:.4}  logit = {:+.3}",
+            s.class_index, s.label, s.probability, s.logit
+        );
+    }
+    let t = &r.timings;
+    println!(
+        "    encrypt {:.0} ms, upload {:.0} ms ({:.1} KB), remote {:.0} ms (evaluation {:.0} ms), decrypt {:.0} ms, total {:.0} ms; precision ≈ {:.1} bits",
+        t.encrypt_s * 1e3,
+        t.upload_s * 1e3,
+        r.bytes_uploaded as f64 / 1e3,
+        t.remote_s * 1e3,
+        t.infer_s * 1e3,
+        t.decrypt_s * 1e3,
+        t.total_s * 1e3,
+        c.precision_bits
+    );
+}
+
+/// Runs `cipherinfer classify`: the local server as a child process over stdio, the remote
+/// over HTTP.
+pub async fn classify(args: ClassifyArgs) -> Result<(), ToolError> {
+    let err = |e: BoxErr| ToolError::new(ErrorCode::Internal, e.to_string());
+    let root = key_root(args.client.key_dir.as_deref()).map_err(err)?;
+    let store = KeyStore::open(&root)?;
+    let work = tempdir_in(&root).map_err(err)?;
+    let images: Vec<PathBuf> = args
+        .images
+        .iter()
+        .map(|p| absolute(p))
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    for image in &images {
+        if !image.is_file() {
+            return Err(ToolError::new(
+                ErrorCode::FileNotFound,
+                format!("{}: no such image file", image.display()),
+            ));
+        }
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| ToolError::new(ErrorCode::Internal, format!("cannot find myself: {e}")))?;
+    let mut command = tokio::process::Command::new(exe);
+    command.arg("local").arg("--key-dir").arg(&root);
+    command.arg("--allow-dir").arg(&work.0);
+    for image in &images {
+        if let Some(parent) = image.parent() {
+            command.arg("--allow-dir").arg(parent);
+        }
+    }
+    command.env("RUST_LOG", "warn");
+    let local = McpLocal::spawn(command).await?;
+    let remote = RemoteClient::connect(&args.client.remote).await?;
+    let outcome = async {
+        let mut workflow = Workflow::new(
+            &local,
+            &store,
+            &remote,
+            WorkflowOptions {
+                work_dir: work.0.clone(),
+                default_client_id: store.default_client_id()?,
+                chunk_bytes: cipherinfer_client::remote::DEFAULT_CHUNK_BYTES,
+                enrollment_token: enrollment(args.client.enrollment_token_file.as_deref())
+                    .map_err(err)?,
+            },
+        );
+        for image in &images {
+            let mut display = Display {
+                quiet: args.json,
+                bar: None,
+            };
+            let r = workflow
+                .classify(
+                    &ClassifyRequest {
+                        image_path: image.clone(),
+                        model: args.client.model.clone(),
+                        client_id: args.client.client_id.clone(),
+                        top_k: Some(args.top_k),
+                    },
+                    |e| display.event(e),
+                )
+                .await;
+            display.finish();
+            let r = r?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r)
+                        .map_err(|e| ToolError::new(ErrorCode::Internal, e.to_string()))?
+                );
+            } else {
+                print_result(image, &r);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    remote.close().await;
+    local.close().await;
+    outcome
+}
+
+/// A private temporary directory under the key store, removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir_in(root: &Path) -> Result<TempDir, BoxErr> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| format!("randomness unavailable: {e}"))?;
+    let dir = root.join("work").join(hex::encode(bytes));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    Ok(TempDir(dir))
+}
+
+/// Runs `cipherinfer keygen` (in-process) or `cipherinfer provision` (keys + Step 0).
+pub async fn keygen_or_provision(args: ClientArgs, provision: bool) -> Result<(), ToolError> {
+    let err = |e: BoxErr| ToolError::new(ErrorCode::Internal, e.to_string());
+    let root = key_root(args.key_dir.as_deref()).map_err(err)?;
+    let crypto = Arc::new(LocalCrypto::new(LocalConfig {
+        key_root: root.clone(),
+        allowed_dirs: Vec::new(),
+    })?);
+    let local = cipherinfer_local::InProcess::new(Arc::clone(&crypto));
+    let remote = RemoteClient::connect(&args.remote).await?;
+    let work = tempdir_in(&root).map_err(err)?;
+    let outcome = async {
+        let mut workflow = Workflow::new(
+            &local,
+            local.store(),
+            &remote,
+            WorkflowOptions {
+                work_dir: work.0.clone(),
+                default_client_id: local.store().default_client_id()?,
+                chunk_bytes: cipherinfer_client::remote::DEFAULT_CHUNK_BYTES,
+                enrollment_token: enrollment(args.enrollment_token_file.as_deref())
+                    .map_err(err)?,
+            },
+        );
+        let model = workflow.model(args.model.as_deref()).await?;
+        let client_id = args
+            .client_id
+            .clone()
+            .unwrap_or_else(|| workflow.default_client_id(&model.name));
+        let mut display = Display {
+            quiet: false,
+            bar: None,
+        };
+        if provision {
+            let c = workflow
+                .ensure_keys(&client_id, &model, false, |e| display.event(e))
+                .await;
+            display.finish();
+            let c = c?;
+            println!(
+                "client {client_id}: {:.2} MB of evaluation keys for {} ({}) provisioned at {} as {}",
+                c.bundle_bytes as f64 / 1e6,
+                model.name,
+                model.algorithm_id,
+                remote.url(),
+                c.key_ref
+            );
+        } else {
+            let (e, _, generated) = workflow
+                .ensure_local_keys(&client_id, &model, &mut |e| display.event(e))
+                .await?;
+            println!(
+                "client {client_id}: keys for {} ({}) {}; {:.2} MB of evaluation keys, {} rotation keys",
+                model.name,
+                model.algorithm_id,
+                match generated {
+                    Some(s) => format!("generated in {s:.2} s"),
+                    None => "already in the key store".to_string(),
+                },
+                e.bytes as f64 / 1e6,
+                e.galois_elements.len()
+            );
+        }
+        Ok(())
+    }
+    .await;
+    remote.close().await;
+    outcome
+}
+
+/// Runs `cipherinfer local`: the local crypto MCP server over stdio.
+pub async fn local(args: LocalArgs) -> Result<(), BoxErr> {
+    let root = key_root(args.key_dir.as_deref())?;
+    let allowed_dirs = args
+        .allow_dirs
+        .iter()
+        .map(|d| absolute(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    cipherinfer_local::serve_stdio(LocalServerOptions {
+        config: LocalConfig {
+            key_root: root,
+            allowed_dirs,
+        },
+        default_remote: args.remote,
+        enrollment_token: enrollment(args.enrollment_token_file.as_deref())?,
+    })
+    .await?;
+    Ok(())
+}

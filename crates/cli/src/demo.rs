@@ -1,0 +1,226 @@
+//! `cipherinfer demo`: the whole workflow on the shipped sample images, with no configuration.
+//!
+//! A remote inference server starts in-process on a loopback port with its embedded defaults
+//! (every shipped HE-friendly model, an object store in a temporary directory). A local crypto
+//! server with a temporary key store generates keys, provisions them (Step 0) and classifies each
+//! sample image under encryption through real MCP calls over HTTP. The remote side never sees
+//! anything but ciphertexts and public evaluation keys.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cipherinfer_client::{ClassifyRequest, RemoteClient, Workflow, WorkflowOptions};
+use cipherinfer_local::{InProcess, LocalConfig, LocalCrypto};
+use cipherinfer_model::Manifest;
+use cipherinfer_remote::{Server, ServerOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::BoxErr;
+
+/// Options of `cipherinfer demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Models to demonstrate (default: every model the server serves).
+    #[arg(long, value_delimiter = ',')]
+    model: Vec<String>,
+    /// Images per model, from the shipped samples.
+    #[arg(long, default_value_t = 10)]
+    images: usize,
+    /// Keep the temporary directory (keys, server data) instead of deleting it.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// A running in-process remote server.
+pub struct LoopbackServer {
+    /// Its MCP endpoint.
+    pub url: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl LoopbackServer {
+    /// Builds the server (compiling `models`) and serves it on `127.0.0.1:0`.
+    pub async fn start(data_dir: &Path, models: Vec<String>) -> Result<Self, BoxErr> {
+        let options = ServerOptions {
+            data_dir: data_dir.to_path_buf(),
+            models,
+            ..ServerOptions::default()
+        };
+        let server = tokio::task::spawn_blocking(move || Server::build(options)).await??;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/mcp", listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(listener, shutdown.clone()));
+        Ok(Self {
+            url,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stops the server and waits for it (at most 10 s).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// A fresh private temporary directory (0700).
+pub fn temp_dir(prefix: &str) -> Result<PathBuf, BoxErr> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| format!("randomness unavailable: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", hex::encode(bytes)));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    Ok(dir)
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+fn mb(bytes: u64) -> String {
+    format!("{:.2} MB", bytes as f64 / 1e6)
+}
+
+/// Runs `cipherinfer demo`.
+pub async fn demo(args: DemoArgs) -> Result<(), BoxErr> {
+    let started = Instant::now();
+    let dir = temp_dir("cipherinfer-demo")?;
+    let outcome = run(&args, &dir, started).await;
+    if args.keep {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    outcome
+}
+
+async fn run(args: &DemoArgs, dir: &Path, started: Instant) -> Result<(), BoxErr> {
+    let manifest = Manifest::shipped()?;
+    let models = if args.model.is_empty() {
+        manifest
+            .models
+            .iter()
+            .filter(|m| m.he.friendly)
+            .map(|m| m.name.clone())
+            .collect()
+    } else {
+        args.model.clone()
+    };
+    println!(
+        "cipherinfer demo: starting a remote inference server on loopback ({}) ...",
+        models.join(", ")
+    );
+    let server = LoopbackServer::start(&dir.join("server"), models.clone()).await?;
+    let outcome = classify_samples(args, dir, &manifest, &server.url, &models).await;
+    server.stop().await;
+    let (correct, total, per_image) = outcome?;
+    println!(
+        "\n{correct}/{total} sample images classified correctly under encryption, {:.0} ms per image end to end; whole demo {:.1} s. The server saw only ciphertexts and public keys.",
+        per_image * 1e3,
+        started.elapsed().as_secs_f64()
+    );
+    if correct * 10 < total * 9 {
+        return Err(format!("only {correct} of {total} images were classified correctly").into());
+    }
+    Ok(())
+}
+
+async fn classify_samples(
+    args: &DemoArgs,
+    dir: &Path,
+    manifest: &Manifest,
+    url: &str,
+    models: &[String],
+) -> Result<(usize, usize, f64), BoxErr> {
+    let local = InProcess::new(Arc::new(LocalCrypto::new(LocalConfig {
+        key_root: dir.join("keys"),
+        allowed_dirs: Vec::new(),
+    })?));
+    let remote = RemoteClient::connect(url).await?;
+    println!("local crypto server: key store {}", dir.join("keys").display());
+    println!("remote inference server: {url}\n");
+    let work_dir = dir.join("work");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&work_dir)?;
+    let mut workflow = Workflow::new(
+        &local,
+        local.store(),
+        &remote,
+        WorkflowOptions {
+            work_dir,
+            default_client_id: "demo".into(),
+            chunk_bytes: cipherinfer_client::remote::DEFAULT_CHUNK_BYTES,
+            enrollment_token: None,
+        },
+    );
+    let (mut correct, mut total, mut seconds) = (0usize, 0usize, 0.0f64);
+    for name in models {
+        let entry = manifest.model(name)?;
+        let dataset = manifest.dataset(&entry.dataset)?;
+        println!("== {name} ({}) ==", entry.description);
+        println!(
+            "{:<34} {:>12} {:>12} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            "image", "true", "predicted", "p", "enc ms", "up ms", "infer ms", "dec ms", "uploaded"
+        );
+        for image in dataset.images.iter().take(args.images) {
+            let path = manifest.dir().join(&image.file);
+            let r = workflow
+                .classify(
+                    &ClassifyRequest {
+                        image_path: path.clone(),
+                        model: Some(name.clone()),
+                        client_id: None,
+                        top_k: Some(3),
+                    },
+                    |_| {},
+                )
+                .await?;
+            if r.provisioned {
+                println!(
+                    "  keys: generated in {:.2} s, {} of evaluation keys provisioned (Step 0) in {:.2} s",
+                    r.timings.keygen_s.unwrap_or(0.0),
+                    mb(r.evaluation_key_bytes),
+                    r.timings.provision_s.unwrap_or(0.0)
+                );
+            }
+            let truth = dataset
+                .classes
+                .get(usize::from(image.label))
+                .cloned()
+                .unwrap_or_else(|| image.label.to_string());
+            let ok = usize::from(image.label) == r.classification.class_index as usize;
+            correct += usize::from(ok);
+            total += 1;
+            seconds += r.timings.total_s - r.timings.keygen_s.unwrap_or(0.0)
+                - r.timings.provision_s.unwrap_or(0.0);
+            let file = Path::new(&image.file)
+                .file_name()
+                .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+            println!(
+                "{:<34} {:>12} {:>12} {:>6.3} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10} {}",
+                file,
+                truth,
+                r.classification.label,
+                r.classification
+                    .top_k
+                    .first()
+                    .map_or(0.0, |c| c.probability),
+                r.timings.encrypt_s * 1e3,
+                r.timings.upload_s * 1e3,
+                r.timings.infer_s * 1e3,
+                r.timings.decrypt_s * 1e3,
+                format!("{} KB", r.bytes_uploaded / 1000),
+                if ok { "✓" } else { "✗" }
+            );
+        }
+        println!();
+    }
+    remote.close().await;
+    Ok((correct, total, seconds / total.max(1) as f64))
+}

@@ -1,0 +1,294 @@
+//! The whole workflow through the real binaries: `cipherinfer serve` as a separate process on a
+//! loopback port, `cipherinfer classify` spawning `cipherinfer local` over stdio. Predictions are
+//! compared with the cleartext model; the failures a user meets give their exit codes; and the
+//! official MCP Python SDK drives the local server's `private_classify` over stdio.
+#![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cipherinfer_model::{Manifest, onnx, plain};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cipherinfer");
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "cipherinfer-cli-{name}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `cipherinfer serve` on 127.0.0.1:0; killed on drop.
+struct Remote {
+    child: Child,
+    url: String,
+}
+
+impl Remote {
+    fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--bind", "127.0.0.1:0", "--model", "mnist-cnn,fashion-cnn"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("cipherinfer remote server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Self { child, url }
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn cipherinfer(args: &[&str], key_dir: &Path) -> Run {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--key-dir")
+        .arg(key_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The shipped sample images of `model`'s dataset with their cleartext predictions.
+fn samples(model: &str, n: usize) -> Vec<(PathBuf, usize)> {
+    let manifest = Manifest::shipped().unwrap();
+    let entry = manifest.model(model).unwrap().clone();
+    let ir = onnx::import(&manifest.read_model(model).unwrap().bytes).unwrap();
+    let set = manifest.load_samples(&entry.dataset).unwrap();
+    let inputs = plain::sample_inputs(&set, &entry.input).unwrap();
+    let dataset = manifest.dataset(&entry.dataset).unwrap();
+    dataset
+        .images
+        .iter()
+        .take(n)
+        .map(|img| {
+            let (x, _) = &inputs[img.test_index];
+            let logits = plain::run(&ir, x).unwrap().into_data();
+            let argmax = logits
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, v)| if *v > logits[b] { i } else { b });
+            (manifest.dir().join(&img.file), argmax)
+        })
+        .collect()
+}
+
+fn results(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn classify_through_the_real_binaries() {
+    let dir = temp("classify");
+    let keys = dir.join("keys");
+    let remote = Remote::start(&dir.join("server"));
+    let mnist = samples("mnist-cnn", 3);
+    let mut args = vec!["classify", "--remote", &remote.url, "--json"];
+    let paths: Vec<String> = mnist
+        .iter()
+        .map(|(p, _)| p.to_string_lossy().into_owned())
+        .collect();
+    args.extend(paths.iter().map(String::as_str));
+
+    // First run: keys generated and provisioned once, then every image classified.
+    let run = cipherinfer(&args, &keys);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = results(&run.stdout);
+    assert_eq!(got.len(), mnist.len());
+    for (r, (path, want)) in got.iter().zip(&mnist) {
+        assert_eq!(r["class_index"], *want, "{}: {r}", path.display());
+        assert_eq!(r["model"], "mnist-cnn");
+        assert!(r["precision_bits"].as_f64().unwrap() > 8.0, "{r}");
+        assert!(r["bytes_uploaded"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(got[0]["provisioned"], true);
+    assert_eq!(got[1]["provisioned"], false);
+
+    // Second run: the cached credential is used; another model gets its own keys.
+    let fashion = samples("fashion-cnn", 1);
+    let f = fashion[0].0.to_string_lossy().into_owned();
+    let run = cipherinfer(
+        &["classify", "--remote", &remote.url, "--json", "--model", "fashion-cnn", &f],
+        &keys,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let r = &results(&run.stdout)[0];
+    assert_eq!(r["class_index"], fashion[0].1, "{r}");
+    assert_eq!(r["provisioned"], true);
+    let run = cipherinfer(&["classify", "--remote", &remote.url, "--json", &paths[0]], &keys);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(results(&run.stdout)[0]["provisioned"], false);
+
+    // The server loses its state: the client provisions again by itself.
+    drop(remote);
+    let remote = Remote::start(&dir.join("server-2"));
+    let run = cipherinfer(&["classify", "--remote", &remote.url, "--json", &paths[1]], &keys);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let r = &results(&run.stdout)[0];
+    assert_eq!(r["provisioned"], true, "{r}");
+    assert_eq!(r["class_index"], mnist[1].1);
+
+    // Text output.
+    let run = cipherinfer(&["classify", "--remote", &remote.url, &paths[2]], &keys);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("precision"), "{}", run.stdout);
+
+    // Failures a user meets, each with its exit code and a clear message.
+    let missing = dir.join("missing.png");
+    let run = cipherinfer(
+        &["classify", "--remote", &remote.url, missing.to_str().unwrap()],
+        &keys,
+    );
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert!(run.stderr.contains("ERROR_FILE_NOT_FOUND"), "{}", run.stderr);
+    let corrupt = dir.join("corrupt.png");
+    std::fs::write(&corrupt, b"this is not a png").unwrap();
+    let run = cipherinfer(
+        &["classify", "--remote", &remote.url, corrupt.to_str().unwrap()],
+        &keys,
+    );
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert!(run.stderr.contains("ERROR_IMAGE_UNREADABLE"), "{}", run.stderr);
+    let run = cipherinfer(
+        &["classify", "--remote", &remote.url, "--model", "nope", &paths[0]],
+        &keys,
+    );
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("ERROR_UNKNOWN_MODEL"), "{}", run.stderr);
+    let unreachable = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/mcp", l.local_addr().unwrap())
+    };
+    let run = cipherinfer(&["classify", "--remote", &unreachable, &paths[0]], &keys);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("ERROR_UNAVAILABLE"), "{}", run.stderr);
+    let run = cipherinfer(
+        &["classify", "--remote", "http://example.org/mcp", &paths[0]],
+        &keys,
+    );
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("loopback"), "{}", run.stderr);
+    drop(remote);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn keygen_and_provision_commands() {
+    let dir = temp("provision");
+    let keys = dir.join("keys");
+    let remote = Remote::start(&dir.join("server"));
+    let run = cipherinfer(&["keygen", "--remote", &remote.url, "--client-id", "alice"], &keys);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("generated"), "{}", run.stdout);
+    let run = cipherinfer(&["keygen", "--remote", &remote.url, "--client-id", "alice"], &keys);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("already in the key store"), "{}", run.stdout);
+    let run = cipherinfer(&["provision", "--remote", &remote.url, "--client-id", "alice"], &keys);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("urn:cipherinfer:key:alice:1"), "{}", run.stdout);
+    // Another key store cannot take over the same client id at this server.
+    let run = cipherinfer(
+        &["provision", "--remote", &remote.url, "--client-id", "alice"],
+        &dir.join("other-keys"),
+    );
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(run.stderr.contains("ERROR_CLIENT_EXISTS"), "{}", run.stderr);
+    // Secret material is private to its owner.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    drop(remote);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn python() -> String {
+    std::env::var("CIPHERINFER_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn sdk_or_skip(python: &str) -> bool {
+    let ok = Command::new(python)
+        .args(["-c", "import mcp.client.stdio"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return true;
+    }
+    assert!(
+        !std::env::var("CIPHERINFER_REQUIRE_INTEROP").is_ok_and(|v| v == "1"),
+        "CIPHERINFER_REQUIRE_INTEROP=1 but `{python} -c 'import mcp'` fails: pip install mcp==2.3.0"
+    );
+    eprintln!("SKIPPED: the MCP Python SDK is not importable by {python}");
+    false
+}
+
+/// The official MCP Python SDK starts `cipherinfer local` over stdio, lists its tools, runs
+/// `private_classify` against a real remote server and meets an error path.
+#[test]
+fn python_sdk_drives_the_local_server_over_stdio() {
+    let python = python();
+    if !sdk_or_skip(&python) {
+        return;
+    }
+    let dir = temp("python");
+    let remote = Remote::start(&dir.join("server"));
+    let (image, want) = samples("mnist-cnn", 1).swap_remove(0);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/local_client.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(BIN)
+        .arg(dir.join("keys"))
+        .arg(&remote.url)
+        .arg(&image)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["class_index"], want, "{last}");
+    assert_eq!(last["provisioned"], true);
+    assert!(stdout.contains("ok: tools"), "{stdout}");
+    assert!(stdout.contains("ok: error path"), "{stdout}");
+    assert!(stdout.contains("ok: progress"), "{stdout}");
+    drop(remote);
+    let _ = std::fs::remove_dir_all(&dir);
+}
