@@ -232,11 +232,13 @@ impl KeyStore {
     /// else `$HOME/.local/share/cipherinfer/keys`; `None` when none of them is set (or set to
     /// a relative path).
     pub fn default_root() -> Option<PathBuf> {
-        let var = |name: &str| {
-            std::env::var_os(name)
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-        };
+        Self::default_root_from(|name| std::env::var_os(name))
+    }
+
+    /// [`KeyStore::default_root`] with the environment given by `var` (for tests and callers
+    /// that resolve the environment themselves).
+    pub fn default_root_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+        let var = |name: &str| var(name).map(PathBuf::from).filter(|p| p.is_absolute());
         if let Some(home) = var("CIPHERINFER_HOME") {
             return Some(home.join("keys"));
         }

@@ -124,7 +124,9 @@ impl GenerateKeysArgs {
             {
                 return Err(ToolError::new(
                     ErrorCode::InvalidArgument,
-                    format!("labels: each must be 1..={MAX_LABEL_LEN} bytes without control characters"),
+                    format!(
+                        "labels: each must be 1..={MAX_LABEL_LEN} bytes without control characters"
+                    ),
                 ));
             }
         }
@@ -370,7 +372,8 @@ pub struct Classification {
     /// Shape of the decrypted tensor, e.g. [10].
     pub output_shape: Vec<u32>,
     /// Estimated precision of the decrypted values in bits (-log2 of the estimated absolute
-    /// error), from the output's scale and level.
+    /// error): the worse of the output scale's rescale-noise floor and the noise measured in
+    /// the imaginary parts of the decoded slots (docs/protocol.md §7.4).
     pub precision_bits: f64,
 }
 
