@@ -541,19 +541,19 @@ fn generate_keys_labels_and_preprocessing_are_checked() {
     ] {
         a.labels = Some(labels);
         assert_eq!(
-            a.validate().unwrap_err().error_code,
+            a.validate().expect_err("refused").error_code,
             ErrorCode::InvalidArgument
         );
     }
     a.labels = None;
     a.preprocessing = Some(json!("normalize"));
     assert_eq!(
-        a.validate().unwrap_err().error_code,
+        a.validate().expect_err("refused").error_code,
         ErrorCode::InvalidArgument
     );
     a.preprocessing = None;
     assert!(a.validate().is_ok());
     // Absent optional fields stay absent on the wire.
-    let v = serde_json::to_value(&a).unwrap();
+    let v = serde_json::to_value(&a).expect("serializes");
     assert!(v.get("labels").is_none() && v.get("preprocessing").is_none());
 }
