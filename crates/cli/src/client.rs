@@ -13,7 +13,9 @@ use std::sync::Arc;
 use cipherinfer_client::{
     ClassifyRequest, Event, McpLocal, RemoteClient, Workflow, WorkflowOptions,
 };
-use cipherinfer_local::{KeyStore, LocalConfig, LocalCrypto, LocalServerOptions};
+use cipherinfer_local::{
+    ClassifierOptions, KeyStore, LocalConfig, LocalCrypto, LocalServerOptions, default_client_id,
+};
 use cipherinfer_protocol::local::PrivateClassifyResult;
 use cipherinfer_protocol::{AuthToken, ErrorCode, ToolError};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -24,7 +26,11 @@ use crate::BoxErr;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClientArgs {
     /// The remote inference server's MCP endpoint (https://host/mcp; http only for loopback).
-    #[arg(long, env = "CIPHERINFER_REMOTE", default_value = "http://127.0.0.1:8750/mcp")]
+    #[arg(
+        long,
+        env = "CIPHERINFER_REMOTE",
+        default_value = "http://127.0.0.1:8750/mcp"
+    )]
     remote: String,
     /// Served model (default: the server's default model).
     #[arg(long)]
@@ -90,7 +96,8 @@ pub fn exit_code(e: &ToolError) -> ExitCode {
 fn key_root(dir: Option<&Path>) -> Result<PathBuf, BoxErr> {
     match dir {
         Some(d) => Ok(absolute(d)?),
-        None => Ok(KeyStore::default_root()?),
+        None => KeyStore::default_root()
+            .ok_or_else(|| "no key store: set CIPHERINFER_HOME or HOME, or pass --key-dir".into()),
     }
 }
 
@@ -254,7 +261,7 @@ pub async fn classify(args: ClassifyArgs) -> Result<(), ToolError> {
             &remote,
             WorkflowOptions {
                 work_dir: work.0.clone(),
-                default_client_id: store.default_client_id()?,
+                default_client_id: default_client_id(&store)?,
                 chunk_bytes: cipherinfer_client::remote::DEFAULT_CHUNK_BYTES,
                 enrollment_token: enrollment(args.client.enrollment_token_file.as_deref())
                     .map_err(err)?,
@@ -309,7 +316,9 @@ fn tempdir_in(root: &Path) -> Result<TempDir, BoxErr> {
     use std::os::unix::fs::DirBuilderExt;
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).map_err(|e| format!("randomness unavailable: {e}"))?;
-    let dir = root.join("work").join(hex::encode(bytes));
+    let dir = root
+        .join(cipherinfer_local::classify::WORK_DIR)
+        .join(hex::encode(bytes));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -335,7 +344,7 @@ pub async fn keygen_or_provision(args: ClientArgs, provision: bool) -> Result<()
             &remote,
             WorkflowOptions {
                 work_dir: work.0.clone(),
-                default_client_id: local.store().default_client_id()?,
+                default_client_id: default_client_id(local.store())?,
                 chunk_bytes: cipherinfer_client::remote::DEFAULT_CHUNK_BYTES,
                 enrollment_token: enrollment(args.enrollment_token_file.as_deref())
                     .map_err(err)?,
@@ -395,13 +404,19 @@ pub async fn local(args: LocalArgs) -> Result<(), BoxErr> {
         .iter()
         .map(|d| absolute(d))
         .collect::<Result<Vec<_>, _>>()?;
-    cipherinfer_local::serve_stdio(LocalServerOptions {
+    if let Some(url) = &args.remote {
+        cipherinfer_protocol::local::validate_remote_url(url)
+            .map_err(|e| format!("--remote: {}", e.message))?;
+    }
+    cipherinfer_local::serve_local_stdio(LocalServerOptions {
         config: LocalConfig {
             key_root: root,
             allowed_dirs,
         },
-        default_remote: args.remote,
-        enrollment_token: enrollment(args.enrollment_token_file.as_deref())?,
+        classifier: ClassifierOptions {
+            default_remote: args.remote,
+            enrollment_token: enrollment(args.enrollment_token_file.as_deref())?,
+        },
     })
     .await?;
     Ok(())

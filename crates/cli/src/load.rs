@@ -37,7 +37,10 @@ pub struct LoadArgs {
 
 /// Resident and peak resident memory of a process in bytes, from /proc.
 fn memory(pid: Option<u32>) -> Option<(u64, u64)> {
-    let path = pid.map_or_else(|| "/proc/self/status".to_string(), |p| format!("/proc/{p}/status"));
+    let path = pid.map_or_else(
+        || "/proc/self/status".to_string(),
+        |p| format!("/proc/{p}/status"),
+    );
     let status = std::fs::read_to_string(path).ok()?;
     let field = |name: &str| {
         status
@@ -143,7 +146,9 @@ async fn run(args: &LoadArgs, dir: &Path) -> Result<(), BoxErr> {
             let remote = match RemoteClient::connect(&url).await {
                 Ok(r) => r,
                 Err(e) => {
-                    report.failures.push(format!("{}: {}", e.error_code, e.message));
+                    report
+                        .failures
+                        .push(format!("{}: {}", e.error_code, e.message));
                     return report;
                 }
             };
@@ -183,11 +188,12 @@ async fn run(args: &LoadArgs, dir: &Path) -> Result<(), BoxErr> {
                         report.remote_s.push(t.remote_s);
                         report.total_s.push(t.total_s);
                         report.images += 1;
-                        report.correct += usize::from(
-                            r.classification.class_index == u32::from(image.label),
-                        );
+                        report.correct +=
+                            usize::from(r.classification.class_index == u32::from(image.label));
                     }
-                    Err(e) => report.failures.push(format!("{}: {}", e.error_code, e.message)),
+                    Err(e) => report
+                        .failures
+                        .push(format!("{}: {}", e.error_code, e.message)),
                 }
             }
             remote.close().await;
@@ -214,9 +220,7 @@ async fn run(args: &LoadArgs, dir: &Path) -> Result<(), BoxErr> {
     if let Some(s) = server {
         s.stop().await;
     }
-    let stats = |v: &mut Vec<f64>| {
-        json!({"p50_ms": percentile(v, 0.5) * 1e3, "p95_ms": percentile(v, 0.95) * 1e3, "max_ms": percentile(v, 1.0) * 1e3, "n": v.len()})
-    };
+    let stats = |v: &mut Vec<f64>| json!({"p50_ms": percentile(v, 0.5) * 1e3, "p95_ms": percentile(v, 0.95) * 1e3, "max_ms": percentile(v, 1.0) * 1e3, "n": v.len()});
     let memory_of = if args.server_pid.is_some() {
         "server process"
     } else {

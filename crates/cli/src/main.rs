@@ -104,9 +104,7 @@ struct ServeArgs {
     enrollment_token_file: Option<PathBuf>,
 }
 
-fn enrollment_hash(
-    path: &std::path::Path,
-) -> Result<cipherinfer_protocol::TokenHash, BoxErr> {
+fn enrollment_hash(path: &std::path::Path) -> Result<cipherinfer_protocol::TokenHash, BoxErr> {
     let token = match std::fs::read_to_string(path) {
         Ok(t) => AuthToken::from_string(t.trim().to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -165,13 +163,20 @@ async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Servers log what they do; the client commands only warnings (stdout is theirs).
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::Local(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -208,9 +213,7 @@ fn main() -> ExitCode {
 }
 
 /// Prints a tool error with its code and maps it to the exit code of its class.
-fn tool_exit(
-    result: Result<(), cipherinfer_protocol::ToolError>,
-) -> Result<ExitCode, BoxErr> {
+fn tool_exit(result: Result<(), cipherinfer_protocol::ToolError>) -> Result<ExitCode, BoxErr> {
     Ok(match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

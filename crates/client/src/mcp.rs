@@ -190,7 +190,10 @@ impl McpClient {
         serde_json::from_value(content).map_err(|e| {
             ToolError::new(
                 ErrorCode::Internal,
-                format!("{}: {tool} returned an unexpected result: {e}", self.endpoint),
+                format!(
+                    "{}: {tool} returned an unexpected result: {e}",
+                    self.endpoint
+                ),
             )
         })
     }

@@ -72,7 +72,10 @@ impl RemoteClient {
     /// `describe_capabilities`.
     pub async fn capabilities(&self) -> Result<Capabilities, ToolError> {
         self.mcp
-            .call(TOOL_DESCRIBE_CAPABILITIES, &DescribeCapabilitiesArgs::default())
+            .call(
+                TOOL_DESCRIBE_CAPABILITIES,
+                &DescribeCapabilitiesArgs::default(),
+            )
             .await
     }
 
@@ -141,7 +144,10 @@ impl RemoteClient {
     }
 
     /// Stages one ciphertext object in `session_id`, in chunks of `chunk_bytes`.
-    #[allow(clippy::too_many_arguments, reason = "mirrors the draft's tool arguments")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "mirrors the draft's tool arguments"
+    )]
     pub async fn upload_object(
         &self,
         client_id: &str,
@@ -284,8 +290,7 @@ fn chunk_count(len: usize, chunk: usize) -> Result<u32, ToolError> {
 /// A fresh random session id (128 bits, hex).
 pub fn new_session_id() -> Result<String, ToolError> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        ToolError::new(ErrorCode::Internal, format!("randomness unavailable: {e}"))
-    })?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ToolError::new(ErrorCode::Internal, format!("randomness unavailable: {e}")))?;
     Ok(format!("s-{}", hex::encode(bytes)))
 }

@@ -20,7 +20,9 @@ use cipherinfer_protocol::{AuthToken, ErrorCode, ToolError};
 use serde::{Deserialize, Serialize};
 
 use crate::mcp::Progress;
-use crate::remote::{DEFAULT_CHUNK_BYTES, ProvisionRequest, RemoteClient, Transfer, new_session_id};
+use crate::remote::{
+    DEFAULT_CHUNK_BYTES, ProvisionRequest, RemoteClient, Transfer, new_session_id,
+};
 
 /// The trusted local crypto server's tools (draft 6.1, 6.5 and key management).
 pub trait LocalOps: Send + Sync {
@@ -83,8 +85,11 @@ impl std::fmt::Debug for RemoteCredential {
 /// Where [`RemoteCredential`]s are kept, per client and remote endpoint.
 pub trait Credentials: Send + Sync {
     /// The credential for `client_id` at `remote_url`, if any.
-    fn load(&self, client_id: &str, remote_url: &str)
-    -> Result<Option<RemoteCredential>, ToolError>;
+    fn load(
+        &self,
+        client_id: &str,
+        remote_url: &str,
+    ) -> Result<Option<RemoteCredential>, ToolError>;
     /// Stores (replaces) a credential.
     fn save(&self, credential: &RemoteCredential) -> Result<(), ToolError>;
     /// Forgets the credential for `client_id` at `remote_url`.
@@ -421,6 +426,16 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
         mut on_event: impl FnMut(Event) + Send,
     ) -> Result<PrivateClassifyResult, ToolError> {
         let started = Instant::now();
+        // Fail before any network traffic when the image is not there.
+        if !tokio::fs::metadata(&request.image_path)
+            .await
+            .is_ok_and(|m| m.is_file())
+        {
+            return Err(ToolError::new(
+                ErrorCode::FileNotFound,
+                format!("{}: no such image file", request.image_path.display()),
+            ));
+        }
         let model = self.model(request.model.as_deref()).await?;
         let client_id = match &request.client_id {
             Some(c) => c.clone(),
@@ -511,9 +526,7 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
         if names != wanted {
             return Err(ToolError::new(
                 ErrorCode::ParameterMismatch,
-                format!(
-                    "the local server wrote objects {names:?}, the model needs {wanted:?}"
-                ),
+                format!("the local server wrote objects {names:?}, the model needs {wanted:?}"),
             ));
         }
         let mut objects = Vec::with_capacity(encrypted.objects.len());
@@ -539,7 +552,14 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
         let mut attempt = 0;
         loop {
             match self
-                .upload(client_id, session_id, &keys.credential.auth_token, &objects, total, on_event)
+                .upload(
+                    client_id,
+                    session_id,
+                    &keys.credential.auth_token,
+                    &objects,
+                    total,
+                    on_event,
+                )
                 .await
             {
                 Ok(()) => break,

@@ -120,7 +120,13 @@ pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 /// The repository's `models/` directory, as located when this crate was built.
 pub fn shipped_models_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
+    // `crates/model` → the repository root, without `..` components (paths built from it pass
+    // the local server's path checks).
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir.parent().and_then(Path::parent).map_or_else(
+        || crate_dir.join("../../models"),
+        |root| root.join("models"),
+    )
 }
 
 /// `models/manifest.json`: the shipped datasets and models.

@@ -98,7 +98,8 @@ pub enum ErrorCode {
     /// A ciphertext object failed decoding or conformance checks.
     #[serde(rename = "ERROR_MALFORMED_CIPHERTEXT")]
     MalformedCiphertext,
-    /// The evaluation-key bundle failed decoding or conformance checks.
+    /// The evaluation-key bundle failed decoding or conformance checks; on the local server,
+    /// a stored key-set file (secret key, key-set record, bundle) is corrupt or truncated.
     #[serde(rename = "ERROR_MALFORMED_KEYS")]
     MalformedKeys,
     /// The client is known but has no committed evaluation keys (provision them first).
@@ -310,7 +311,7 @@ impl ErrorCode {
                 "a ciphertext object failed decoding or conformance checks"
             }
             Self::MalformedKeys => {
-                "the evaluation-key bundle failed decoding or conformance checks"
+                "the evaluation-key bundle or a stored key file failed decoding or conformance checks"
             }
             Self::KeysNotProvisioned => "the client has no committed evaluation keys",
             Self::KeysRevoked => "the key set was revoked or rotated away",

@@ -32,6 +32,10 @@ pub const MAX_TOP_K: u32 = 1000;
 pub const MAX_PATH_LEN: usize = 4096;
 /// Default largest total ciphertext size returned inline in `encrypted_payload_b64`.
 pub const DEFAULT_INLINE_PAYLOAD_BYTES: u64 = 256 * 1024;
+/// Most class labels a key set may carry.
+pub const MAX_LABELS: usize = 100_000;
+/// Longest class label, in bytes.
+pub const MAX_LABEL_LEN: usize = 256;
 
 /// Checks a local path argument's form: non-empty, absolute, at most 4096 bytes, no NUL, no
 /// `..` component. Confinement to allowed directories is the local server's job.
@@ -82,15 +86,18 @@ pub struct GenerateKeysArgs {
     /// The model's client specification (ModelInfo.client_spec): parameters, rotation steps,
     /// relinearization, packing.
     pub client_spec: serde_json::Value,
-    /// Class names by output index (ModelInfo.labels); the shipped manifest's when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<Vec<String>>,
-    /// Image preprocessing (ModelInfo.preprocessing); the shipped manifest's when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preprocessing: Option<serde_json::Value>,
     /// Replace an existing key set of this client (default false: refuse).
     #[serde(default)]
     pub overwrite: bool,
+    /// Class names by output index (ModelInfo.labels). When absent, the shipped manifest's
+    /// classes of `model` if it is a shipped model, else `"0"`, `"1"`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// Image preprocessing (ModelInfo.preprocessing: the manifest's input spec with per-channel
+    /// `mean` and `std`). When absent, the shipped manifest's entry of `model` if there is one,
+    /// else mean 0 and std 1 (pixels scaled to [0, 1]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<serde_json::Value>,
 }
 
 impl GenerateKeysArgs {
@@ -102,6 +109,33 @@ impl GenerateKeysArgs {
             return Err(ToolError::new(
                 ErrorCode::InvalidArgument,
                 "client_spec must be an object",
+            ));
+        }
+        if let Some(labels) = &self.labels {
+            if labels.is_empty() || labels.len() > MAX_LABELS {
+                return Err(ToolError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("labels: 1..={MAX_LABELS} names expected"),
+                ));
+            }
+            if labels
+                .iter()
+                .any(|l| l.is_empty() || l.len() > MAX_LABEL_LEN || l.chars().any(char::is_control))
+            {
+                return Err(ToolError::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "labels: each must be 1..={MAX_LABEL_LEN} bytes without control characters"
+                    ),
+                ));
+            }
+        }
+        if let Some(p) = &self.preprocessing
+            && !p.is_object()
+        {
+            return Err(ToolError::new(
+                ErrorCode::InvalidArgument,
+                "preprocessing must be an object",
             ));
         }
         Ok(())
@@ -338,7 +372,8 @@ pub struct Classification {
     /// Shape of the decrypted tensor, e.g. [10].
     pub output_shape: Vec<u32>,
     /// Estimated precision of the decrypted values in bits (-log2 of the estimated absolute
-    /// error), from the output's scale and level.
+    /// error): the worse of the output scale's rescale-noise floor and the noise measured in
+    /// the imaginary parts of the decoded slots (docs/protocol.md §7.4).
     pub precision_bits: f64,
 }
 

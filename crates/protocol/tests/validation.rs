@@ -520,3 +520,40 @@ fn canonical_bytes_are_deterministic() {
     }
     assert!(canonical_json(&deep).is_err());
 }
+
+#[test]
+fn generate_keys_labels_and_preprocessing_are_checked() {
+    use cipherinfer_protocol::local::GenerateKeysArgs;
+    let mut a = GenerateKeysArgs {
+        client_id: "c".into(),
+        model: "mnist-cnn".into(),
+        client_spec: json!({}),
+        overwrite: false,
+        labels: Some(vec!["cat".into(), "dog".into()]),
+        preprocessing: Some(json!({"mean": [0.5], "std": [0.5]})),
+    };
+    assert!(a.validate().is_ok());
+    for labels in [
+        vec![],
+        vec![String::new()],
+        vec!["a\nb".to_string()],
+        vec!["x".repeat(257)],
+    ] {
+        a.labels = Some(labels);
+        assert_eq!(
+            a.validate().expect_err("refused").error_code,
+            ErrorCode::InvalidArgument
+        );
+    }
+    a.labels = None;
+    a.preprocessing = Some(json!("normalize"));
+    assert_eq!(
+        a.validate().expect_err("refused").error_code,
+        ErrorCode::InvalidArgument
+    );
+    a.preprocessing = None;
+    assert!(a.validate().is_ok());
+    // Absent optional fields stay absent on the wire.
+    let v = serde_json::to_value(&a).expect("serializes");
+    assert!(v.get("labels").is_none() && v.get("preprocessing").is_none());
+}

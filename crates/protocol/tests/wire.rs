@@ -399,9 +399,17 @@ fn every_type_round_trips() {
         client_id: "c".into(),
         model: "mnist-cnn".into(),
         client_spec: json!({"depth": 5}),
-        labels: Some(vec!["zero".into(), "one".into()]),
-        preprocessing: None,
         overwrite: false,
+        labels: None,
+        preprocessing: None,
+    });
+    round_trip(&GenerateKeysArgs {
+        client_id: "c".into(),
+        model: "mnist-cnn".into(),
+        client_spec: json!({"depth": 5}),
+        overwrite: true,
+        labels: Some(vec!["zero".into(), "one".into()]),
+        preprocessing: Some(json!({"mean": [0.5], "std": [0.25]})),
     });
     round_trip(&GenerateKeysResult {
         ok: true,

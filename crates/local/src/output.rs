@@ -1,0 +1,309 @@
+//! Encrypted results: their file format, their decryption, the plausibility checks that flag
+//! a result not made for this key, the precision estimate, and the Step 6 classification.
+//!
+//! # File format
+//!
+//! A result holding **one** output ciphertext (every shipped model) is exactly the bytes the
+//! remote server returns as `encrypted_logit_b64` / by `fetch_result_chunk`: one CKKS
+//! `Ciphertext` in the library's versioned wire form (`CIFR` envelope, type 1), so a client
+//! saves the decoded Base64 as is. A result of **several** ciphertexts (an output map spanning
+//! `num_cts > 1`, in output-map order) is the set container:
+//!
+//! ```text
+//! "CIOUTSET"            8 bytes
+//! count                 u32 little-endian, 2..=64
+//! count × { length      u64 little-endian
+//!           bytes }     one CIFR ciphertext encoding
+//! ```
+//!
+//! with nothing after the last ciphertext. Every ciphertext is decoded with a byte limit and
+//! checked against the client's parameter set (parameter id, level, polynomial count, packed
+//! coefficients below their primes); a failure is `ERROR_MALFORMED_CIPHERTEXT`.
+
+use std::sync::Arc;
+
+use cipherinfer_ckks::serialization::{FromBytes, ToBytes};
+use cipherinfer_ckks::{
+    Ciphertext, DecodeErrorCode, Decryptor, Encoder, Parameters, SecretDistribution,
+};
+use cipherinfer_compiler::ClientSpec;
+use cipherinfer_compiler::client::MAX_CIPHERTEXTS;
+use cipherinfer_protocol::error::{ErrorCode, Result, ToolError};
+use cipherinfer_protocol::local::{ClassScore, Classification};
+
+/// Magic of the multi-ciphertext result container.
+pub const OUTPUT_SET_MAGIC: [u8; 8] = *b"CIOUTSET";
+/// Largest result file read by `fhe_decrypt`.
+pub const MAX_RESULT_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// A decrypted output value larger than this in magnitude flags a result not made for this key
+/// (the shipped models' logits stay below 100; a wrong key gives values near q/scale).
+pub const MAX_PLAUSIBLE_VALUE: f64 = 1e6;
+/// A result whose estimated precision is below this many bits (an estimated absolute error of
+/// 1 or more) is refused as `ERROR_DECRYPTION_FAILED`.
+pub const MIN_PRECISION_BITS: f64 = 0.0;
+
+fn malformed(why: impl std::fmt::Display) -> ToolError {
+    ToolError::new(
+        ErrorCode::MalformedCiphertext,
+        format!("encrypted result: {why}"),
+    )
+}
+
+fn ckks_malformed(e: &cipherinfer_ckks::Error) -> ToolError {
+    match e {
+        cipherinfer_ckks::Error::Decode {
+            code: DecodeErrorCode::TooLarge,
+            ..
+        } => ToolError::new(ErrorCode::ObjectTooLarge, format!("encrypted result: {e}")),
+        other => malformed(other),
+    }
+}
+
+/// Encodes output ciphertexts as a result file: one ciphertext as its plain encoding, several
+/// in the `CIOUTSET` container.
+pub fn encode_output(cts: &[Ciphertext]) -> Vec<u8> {
+    if let [one] = cts {
+        return one.to_bytes();
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&OUTPUT_SET_MAGIC);
+    out.extend_from_slice(&u32::try_from(cts.len()).unwrap_or(u32::MAX).to_le_bytes());
+    for ct in cts {
+        let b = ct.to_bytes();
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+/// Decodes a result file bound to `params` (see the module docs), at most `max_bytes` long.
+pub fn decode_output(
+    params: &Arc<Parameters>,
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<Vec<Ciphertext>> {
+    if bytes.len() > max_bytes {
+        return Err(ToolError::new(
+            ErrorCode::ObjectTooLarge,
+            format!("encrypted result larger than {max_bytes} bytes"),
+        ));
+    }
+    let cts = match bytes.strip_prefix(&OUTPUT_SET_MAGIC[..]) {
+        None => {
+            vec![Ciphertext::from_bytes(params, bytes, max_bytes).map_err(|e| ckks_malformed(&e))?]
+        }
+        Some(rest) => {
+            let (count, mut rest) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| malformed("truncated set header"))?;
+            let count = u32::from_le_bytes(*count) as usize;
+            if !(2..=MAX_CIPHERTEXTS).contains(&count) {
+                return Err(malformed(format!(
+                    "set of {count} ciphertexts (2..={MAX_CIPHERTEXTS})"
+                )));
+            }
+            let mut cts = Vec::with_capacity(count);
+            for i in 0..count {
+                let (len, tail) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or_else(|| malformed(format!("truncated before ciphertext {i}")))?;
+                let len = usize::try_from(u64::from_le_bytes(*len))
+                    .ok()
+                    .filter(|&l| l <= tail.len())
+                    .ok_or_else(|| malformed(format!("ciphertext {i} runs past the end")))?;
+                let (ct, tail) = tail.split_at(len);
+                cts.push(
+                    Ciphertext::from_bytes(params, ct, max_bytes)
+                        .map_err(|e| ckks_malformed(&e))?,
+                );
+                rest = tail;
+            }
+            if !rest.is_empty() {
+                return Err(malformed(format!("{} trailing bytes", rest.len())));
+            }
+            cts
+        }
+    };
+    for ct in &cts {
+        let scale = ct.scale();
+        let room = params.log_q_at(ct.level());
+        if !(scale.is_finite() && scale >= 1.0 && scale.log2() < room - 1.0) {
+            return Err(malformed(format!(
+                "scale 2^{:.2} does not fit level {} (2^{room:.1})",
+                scale.log2(),
+                ct.level()
+            )));
+        }
+        if ct.degree() > 2 {
+            return Err(malformed(format!("degree {}", ct.degree())));
+        }
+    }
+    Ok(cts)
+}
+
+/// The decrypted output values and their error estimate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decrypted {
+    /// Output values (of the first image of a batch), times the output multiplier.
+    pub values: Vec<f64>,
+    /// The estimated precision in bits (see [`estimate_precision_bits`]).
+    pub precision_bits: f64,
+    /// The a-priori noise floor term of the estimate (absolute, output units).
+    pub noise_floor: f64,
+    /// The a-posteriori measured term of the estimate (absolute, output units).
+    pub measured_noise: f64,
+}
+
+/// Expected Hamming weight of the secret: 2N/3 for uniform ternary, the weight for sparse.
+fn hamming_weight(params: &Parameters) -> f64 {
+    match params.secret_distribution() {
+        SecretDistribution::SparseTernary { hamming_weight } => hamming_weight as f64,
+        _ => 2.0 * params.n() as f64 / 3.0,
+    }
+}
+
+/// The a-priori noise floor of a decrypted slot value of a ciphertext at `scale`, times
+/// `multiplier`: six standard deviations of the rounding noise its last rescale leaves,
+/// `6 · m · sqrt(N/2 · (1 + h)/12) / Δ` (`N` ring degree, `h` Hamming weight of the secret,
+/// `Δ` scale, `m` output multiplier). No correctly evaluated output is more precise than this.
+pub fn noise_floor(params: &Parameters, scale: f64, multiplier: f64) -> f64 {
+    let n = params.n() as f64;
+    let h = hamming_weight(params);
+    6.0 * multiplier * (n / 2.0 * (1.0 + h) / 12.0).sqrt() / scale
+}
+
+/// The precision estimate in bits, `-log2(max(floor, measured))`:
+///
+/// * `floor` = [`noise_floor`] of the output ciphertext's scale (the worst over the result's
+///   ciphertexts), from the ring degree, the secret's Hamming weight and the scale;
+/// * `measured` = `m · max_k |Im z_k|` over every slot `k` of every output ciphertext. The
+///   model's inputs, weights and activations are real, so the message's imaginary parts are
+///   exactly zero and the decoded imaginary parts are pure noise, distributed like the noise
+///   of the real parts (the noise polynomial is real, its slot values are complex with
+///   independent, equally spread parts). Their maximum over all N/2 slots bounds the error of
+///   the few output values from above with high probability. This term accounts for the noise
+///   the whole evaluation accumulated (levels consumed, key switching, amplification by the
+///   weights), which the floor alone does not see.
+pub fn estimate_precision_bits(floor: f64, measured: f64) -> f64 {
+    let err = floor.max(measured);
+    if err.is_finite() && err > 0.0 {
+        -err.log2()
+    } else {
+        f64::NEG_INFINITY
+    }
+}
+
+/// Decrypts output ciphertexts with the client's key, reads the output map, estimates the
+/// precision and flags implausible results: a non-finite value, a value above
+/// [`MAX_PLAUSIBLE_VALUE`], or an estimated precision below [`MIN_PRECISION_BITS`] (an error
+/// of 1 or more) is `ERROR_DECRYPTION_FAILED`, the signature of a result made for another key
+/// or corrupted in its coefficients.
+pub fn decrypt_output(
+    spec: &ClientSpec,
+    encoder: &Encoder,
+    dec: &Decryptor,
+    cts: &[Ciphertext],
+) -> Result<Decrypted> {
+    let map = &spec.output;
+    if cts.len() != map.num_cts {
+        return Err(malformed(format!(
+            "{} ciphertexts, the model's output spans {}",
+            cts.len(),
+            map.num_cts
+        )));
+    }
+    let params = encoder.parameters();
+    let batch = spec.batch_size.max(1);
+    let m = spec.output_multiplier;
+    let mut image = Vec::with_capacity(cts.len());
+    let mut max_imag = 0.0f64;
+    let mut floor = 0.0f64;
+    for ct in cts {
+        let pt = dec
+            .decrypt(ct)
+            .map_err(|e| ToolError::from_ckks(&e, ErrorCode::MalformedCiphertext))?;
+        let z = encoder
+            .decode_complex(&pt)
+            .map_err(|e| ToolError::from_ckks(&e, ErrorCode::MalformedCiphertext))?;
+        for v in &z {
+            // NaN propagates as "worse than anything" through the comparison below.
+            let im = v.im.abs();
+            if im.is_nan() || im > max_imag {
+                max_imag = if im.is_nan() { f64::INFINITY } else { im };
+            }
+        }
+        image.push(z.iter().step_by(batch).map(|v| v.re).collect::<Vec<f64>>());
+        floor = floor.max(noise_floor(params, ct.scale(), m));
+    }
+    let values: Vec<f64> = map.unpack(&image).into_iter().map(|v| v * m).collect();
+    let measured = m * max_imag;
+    let precision_bits = estimate_precision_bits(floor, measured);
+    let failed = |why: String| {
+        Err(ToolError::new(
+            ErrorCode::DecryptionFailed,
+            format!("the result does not decrypt under this client's key ({why})"),
+        ))
+    };
+    if values.iter().any(|v| !v.is_finite()) {
+        return failed("non-finite values".into());
+    }
+    if let Some(v) = values.iter().find(|v| v.abs() > MAX_PLAUSIBLE_VALUE) {
+        return failed(format!("value of magnitude {:.3e}", v.abs()));
+    }
+    if precision_bits.is_nan() || precision_bits < MIN_PRECISION_BITS {
+        return failed(format!(
+            "noise estimate {:.3e} exceeds 1",
+            floor.max(measured)
+        ));
+    }
+    Ok(Decrypted {
+        values,
+        precision_bits,
+        noise_floor: floor,
+        measured_noise: measured,
+    })
+}
+
+/// Numerically stable softmax (shifted by the maximum).
+pub fn softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// The Step 6 classification of decrypted logits: argmax (first on ties), softmax, the `top_k`
+/// classes by logit (ties by index), with `labels` by index (the index as text when a label is
+/// missing).
+pub fn classify(
+    logits: &[f64],
+    labels: &[String],
+    output_shape: Vec<u32>,
+    top_k: usize,
+    precision_bits: f64,
+) -> Classification {
+    let probabilities = softmax(logits);
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let label = |i: usize| labels.get(i).cloned().unwrap_or_else(|| i.to_string());
+    let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+    let best = order.first().copied().unwrap_or(0);
+    Classification {
+        label: label(best),
+        class_index: index(best),
+        top_k: order
+            .iter()
+            .take(top_k)
+            .map(|&i| ClassScore {
+                class_index: index(i),
+                label: label(i),
+                probability: probabilities[i],
+                logit: logits[i],
+            })
+            .collect(),
+        probabilities,
+        logits: logits.to_vec(),
+        output_shape,
+        precision_bits,
+    }
+}
