@@ -2,8 +2,8 @@
 //! dispatch of `tools/call`. Every failure a client can cause comes back as an `isError` result
 //! whose structured content carries a machine-readable `error_code`, never as a JSON-RPC error.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use cipherinfer_protocol::remote::{
     Capabilities, DeleteSessionResult, DescribeCapabilitiesArgs, FetchResultChunkArgs,
@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::ratelimit::Caller;
 use crate::service::Service;
 
 /// The remote server's MCP handler (cheap to clone: one per transport session).
@@ -96,6 +97,19 @@ pub fn tools() -> Vec<Tool> {
     ]
 }
 
+/// The peer address, from the connection info both transports put into the request's HTTP
+/// parts (when the server was started with [`crate::transport::serve`]).
+fn caller(ctx: &RequestContext<RoleServer>) -> Caller {
+    ctx.extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| {
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        })
+        .map_or_else(Caller::unknown, |info| Caller::from_ip(info.0.ip()))
+}
+
 fn bearer(ctx: &RequestContext<RoleServer>) -> Option<AuthToken> {
     let parts = ctx.extensions.get::<http::request::Parts>()?;
     let value = parts
@@ -147,6 +161,8 @@ impl RemoteHandler {
     ) -> CallToolResult {
         let header = bearer(&ctx);
         let h = header.as_ref();
+        let who = caller(&ctx);
+        let c = &who;
         let s = &self.service;
         match request.name.as_ref() {
             TOOL_DESCRIBE_CAPABILITIES => {
@@ -154,7 +170,7 @@ impl RemoteHandler {
             }
             TOOL_PROVISION_KEYS_BEGIN => {
                 respond(match arguments::<ProvisionKeysBeginArgs>(&request, h) {
-                    Ok(a) => s.provision_begin(&a).await,
+                    Ok(a) => s.provision_begin(&a, c).await,
                     Err(e) => Err(e),
                 })
             }
@@ -171,12 +187,12 @@ impl RemoteHandler {
                 })
             }
             TOOL_REVOKE_KEYS => respond(match arguments::<RevokeKeysArgs>(&request, h) {
-                Ok(a) => s.revoke(&a).await,
+                Ok(a) => s.revoke(&a, c).await,
                 Err(e) => Err(e),
             }),
             TOOL_UPLOAD_CIPHERTEXT_CHUNK => {
                 respond(match arguments::<UploadCiphertextChunkArgs>(&request, h) {
-                    Ok(a) => s.upload_chunk(&a).await,
+                    Ok(a) => s.upload_chunk(&a, c).await,
                     Err(e) => Err(e),
                 })
             }
@@ -184,15 +200,6 @@ impl RemoteHandler {
                 let args = match arguments::<RemoteInferenceArgs>(&request, h) {
                     Ok(a) => a,
                     Err(e) => return respond::<()>(Err(e)),
-                };
-                let cancel = Arc::new(AtomicBool::new(false));
-                let watcher = {
-                    let cancel = cancel.clone();
-                    let ct = ctx.ct.clone();
-                    tokio::spawn(async move {
-                        ct.cancelled().await;
-                        cancel.store(true, Ordering::Relaxed);
-                    })
                 };
                 // Progress goes from the blocking evaluation to the peer through a channel.
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, usize, String)>();
@@ -211,8 +218,9 @@ impl RemoteHandler {
                 let progress = Box::new(move |i: usize, n: usize, what: &str| {
                     let _ = tx.send((i, n, what.to_string()));
                 });
-                let result = s.infer(&args, cancel, progress).await;
-                watcher.abort();
+                // rmcp cancels the request's token on `notifications/cancelled` (and when the
+                // session ends): the service stops waiting or evaluating and keeps no result.
+                let result = s.infer(&args, c, ctx.ct.clone(), progress).await;
                 if let Some(f) = forwarder {
                     // The sender is gone with the evaluation: the forwarder drains and ends.
                     let _ = f.await;
@@ -221,16 +229,16 @@ impl RemoteHandler {
             }
             TOOL_FETCH_RESULT_CHUNK => {
                 respond(match arguments::<FetchResultChunkArgs>(&request, h) {
-                    Ok(a) => s.fetch_result_chunk(&a).await,
+                    Ok(a) => s.fetch_result_chunk(&a, c).await,
                     Err(e) => Err(e),
                 })
             }
             TOOL_GET_SESSION_STATUS => respond(match arguments::<SessionArgs>(&request, h) {
-                Ok(a) => s.session_status(&a).await,
+                Ok(a) => s.session_status(&a, c).await,
                 Err(e) => Err(e),
             }),
             TOOL_DELETE_SESSION => respond(match arguments::<SessionArgs>(&request, h) {
-                Ok(a) => s.delete_session(&a).await,
+                Ok(a) => s.delete_session(&a, c).await,
                 Err(e) => Err(e),
             }),
             other => respond::<()>(Err(ToolError::new(

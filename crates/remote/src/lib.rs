@@ -4,14 +4,18 @@
 //! the legacy HTTP+SSE transport of protocol 2024-11-05 (`GET /sse` + `POST /messages`).
 
 pub mod handler;
+pub mod ratelimit;
 pub mod registry;
 pub mod service;
 pub mod store;
+mod threads;
 pub mod transport;
+mod usage;
 
 pub use handler::RemoteHandler;
+pub use ratelimit::Caller;
 pub use registry::Registry;
-pub use service::{Service, ServiceConfig};
+pub use service::{GarbageCollected, InferenceSlot, InferenceStats, Service, ServiceConfig};
 pub use store::Store;
 pub mod server;
 pub use server::{Server, ServerOptions};

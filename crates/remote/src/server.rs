@@ -58,8 +58,17 @@ pub struct Server {
 impl Server {
     /// Opens the store and compiles the models (a second or two per model).
     pub fn build(options: ServerOptions) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let store = Store::local(&options.data_dir)?;
         let registry = Arc::new(Registry::shipped(&options.models)?);
+        Self::with_registry(options, registry)
+    }
+
+    /// Opens the store and serves models compiled before (`options.models` is not consulted),
+    /// so several servers, or a restarted one, share one compilation.
+    pub fn with_registry(
+        options: ServerOptions,
+        registry: Arc<Registry>,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let store = Store::local(&options.data_dir)?;
         let service = Arc::new(Service::new(store, registry, options.service.clone()));
         Ok(Self { service, options })
     }
@@ -81,8 +90,14 @@ impl Server {
                         () = tokio::time::sleep(every) => {}
                     }
                     match service.collect_garbage().await {
-                        Ok((s, u)) if s + u > 0 => {
-                            tracing::info!(sessions = s, uploads = u, "expired state removed");
+                        Ok(done) if !done.is_empty() => {
+                            tracing::info!(
+                                sessions = done.sessions,
+                                uploads = done.uploads,
+                                tombstones = done.tombstones,
+                                orphans = done.orphans,
+                                "expired state removed"
+                            );
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "garbage collection failed"),

@@ -1,8 +1,8 @@
 //! The remote tools' logic, independent of MCP: every method takes the protocol's argument type
 //! and returns its result type or a [`ToolError`] with a machine-readable code.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicBool;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,10 +22,14 @@ use cipherinfer_protocol::{
     AlgorithmId, AuthToken, ErrorCode, InferenceTelemetry, Limits, TokenHash, ToolError,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
+use crate::ratelimit::{AuthFailures, Caller, FailureKey};
 use crate::registry::{Registry, ServedModel};
 use crate::store::{ChunkWrite, Store, chunk_name, path};
+use crate::threads::{EvalPools, available_threads};
+use crate::usage::{Admission, Ledger, SeedItem, object_key, result_key};
 
 type Result<T> = std::result::Result<T, ToolError>;
 
@@ -34,22 +38,30 @@ type Result<T> = std::result::Result<T, ToolError>;
 pub struct ServiceConfig {
     /// Chunk and object limits announced to clients.
     pub limits: Limits,
-    /// A session expires this long after its last use.
+    /// A session expires this long after its last use (upload, inference, fetch).
     pub session_ttl: Duration,
     /// An uncommitted Step 0 upload expires after this.
     pub provisioning_ttl: Duration,
+    /// How long an expired session or Step 0 upload keeps answering `ERROR_EXPIRED` (instead of
+    /// `ERROR_UNKNOWN_SESSION`) after garbage collection removed it.
+    pub tombstone_ttl: Duration,
     /// Most live sessions per client.
     pub max_sessions_per_client: usize,
-    /// Most bytes staged per client over all its sessions.
+    /// Most bytes per client over all its sessions: staged chunks and results kept by reference.
     pub max_bytes_per_client: u64,
-    /// Inferences evaluated at once (each uses every core).
+    /// Inferences evaluated at once.
     pub max_concurrent_inferences: usize,
     /// How long an inference waits for a free slot before `ERROR_BUSY`.
     pub queue_timeout: Duration,
+    /// Most threads one evaluation uses; the draft's `omp_threads` hint can only lower it.
+    pub max_eval_threads: usize,
     /// Hash of the operator's enrollment token; when set, new clients must present it.
     pub enrollment_token_hash: Option<TokenHash>,
-    /// Failed authentications per client and minute before `ERROR_RATE_LIMITED`.
+    /// Failed authentications per client_id and minute before `ERROR_RATE_LIMITED`.
     pub auth_failures_per_minute: u32,
+    /// Failed authentications and enrollments per peer address and minute before
+    /// `ERROR_RATE_LIMITED` (0: no per-address limit, e.g. behind a proxy that hides addresses).
+    pub auth_failures_per_minute_per_peer: u32,
     /// Evaluation-key sets kept decoded in memory.
     pub key_cache_entries: usize,
 }
@@ -60,12 +72,15 @@ impl Default for ServiceConfig {
             limits: Limits::default(),
             session_ttl: Duration::from_secs(3600),
             provisioning_ttl: Duration::from_secs(3600),
+            tombstone_ttl: Duration::from_secs(24 * 3600),
             max_sessions_per_client: 16,
             max_bytes_per_client: 512 * 1024 * 1024,
             max_concurrent_inferences: 1,
             queue_timeout: Duration::from_secs(60),
+            max_eval_threads: available_threads(),
             enrollment_token_hash: None,
             auth_failures_per_minute: 10,
+            auth_failures_per_minute_per_peer: 100,
             key_cache_entries: 8,
         }
     }
@@ -98,21 +113,141 @@ struct ProvisioningMeta {
     bundle_sha256: String,
     total_chunks: u32,
     key_uri: Option<String>,
+    /// Unix seconds, as announced.
     expires_at: u64,
+    /// Unix milliseconds (0 in uploads begun before it was kept).
+    #[serde(default)]
+    expires_at_ms: u64,
+}
+
+impl ProvisioningMeta {
+    fn expires_at_ms(&self) -> u64 {
+        if self.expires_at_ms > 0 {
+            self.expires_at_ms
+        } else {
+            self.expires_at.saturating_mul(1000)
+        }
+    }
+
+    fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms() < now_ms
+    }
+}
+
+/// Left where an expired session or Step 0 upload was removed, so that its owner hears
+/// `ERROR_EXPIRED` rather than `ERROR_UNKNOWN_SESSION` for a while.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Tombstone {
+    client_id: String,
+    /// When the session or upload expired (Unix milliseconds).
+    expired_at_ms: u64,
+    /// When the tombstone stops counting (Unix milliseconds).
+    keep_until_ms: u64,
+}
+
+/// What one garbage-collection pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GarbageCollected {
+    /// Expired sessions (their staged chunks and results).
+    pub sessions: usize,
+    /// Expired or malformed Step 0 uploads.
+    pub uploads: usize,
+    /// Tombstones past their keeping time.
+    pub tombstones: usize,
+    /// Session ownership records without a session.
+    pub orphans: usize,
+}
+
+impl GarbageCollected {
+    /// Whether anything was removed.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What became of inference requests since the service started, for monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InferenceStats {
+    /// Evaluations that ran every step.
+    pub evaluated: u64,
+    /// Evaluations that failed, a cancellation excepted.
+    pub failed: u64,
+    /// Requests cancelled while they waited for a slot.
+    pub cancelled_waiting: u64,
+    /// Evaluations a cancellation stopped before their last step.
+    pub cancelled_evaluating: u64,
+    /// Requests refused with `ERROR_BUSY`.
+    pub busy: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    evaluated: AtomicU64,
+    failed: AtomicU64,
+    cancelled_waiting: AtomicU64,
+    cancelled_evaluating: AtomicU64,
+    busy: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> InferenceStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        InferenceStats {
+            evaluated: get(&self.evaluated),
+            failed: get(&self.failed),
+            cancelled_waiting: get(&self.cancelled_waiting),
+            cancelled_evaluating: get(&self.cancelled_evaluating),
+            busy: get(&self.busy),
+        }
+    }
+}
+
+/// An inference slot taken with [`Service::hold_inference_slot`], free again on drop.
+#[derive(Debug)]
+pub struct InferenceSlot {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Progress of an inference: (step, total, description).
 pub type ProgressFn = Box<dyn FnMut(usize, usize, &str) + Send>;
 
 fn now() -> u64 {
+    now_ms() / 1000
+}
+
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Reads a session's `touched` record: Unix milliseconds (seconds in stores written before).
+fn parse_touched(bytes: &[u8]) -> Option<u64> {
+    let v: u64 = std::str::from_utf8(bytes).ok()?.trim().parse().ok()?;
+    // 10^11 ms is 1973, 10^11 s is the year 5138: smaller values are seconds.
+    Some(if v < 100_000_000_000 { v * 1000 } else { v })
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ToolError {
     ToolError::new(code, msg)
+}
+
+/// `ERROR_EXPIRED` for a session or Step 0 upload, with `details.expired_at` (Unix seconds).
+fn expired_error(what: &str, expired_at_ms: u64) -> ToolError {
+    err(
+        ErrorCode::Expired,
+        format!("this {what} expired and was removed; start a new one"),
+    )
+    .with_details(serde_json::json!({ "expired_at": expired_at_ms.div_ceil(1000) }))
 }
 
 fn random_hex(bytes: usize) -> Result<String> {
@@ -134,14 +269,33 @@ fn compile_error(e: &CompileError) -> ToolError {
     err(code, e.to_string())
 }
 
+fn cancelled() -> ToolError {
+    err(ErrorCode::Cancelled, "the client cancelled the inference")
+}
+
+/// Sets the evaluation's cancel flag when dropped: the evaluation stops at its next step once
+/// the request is cancelled, finished, or its handler dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The remote server's state and tools.
 pub struct Service {
     store: Store,
     registry: Arc<Registry>,
     config: ServiceConfig,
     keys: Mutex<VecDeque<(String, u32, Arc<Evaluator>)>>,
-    failures: Mutex<HashMap<String, (Instant, u32)>>,
-    inference: Semaphore,
+    failures: AuthFailures,
+    ledger: Ledger,
+    pools: EvalPools,
+    inference: Arc<Semaphore>,
+    /// Moving average of evaluation time, for `retry_after_ms` of `ERROR_BUSY` (0: none yet).
+    eval_ms: AtomicU64,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Service {
@@ -159,10 +313,14 @@ impl Service {
         Self {
             store,
             registry,
+            pools: EvalPools::new(config.max_eval_threads),
             config,
             keys: Mutex::new(VecDeque::new()),
-            failures: Mutex::new(HashMap::new()),
-            inference: Semaphore::new(permits),
+            failures: AuthFailures::default(),
+            ledger: Ledger::default(),
+            inference: Arc::new(Semaphore::new(permits)),
+            eval_ms: AtomicU64::new(0),
+            counters: Arc::new(Counters::default()),
         }
     }
 
@@ -176,37 +334,49 @@ impl Service {
         &self.config
     }
 
+    /// What became of inference requests so far. An evaluation is counted before its slot is
+    /// released.
+    pub fn inference_stats(&self) -> InferenceStats {
+        self.counters.snapshot()
+    }
+
+    /// Takes one inference slot (waiting for one to free up) until the returned guard drops:
+    /// lets an operator hold capacity back, or wait for running evaluations before maintenance.
+    pub async fn hold_inference_slot(&self) -> Result<InferenceSlot> {
+        let permit = self
+            .inference
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| err(ErrorCode::Unavailable, "the server is shutting down"))?;
+        Ok(InferenceSlot { _permit: permit })
+    }
+
     // ------------------------------------------------------------------------------------------
     // Authentication
 
-    fn rate_limit_check(&self, client_id: &str) -> Result<()> {
-        let f = self
-            .failures
-            .lock()
-            .map_err(|_| err(ErrorCode::Internal, "lock"))?;
-        if let Some((start, count)) = f.get(client_id) {
-            let elapsed = start.elapsed();
-            if elapsed < Duration::from_secs(60) && *count >= self.config.auth_failures_per_minute {
-                let wait = Duration::from_secs(60).saturating_sub(elapsed);
-                return Err(err(
-                    ErrorCode::RateLimited,
-                    "too many failed authentications for this client_id",
-                )
-                .with_retry_after_ms(u64::try_from(wait.as_millis()).unwrap_or(60_000)));
-            }
+    fn rate_limit_check(&self, client_id: Option<&str>, caller: &Caller) -> Result<()> {
+        if let Some(id) = client_id {
+            self.failures.check(
+                &FailureKey::Client(id.to_string()),
+                self.config.auth_failures_per_minute,
+            )?;
+        }
+        if let Some(ip) = caller.peer {
+            self.failures.check(
+                &FailureKey::Peer(ip),
+                self.config.auth_failures_per_minute_per_peer,
+            )?;
         }
         Ok(())
     }
 
-    fn record_failure(&self, client_id: &str) {
-        if let Ok(mut f) = self.failures.lock() {
-            let e = f
-                .entry(client_id.to_string())
-                .or_insert((Instant::now(), 0));
-            if e.0.elapsed() >= Duration::from_secs(60) {
-                *e = (Instant::now(), 0);
-            }
-            e.1 += 1;
+    fn record_failure(&self, client_id: Option<&str>, caller: &Caller) {
+        if let Some(id) = client_id {
+            self.failures.record(FailureKey::Client(id.to_string()));
+        }
+        if let Some(ip) = caller.peer {
+            self.failures.record(FailureKey::Peer(ip));
         }
     }
 
@@ -216,13 +386,15 @@ impl Service {
             .await
     }
 
-    /// Checks the bearer token of `client_id` (constant time, rate-limited); returns its record.
+    /// Checks the bearer token of `client_id` (constant time, rate-limited per client id and
+    /// per peer address); returns its record.
     async fn authenticate(
         &self,
         client_id: &str,
         token: Option<&AuthToken>,
+        caller: &Caller,
     ) -> Result<ClientRecord> {
-        self.rate_limit_check(client_id)?;
+        self.rate_limit_check(Some(client_id), caller)?;
         let record = self.record(client_id).await?;
         let verdict = match &record {
             Some(r) => r.token_hash.verify(token),
@@ -243,7 +415,7 @@ impl Service {
                 Ok(r)
             }
             (Err(e), _) => {
-                self.record_failure(client_id);
+                self.record_failure(Some(client_id), caller);
                 Err(e)
             }
             (Ok(()), None) => Err(err(ErrorCode::Unauthorized, "unknown client")),
@@ -290,6 +462,7 @@ impl Service {
     pub async fn provision_begin(
         &self,
         args: &ProvisionKeysBeginArgs,
+        caller: &Caller,
     ) -> Result<ProvisionKeysBeginResult> {
         let alg = args.validate(&self.config.limits)?;
         if !self
@@ -325,7 +498,12 @@ impl Service {
         match args.mode {
             ProvisionMode::New => {
                 if let Some(hash) = &self.config.enrollment_token_hash {
-                    hash.verify(args.enrollment_token.as_ref())?;
+                    // Every new client id is fresh, so enrollment guesses count per address.
+                    self.rate_limit_check(None, caller)?;
+                    if let Err(e) = hash.verify(args.enrollment_token.as_ref()) {
+                        self.record_failure(None, caller);
+                        return Err(e);
+                    }
                 }
                 if let Some(r) = self.record(&args.client_id).await? {
                     return Err(if r.revoked {
@@ -342,12 +520,13 @@ impl Service {
                 }
             }
             ProvisionMode::Rotate => {
-                self.authenticate(&args.client_id, args.auth_token.as_ref())
+                self.authenticate(&args.client_id, args.auth_token.as_ref(), caller)
                     .await?;
             }
         }
         let provisioning_id = random_hex(16)?;
-        let expires_at = now() + self.config.provisioning_ttl.as_secs();
+        let expires_at_ms = now_ms().saturating_add(millis(self.config.provisioning_ttl));
+        let expires_at = expires_at_ms.div_ceil(1000);
         let meta = ProvisioningMeta {
             client_id: args.client_id.clone(),
             mode: args.mode,
@@ -359,6 +538,7 @@ impl Service {
             total_chunks: args.total_chunks,
             key_uri: args.key_uri.clone(),
             expires_at,
+            expires_at_ms,
         };
         self.store
             .put_json(
@@ -384,25 +564,76 @@ impl Service {
             .ok_or_else(|| err(ErrorCode::ParameterMismatch, "unknown parameter set"))
     }
 
-    async fn provisioning(&self, client_id: &str, id: &str) -> Result<ProvisioningMeta> {
-        let meta: ProvisioningMeta = self
+    async fn tombstone(&self, kind: &str, id: &str) -> Result<Option<Tombstone>> {
+        Ok(self
             .store
-            .get_json(&path(&["provisioning", id, "meta.json"]))
+            .get_json::<Tombstone>(&path(&["tombstones", kind, id]))
             .await?
-            .ok_or_else(|| err(ErrorCode::UnknownSession, "unknown provisioning_id"))?;
+            .filter(|t| t.keep_until_ms >= now_ms()))
+    }
+
+    async fn put_tombstone(
+        &self,
+        kind: &str,
+        id: &str,
+        client_id: &str,
+        expired_at_ms: u64,
+    ) -> Result<()> {
+        let t = Tombstone {
+            client_id: client_id.to_string(),
+            expired_at_ms,
+            keep_until_ms: now_ms().saturating_add(millis(self.config.tombstone_ttl)),
+        };
+        self.store
+            .put_json(&path(&["tombstones", kind, id]), &t)
+            .await
+    }
+
+    async fn provisioning(&self, client_id: &str, id: &str) -> Result<ProvisioningMeta> {
+        let Some(meta) = self
+            .store
+            .get_json::<ProvisioningMeta>(&path(&["provisioning", id, "meta.json"]))
+            .await?
+        else {
+            return Err(match self.tombstone("provisioning", id).await? {
+                Some(t) if t.client_id == client_id => expired_error("key upload", t.expired_at_ms),
+                _ => err(ErrorCode::UnknownSession, "unknown provisioning_id"),
+            });
+        };
         if meta.client_id != client_id {
             return Err(err(
                 ErrorCode::SessionForbidden,
                 "this provisioning_id belongs to another client_id",
             ));
         }
-        if meta.expires_at < now() {
-            return Err(err(
-                ErrorCode::Expired,
-                "this key upload expired; begin again",
-            ));
+        if meta.expired(now_ms()) {
+            return Err(expired_error("key upload", meta.expires_at_ms()));
         }
         Ok(meta)
+    }
+
+    /// Makes sure the ledger knows the chunks a Step 0 upload already has in the store.
+    async fn seed_upload(&self, provisioning_id: &str) -> Result<()> {
+        let prefix = path(&["provisioning", provisioning_id, "chunks"]);
+        for _ in 0..4 {
+            if self.ledger.upload_seeded(provisioning_id) {
+                return Ok(());
+            }
+            let epoch = self.ledger.epoch();
+            let chunks = self
+                .store
+                .list(&prefix)
+                .await?
+                .into_iter()
+                .filter_map(|(p, size, _)| Some((p.filename()?.parse::<u32>().ok()?, size)));
+            if self.ledger.seed_upload(provisioning_id, epoch, chunks) {
+                return Ok(());
+            }
+        }
+        Err(err(
+            ErrorCode::Unavailable,
+            "staged data kept changing while it was counted; retry",
+        ))
     }
 
     /// Stages one chunk of a key bundle.
@@ -421,46 +652,40 @@ impl Service {
             ));
         }
         let bytes = decode_base64_limited(&args.chunk_b64, self.config.limits.max_chunk_bytes)?;
-        let prefix = path(&["provisioning", &args.provisioning_id, "chunks"]);
-        let staged: u64 = self.store.list(&prefix).await?.iter().map(|x| x.1).sum();
-        if staged + bytes.len() as u64 > meta.bundle_bytes {
-            // A duplicate of a stored chunk is still fine; anything else runs past the size.
-            let existing = self
-                .store
-                .get(&path(&[
-                    "provisioning",
-                    &args.provisioning_id,
-                    "chunks",
-                    &chunk_name(args.chunk_index),
-                ]))
-                .await?;
-            if existing.as_deref() != Some(&bytes[..]) {
-                return Err(err(
-                    ErrorCode::ObjectTooLarge,
-                    format!("the chunks run past bundle_bytes = {}", meta.bundle_bytes),
-                ));
-            }
-        }
         let chunk_bytes = bytes.len() as u64;
-        let write = self
-            .store
-            .put_once(
-                &path(&[
-                    "provisioning",
-                    &args.provisioning_id,
-                    "chunks",
-                    &chunk_name(args.chunk_index),
-                ]),
-                bytes,
-            )
-            .await?;
-        let received = self.store.list(&prefix).await?.len();
+        let admission = loop {
+            match self.ledger.admit_upload_chunk(
+                &args.provisioning_id,
+                args.chunk_index,
+                chunk_bytes,
+                meta.bundle_bytes,
+            )? {
+                Admission::Unseeded => self.seed_upload(&args.provisioning_id).await?,
+                a => break a,
+            }
+        };
+        let chunk_path = path(&[
+            "provisioning",
+            &args.provisioning_id,
+            "chunks",
+            &chunk_name(args.chunk_index),
+        ]);
+        let write = match self.store.put_once(&chunk_path, bytes).await {
+            Ok(w) => w,
+            Err(e) => {
+                if admission == Admission::New {
+                    self.ledger
+                        .release_upload_chunk(&args.provisioning_id, args.chunk_index);
+                }
+                return Err(e);
+            }
+        };
         Ok(ProvisionKeysChunkAck {
             ok: true,
             provisioning_id: args.provisioning_id.clone(),
             chunk_index: args.chunk_index,
             chunk_bytes,
-            received_chunks: u32::try_from(received).unwrap_or(u32::MAX),
+            received_chunks: self.ledger.upload_received(&args.provisioning_id),
             total_chunks: meta.total_chunks,
             duplicate: write == ChunkWrite::Duplicate,
         })
@@ -604,6 +829,7 @@ impl Service {
         self.store
             .delete_prefix(&path(&["provisioning", &args.provisioning_id]))
             .await?;
+        self.ledger.remove_upload(&args.provisioning_id);
         self.forget_keys(&args.client_id);
         Ok(ProvisionKeysResult {
             ok: true,
@@ -622,10 +848,10 @@ impl Service {
     }
 
     /// Revokes a client's keys and deletes its sessions.
-    pub async fn revoke(&self, args: &RevokeKeysArgs) -> Result<RevokeKeysResult> {
+    pub async fn revoke(&self, args: &RevokeKeysArgs, caller: &Caller) -> Result<RevokeKeysResult> {
         args.validate()?;
         let mut record = self
-            .authenticate(&args.client_id, args.auth_token.as_ref())
+            .authenticate(&args.client_id, args.auth_token.as_ref(), caller)
             .await?;
         let mut sessions_deleted = 0u32;
         for sid in self
@@ -639,6 +865,7 @@ impl Service {
             self.store.delete(&path(&["owners", &sid])).await?;
             sessions_deleted += 1;
         }
+        self.ledger.remove_client(&args.client_id);
         self.store
             .delete_prefix(&path(&["clients", &args.client_id, "keys"]))
             .await?;
@@ -659,25 +886,72 @@ impl Service {
     // ------------------------------------------------------------------------------------------
     // Sessions
 
+    /// When a session was last used (Unix milliseconds), from its `touched` record; `None` if it
+    /// has none yet.
+    async fn last_use_ms(&self, client_id: &str, session_id: &str) -> Result<Option<u64>> {
+        Ok(self
+            .store
+            .get(&path(&["sessions", client_id, session_id, "touched"]))
+            .await?
+            .and_then(|t| parse_touched(&t)))
+    }
+
+    /// When a session last used at `last_use_ms` expires.
+    fn expiry_of(&self, last_use_ms: u64) -> u64 {
+        last_use_ms.saturating_add(millis(self.config.session_ttl))
+    }
+
+    fn is_stale(&self, last_use_ms: u64, now_ms: u64) -> bool {
+        self.expiry_of(last_use_ms) < now_ms
+    }
+
+    /// Removes a session that expired at `expired_at_ms`: the tombstone first, so that no call
+    /// in between hears `ERROR_UNKNOWN_SESSION`, then its objects and results, then its owner.
+    async fn expire_session(
+        &self,
+        client_id: &str,
+        session_id: &str,
+        expired_at_ms: u64,
+    ) -> Result<()> {
+        self.put_tombstone("sessions", session_id, client_id, expired_at_ms)
+            .await?;
+        self.store
+            .delete_prefix(&path(&["sessions", client_id, session_id]))
+            .await?;
+        self.ledger.remove_session(client_id, session_id);
+        self.store.delete(&path(&["owners", session_id])).await
+    }
+
+    /// Checks that `session_id` is a live session of `client_id`; with `create`, makes it one
+    /// if nobody owns it (within the per-client session quota).
     async fn claim_session(&self, client_id: &str, session_id: &str, create: bool) -> Result<()> {
         let owner_path = path(&["owners", session_id]);
         match self.store.get(&owner_path).await? {
-            Some(owner) if owner == client_id.as_bytes() => Ok(()),
+            Some(owner) if owner == client_id.as_bytes() => {
+                if let Some(last) = self.last_use_ms(client_id, session_id).await?
+                    && self.is_stale(last, now_ms())
+                {
+                    let expired_at = self.expiry_of(last);
+                    self.expire_session(client_id, session_id, expired_at)
+                        .await?;
+                    return Err(expired_error("session", expired_at));
+                }
+                Ok(())
+            }
             Some(_) => Err(err(
                 ErrorCode::SessionForbidden,
                 "this session belongs to another client",
             )),
-            None if create => {
-                let live = self.store.children(&path(&["sessions", client_id])).await?;
-                if live.len() >= self.config.max_sessions_per_client {
-                    return Err(err(
-                        ErrorCode::QuotaExceeded,
-                        format!(
-                            "at most {} live sessions per client",
-                            self.config.max_sessions_per_client
-                        ),
-                    ));
+            None => {
+                if let Some(t) = self.tombstone("sessions", session_id).await?
+                    && t.client_id == client_id
+                {
+                    return Err(expired_error("session", t.expired_at_ms));
                 }
+                if !create {
+                    return Err(err(ErrorCode::UnknownSession, "unknown session"));
+                }
+                self.check_session_quota(client_id).await?;
                 match self
                     .store
                     .put_once(&owner_path, client_id.as_bytes().to_vec())
@@ -691,25 +965,165 @@ impl Service {
                     Err(e) => Err(e),
                 }
             }
-            None => Err(err(ErrorCode::UnknownSession, "unknown session")),
         }
+    }
+
+    /// `ERROR_QUOTA_EXCEEDED` if the client has as many live sessions as it may; sessions that
+    /// expired but were not collected yet are removed first and do not count.
+    async fn check_session_quota(&self, client_id: &str) -> Result<()> {
+        let max = self.config.max_sessions_per_client;
+        let mut live = self.store.children(&path(&["sessions", client_id])).await?;
+        if live.len() >= max {
+            let now = now_ms();
+            let mut kept = Vec::new();
+            for sid in live {
+                match self.last_use_ms(client_id, &sid).await? {
+                    Some(last) if self.is_stale(last, now) => {
+                        self.expire_session(client_id, &sid, self.expiry_of(last))
+                            .await?;
+                    }
+                    _ => kept.push(sid),
+                }
+            }
+            live = kept;
+        }
+        if live.len() >= max {
+            return Err(err(
+                ErrorCode::QuotaExceeded,
+                format!("at most {max} live sessions per client; delete one first"),
+            )
+            .with_details(serde_json::json!({ "max_sessions_per_client": max })));
+        }
+        Ok(())
     }
 
     async fn touch(&self, client_id: &str, session_id: &str) -> Result<()> {
         self.store
             .put(
                 &path(&["sessions", client_id, session_id, "touched"]),
-                now().to_string().into_bytes(),
+                now_ms().to_string().into_bytes(),
             )
             .await
     }
 
-    /// Stages one ciphertext chunk (draft 6.3).
-    pub async fn upload_chunk(&self, args: &UploadCiphertextChunkArgs) -> Result<UploadChunkAck> {
+    /// Makes sure the ledger knows what the client already has in the store (one listing per
+    /// client and process lifetime).
+    async fn seed_client_usage(&self, client_id: &str) -> Result<()> {
+        let prefix = path(&["sessions", client_id]);
+        for _ in 0..4 {
+            if self.ledger.client_seeded(client_id) {
+                return Ok(());
+            }
+            let epoch = self.ledger.epoch();
+            let items: Vec<SeedItem> = self
+                .store
+                .list(&prefix)
+                .await?
+                .into_iter()
+                .filter_map(|(p, size, _)| {
+                    let parts: Vec<String> = p
+                        .prefix_match(&prefix)?
+                        .map(|part| part.as_ref().to_string())
+                        .collect();
+                    match parts.as_slice() {
+                        [session, kind, name, index] if kind == "objects" => {
+                            Some((session.clone(), object_key(name), index.parse().ok()?, size))
+                        }
+                        [session, kind, id] if kind == "results" => {
+                            Some((session.clone(), result_key(id), 0, size))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect();
+            if self.ledger.seed_client(client_id, epoch, items) {
+                return Ok(());
+            }
+        }
+        Err(err(
+            ErrorCode::Unavailable,
+            "staged data kept changing while it was counted; retry",
+        ))
+    }
+
+    /// Counts `size` bytes of `object` chunk `index` against the object and client limits.
+    async fn admit(
+        &self,
+        client_id: &str,
+        session_id: &str,
+        object: &str,
+        index: u32,
+        size: u64,
+        max_object_bytes: u64,
+    ) -> Result<Admission> {
+        loop {
+            match self.ledger.admit_chunk(
+                client_id,
+                session_id,
+                object,
+                index,
+                size,
+                max_object_bytes,
+                self.config.max_bytes_per_client,
+            )? {
+                Admission::Unseeded => self.seed_client_usage(client_id).await?,
+                a => return Ok(a),
+            }
+        }
+    }
+
+    /// Stages one ciphertext chunk (draft 6.3). Costs a constant number of store operations:
+    /// counts and quotas come from the ledger, duplicates from the create-if-absent write.
+    pub async fn upload_chunk(
+        &self,
+        args: &UploadCiphertextChunkArgs,
+        caller: &Caller,
+    ) -> Result<UploadChunkAck> {
         args.validate(&self.config.limits)?;
-        self.authenticate(&args.client_id, args.auth_token.as_ref())
+        self.authenticate(&args.client_id, args.auth_token.as_ref(), caller)
             .await?;
         let bytes = decode_base64_limited(&args.chunk_b64, self.config.limits.max_chunk_bytes)?;
+        let chunk_bytes = bytes.len() as u64;
+        let object = object_key(&args.file_name);
+        // Sizes and quotas first, so a refused chunk leaves nothing behind, not even a session.
+        let admission = self
+            .admit(
+                &args.client_id,
+                &args.session_id,
+                &object,
+                args.chunk_index,
+                chunk_bytes,
+                self.config.limits.max_object_bytes,
+            )
+            .await?;
+        let result = self.stage_chunk(args, bytes).await;
+        if result.is_err() && admission == Admission::New {
+            self.ledger
+                .release_chunk(&args.client_id, &args.session_id, &object, args.chunk_index);
+        }
+        let write = result?;
+        self.touch(&args.client_id, &args.session_id).await?;
+        let received = self
+            .ledger
+            .received(&args.client_id, &args.session_id, &object);
+        Ok(UploadChunkAck {
+            ok: true,
+            file_name: args.file_name.clone(),
+            chunk_index: args.chunk_index,
+            chunk_bytes,
+            total_chunks: args.total_chunks,
+            received_chunks: received,
+            object_complete: received >= args.total_chunks,
+            duplicate: write == ChunkWrite::Duplicate,
+        })
+    }
+
+    /// The store side of [`Service::upload_chunk`]: session, `total_chunks`, the chunk.
+    async fn stage_chunk(
+        &self,
+        args: &UploadCiphertextChunkArgs,
+        bytes: Vec<u8>,
+    ) -> Result<ChunkWrite> {
         self.claim_session(&args.client_id, &args.session_id, true)
             .await?;
         let object = path(&[
@@ -766,53 +1180,9 @@ impl Service {
                 }
             }
         }
-        let chunks: Vec<(object_store::path::Path, u64, u64)> = self
-            .store
-            .list(&object)
-            .await?
-            .into_iter()
-            .filter(|(p, ..)| p.filename() != Some("total"))
-            .collect();
-        let chunk_path = object.clone().join(chunk_name(args.chunk_index));
-        let already = chunks.iter().any(|(p, ..)| *p == chunk_path);
-        if !already {
-            let object_bytes: u64 = chunks.iter().map(|c| c.1).sum();
-            Limits::check_object_size(
-                object_bytes,
-                bytes.len() as u64,
-                self.config.limits.max_object_bytes,
-            )?;
-            let client_bytes: u64 = self
-                .store
-                .list(&path(&["sessions", &args.client_id]))
-                .await?
-                .iter()
-                .map(|c| c.1)
-                .sum();
-            if client_bytes + bytes.len() as u64 > self.config.max_bytes_per_client {
-                return Err(err(
-                    ErrorCode::QuotaExceeded,
-                    format!(
-                        "at most {} bytes staged per client",
-                        self.config.max_bytes_per_client
-                    ),
-                ));
-            }
-        }
-        let chunk_bytes = bytes.len() as u64;
-        let write = self.store.put_once(&chunk_path, bytes).await?;
-        self.touch(&args.client_id, &args.session_id).await?;
-        let received = chunks.len() as u32 + u32::from(!already);
-        Ok(UploadChunkAck {
-            ok: true,
-            file_name: args.file_name.clone(),
-            chunk_index: args.chunk_index,
-            chunk_bytes,
-            total_chunks: args.total_chunks,
-            received_chunks: received,
-            object_complete: received == args.total_chunks,
-            duplicate: write == ChunkWrite::Duplicate,
-        })
+        self.store
+            .put_once(&object.join(chunk_name(args.chunk_index)), bytes)
+            .await
     }
 
     async fn object_status(&self, client_id: &str, session_id: &str) -> Result<Vec<ObjectStatus>> {
@@ -846,19 +1216,21 @@ impl Service {
     }
 
     async fn session_expires_at(&self, client_id: &str, session_id: &str) -> Result<u64> {
-        let touched: u64 = self
-            .store
-            .get(&path(&["sessions", client_id, session_id, "touched"]))
+        let last = self
+            .last_use_ms(client_id, session_id)
             .await?
-            .and_then(|t| String::from_utf8(t).ok()?.parse().ok())
-            .unwrap_or_else(now);
-        Ok(touched + self.config.session_ttl.as_secs())
+            .unwrap_or_else(now_ms);
+        Ok(self.expiry_of(last).div_ceil(1000))
     }
 
     /// What a session holds (to resume an interrupted upload).
-    pub async fn session_status(&self, args: &SessionArgs) -> Result<SessionStatus> {
+    pub async fn session_status(
+        &self,
+        args: &SessionArgs,
+        caller: &Caller,
+    ) -> Result<SessionStatus> {
         args.validate()?;
-        self.authenticate(&args.client_id, args.auth_token.as_ref())
+        self.authenticate(&args.client_id, args.auth_token.as_ref(), caller)
             .await?;
         self.claim_session(&args.client_id, &args.session_id, false)
             .await?;
@@ -887,23 +1259,33 @@ impl Service {
         })
     }
 
-    /// Deletes a session's objects and results.
-    pub async fn delete_session(&self, args: &SessionArgs) -> Result<DeleteSessionResult> {
+    /// Deletes a session's objects and results. On an expired session it also drops the
+    /// tombstone, so the client may use the session id again.
+    pub async fn delete_session(
+        &self,
+        args: &SessionArgs,
+        caller: &Caller,
+    ) -> Result<DeleteSessionResult> {
         args.validate()?;
-        self.authenticate(&args.client_id, args.auth_token.as_ref())
+        self.authenticate(&args.client_id, args.auth_token.as_ref(), caller)
             .await?;
+        let not_deleted = || DeleteSessionResult {
+            ok: true,
+            session_id: args.session_id.clone(),
+            deleted: false,
+            bytes_freed: 0,
+        };
         match self
             .claim_session(&args.client_id, &args.session_id, false)
             .await
         {
             Ok(()) => {}
-            Err(e) if e.error_code == ErrorCode::UnknownSession => {
-                return Ok(DeleteSessionResult {
-                    ok: true,
-                    session_id: args.session_id.clone(),
-                    deleted: false,
-                    bytes_freed: 0,
-                });
+            Err(e) if e.error_code == ErrorCode::UnknownSession => return Ok(not_deleted()),
+            Err(e) if e.error_code == ErrorCode::Expired => {
+                self.store
+                    .delete(&path(&["tombstones", "sessions", &args.session_id]))
+                    .await?;
+                return Ok(not_deleted());
             }
             Err(e) => return Err(e),
         }
@@ -911,6 +1293,8 @@ impl Service {
             .store
             .delete_prefix(&path(&["sessions", &args.client_id, &args.session_id]))
             .await?;
+        self.ledger
+            .remove_session(&args.client_id, &args.session_id);
         self.store
             .delete(&path(&["owners", &args.session_id]))
             .await?;
@@ -922,44 +1306,81 @@ impl Service {
         })
     }
 
-    /// Deletes sessions unused for longer than the session lifetime and expired Step 0
-    /// uploads; returns how many of each.
-    pub async fn collect_garbage(&self) -> Result<(usize, usize)> {
-        let cutoff = now().saturating_sub(self.config.session_ttl.as_secs());
-        let mut sessions = 0;
+    /// One garbage-collection pass: removes sessions unused for longer than the session
+    /// lifetime (staged chunks and results with them) and expired Step 0 uploads, leaving a
+    /// tombstone for each; removes tombstones past their keeping time and ownership records
+    /// whose session never got content. Client records and keys are never touched.
+    pub async fn collect_garbage(&self) -> Result<GarbageCollected> {
+        let mut done = GarbageCollected::default();
+        let now = now_ms();
+        let ttl = millis(self.config.session_ttl);
+        let mut known = HashSet::new();
         for client in self.store.children(&path(&["sessions"])).await? {
             for sid in self.store.children(&path(&["sessions", &client])).await? {
                 let prefix = path(&["sessions", &client, &sid]);
-                let newest = self
-                    .store
-                    .list(&prefix)
-                    .await?
-                    .iter()
-                    .map(|x| x.2)
-                    .max()
-                    .unwrap_or(0);
-                if newest < cutoff {
-                    self.store.delete_prefix(&prefix).await?;
-                    self.store.delete(&path(&["owners", &sid])).await?;
-                    sessions += 1;
+                // Without a `touched` record (a write cut short), the newest object tells.
+                let last = match self.last_use_ms(&client, &sid).await? {
+                    Some(t) => t,
+                    None => self
+                        .store
+                        .list(&prefix)
+                        .await?
+                        .iter()
+                        .map(|x| x.2)
+                        .max()
+                        .unwrap_or(0),
+                };
+                if self.is_stale(last, now) {
+                    self.expire_session(&client, &sid, self.expiry_of(last))
+                        .await?;
+                    done.sessions += 1;
+                } else {
+                    known.insert(sid);
                 }
             }
         }
-        let mut uploads = 0;
+        // An owner record is written before the session's first object: one older than the
+        // session lifetime without a session is left over from a refused or interrupted upload.
+        for (owner, _, modified) in self.store.list(&path(&["owners"])).await? {
+            if let Some(sid) = owner.filename()
+                && !known.contains(sid)
+                && modified.saturating_add(ttl) < now
+            {
+                self.store.delete(&owner).await?;
+                done.orphans += 1;
+            }
+        }
         for pid in self.store.children(&path(&["provisioning"])).await? {
             let meta: Option<ProvisioningMeta> = self
                 .store
                 .get_json(&path(&["provisioning", &pid, "meta.json"]))
                 .await
                 .unwrap_or(None);
-            if meta.is_none_or(|m| m.expires_at < now()) {
+            let expired = match &meta {
+                Some(m) => m.expired(now),
+                None => true,
+            };
+            if expired {
+                if let Some(m) = &meta {
+                    self.put_tombstone("provisioning", &pid, &m.client_id, m.expires_at_ms())
+                        .await?;
+                }
                 self.store
                     .delete_prefix(&path(&["provisioning", &pid]))
                     .await?;
-                uploads += 1;
+                self.ledger.remove_upload(&pid);
+                done.uploads += 1;
             }
         }
-        Ok((sessions, uploads))
+        let keep = millis(self.config.tombstone_ttl);
+        for (stone, _, modified) in self.store.list(&path(&["tombstones"])).await? {
+            if modified.saturating_add(keep) < now {
+                self.store.delete(&stone).await?;
+                done.tombstones += 1;
+            }
+        }
+        self.failures.sweep();
+        Ok(done)
     }
 
     // ------------------------------------------------------------------------------------------
@@ -1015,18 +1436,136 @@ impl Service {
         Ok(ev)
     }
 
-    /// Evaluates the model on a staged session (draft 6.3/6.4, 7.1, 7.2). `cancel` is polled
-    /// between steps; `progress` hears every step.
+    /// Loads the model's input objects from a session, looked up by name; every object that is
+    /// absent or lacks chunks is listed in one `ERROR_INCOMPLETE_UPLOAD`.
+    async fn load_inputs(
+        &self,
+        client_id: &str,
+        session_id: &str,
+        served: &ServedModel,
+    ) -> Result<(Vec<Ciphertext>, u64)> {
+        let status: HashMap<String, ObjectStatus> = self
+            .object_status(client_id, session_id)
+            .await?
+            .into_iter()
+            .map(|o| (o.file_name.clone(), o))
+            .collect();
+        let mut ready = Vec::new();
+        let mut missing = Vec::new();
+        for name in &served.info.input_objects {
+            match status.get(name) {
+                Some(o) if o.total_chunks > 0 && o.missing_chunks.is_empty() => {
+                    ready.push((name, o.total_chunks));
+                }
+                Some(o) => missing.push(serde_json::json!({
+                    "file_name": name,
+                    "missing_chunks": o.missing_chunks,
+                })),
+                None => missing.push(serde_json::json!({"file_name": name, "absent": true})),
+            }
+        }
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing
+                .iter()
+                .filter_map(|m| m["file_name"].as_str())
+                .collect();
+            return Err(err(
+                ErrorCode::IncompleteUpload,
+                format!("the session lacks input chunks of {}", names.join(", ")),
+            )
+            .with_details(serde_json::json!({ "missing": missing })));
+        }
+        let limit = usize::try_from(self.config.limits.max_object_bytes).unwrap_or(usize::MAX);
+        let mut cts = Vec::with_capacity(ready.len());
+        let mut input_bytes = 0u64;
+        for (name, total_chunks) in ready {
+            let bytes = self
+                .assemble(
+                    &path(&["sessions", client_id, session_id, "objects", name]),
+                    total_chunks,
+                )
+                .await?;
+            input_bytes += bytes.len() as u64;
+            let ct = Ciphertext::from_bytes(served.params(), &bytes, limit)
+                .map_err(|e| ToolError::from_ckks(&e, ErrorCode::MalformedCiphertext))?;
+            if ct.level() < served.model.input_level() || ct.degree() != 1 {
+                return Err(err(
+                    ErrorCode::MalformedCiphertext,
+                    format!(
+                        "{name}: level {} (the model needs {}), degree {}",
+                        ct.level(),
+                        served.model.input_level(),
+                        ct.degree()
+                    ),
+                ));
+            }
+            cts.push(ct);
+        }
+        Ok((cts, input_bytes))
+    }
+
+    /// The wait to suggest with `ERROR_BUSY`: about one evaluation.
+    fn busy_retry_ms(&self) -> u64 {
+        match self.eval_ms.load(Ordering::Relaxed) {
+            0 => 1_000,
+            ms => ms.clamp(100, 60_000),
+        }
+    }
+
+    fn note_eval_time(&self, seconds: f64) {
+        let ms = (seconds * 1000.0).clamp(1.0, 3_600_000.0) as u64;
+        let old = self.eval_ms.load(Ordering::Relaxed);
+        let new = if old == 0 { ms } else { (3 * old + ms) / 4 };
+        self.eval_ms.store(new, Ordering::Relaxed);
+    }
+
+    /// Waits for an inference slot: `ERROR_BUSY` (retryable, with `retry_after_ms`) after the
+    /// queue timeout, `ERROR_CANCELLED` as soon as `cancel` fires.
+    async fn inference_slot(&self, cancel: &CancellationToken) -> Result<OwnedSemaphorePermit> {
+        let acquire = tokio::time::timeout(
+            self.config.queue_timeout,
+            self.inference.clone().acquire_owned(),
+        );
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                Counters::bump(&self.counters.cancelled_waiting);
+                Err(cancelled())
+            }
+            waited = acquire => match waited {
+                Ok(Ok(permit)) => Ok(permit),
+                Ok(Err(_)) => Err(err(ErrorCode::Unavailable, "the server is shutting down")),
+                Err(_) => {
+                    Counters::bump(&self.counters.busy);
+                    Err(err(
+                        ErrorCode::Busy,
+                        format!(
+                            "all {} inference slots stayed busy for {} ms",
+                            self.config.max_concurrent_inferences.max(1),
+                            millis(self.config.queue_timeout)
+                        ),
+                    )
+                    .with_retry_after_ms(self.busy_retry_ms()))
+                }
+            },
+        }
+    }
+
+    /// Evaluates the model on a staged session (draft 6.3/6.4, 7.1, 7.2), in a pool of at most
+    /// `omp_threads` threads (capped at the server's maximum). `cancel` stops the wait for a
+    /// slot at once and the evaluation at its next step, and no result is kept; `progress`
+    /// hears every step.
     pub async fn infer(
         &self,
         args: &RemoteInferenceArgs,
-        cancel: Arc<AtomicBool>,
+        caller: &Caller,
+        cancel: CancellationToken,
         progress: ProgressFn,
     ) -> Result<RemoteInferenceResult> {
         let t_total = Instant::now();
         let alg = args.validate()?;
         let record = self
-            .authenticate(&args.client_id, args.auth_token.as_ref())
+            .authenticate(&args.client_id, args.auth_token.as_ref(), caller)
             .await?;
         if let Some(k) = &args.key_ref {
             let (_, version) = parse_key_ref(k)?;
@@ -1069,97 +1608,65 @@ impl Service {
 
         // Inputs: complete objects, then decoded with a size limit and conformance checks.
         let t_load = Instant::now();
-        let status = self
-            .object_status(&args.client_id, &args.session_id)
+        let (cts, input_bytes) = self
+            .load_inputs(&args.client_id, &args.session_id, served)
             .await?;
-        let mut missing = Vec::new();
-        for name in &served.info.input_objects {
-            match status.iter().find(|o| &o.file_name == name) {
-                Some(o) if o.missing_chunks.is_empty() && o.total_chunks > 0 => {}
-                Some(o) => missing.push(
-                    serde_json::json!({"file_name": name, "missing_chunks": o.missing_chunks}),
-                ),
-                None => missing.push(serde_json::json!({"file_name": name, "absent": true})),
-            }
-        }
-        if !missing.is_empty() {
-            return Err(err(
-                ErrorCode::IncompleteUpload,
-                "the session lacks input chunks",
-            )
-            .with_details(serde_json::json!({ "missing": missing })));
-        }
-        let mut cts = Vec::new();
-        let mut input_bytes = 0u64;
-        let limit = usize::try_from(self.config.limits.max_object_bytes).unwrap_or(usize::MAX);
-        for (name, o) in served.info.input_objects.iter().zip(
-            served
-                .info
-                .input_objects
-                .iter()
-                .filter_map(|n| status.iter().find(|o| &o.file_name == n)),
-        ) {
-            let bytes = self
-                .assemble(
-                    &path(&[
-                        "sessions",
-                        &args.client_id,
-                        &args.session_id,
-                        "objects",
-                        name,
-                    ]),
-                    o.total_chunks,
-                )
-                .await?;
-            input_bytes += bytes.len() as u64;
-            let ct = Ciphertext::from_bytes(served.params(), &bytes, limit)
-                .map_err(|e| ToolError::from_ckks(&e, ErrorCode::MalformedCiphertext))?;
-            if ct.level() < served.model.input_level() || ct.degree() != 1 {
-                return Err(err(
-                    ErrorCode::MalformedCiphertext,
-                    format!(
-                        "{name}: level {} (the model needs {}), degree {}",
-                        ct.level(),
-                        served.model.input_level(),
-                        ct.degree()
-                    ),
-                ));
-            }
-            cts.push(ct);
-        }
         let ev = self.evaluator(&record, served).await?;
         served
             .model
             .check_keys(&ev)
             .map_err(|e| compile_error(&e))?;
+        let threads = self.pools.threads_for(args.omp_threads);
+        let pool = self.pools.pool(threads)?;
         let load_s = t_load.elapsed().as_secs_f64();
 
         let t_queue = Instant::now();
-        let permit = tokio::time::timeout(self.config.queue_timeout, self.inference.acquire())
-            .await
-            .map_err(|_| {
-                err(ErrorCode::Busy, "all inference slots are busy").with_retry_after_ms(5_000)
-            })?
-            .map_err(|_| err(ErrorCode::Unavailable, "the server is shutting down"))?;
+        let permit = self.inference_slot(&cancel).await?;
         let queue_s = t_queue.elapsed().as_secs_f64();
         let t_infer = Instant::now();
+        let flag = Arc::new(AtomicBool::new(false));
+        let _stop = CancelOnDrop(flag.clone());
+        let watcher = {
+            let flag = flag.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                flag.store(true, Ordering::Relaxed);
+            })
+        };
         let registry = self.registry.clone();
         let model_name = name.clone();
+        let counters = self.counters.clone();
         let outcome = tokio::task::spawn_blocking(move || {
+            // The slot stays taken until the evaluation really ends, even if this request's
+            // future is dropped meanwhile.
+            let _permit = permit;
             let mut progress = progress;
             let served = registry
                 .get(&model_name)
                 .ok_or_else(|| err(ErrorCode::UnknownModel, "model vanished"))?;
-            served
-                .model
-                .evaluate(&ev, &cts, &cancel, |i, n, d| progress(i, n, d))
-                .map_err(|e| compile_error(&e))
+            let result = pool.install(|| {
+                served
+                    .model
+                    .evaluate(&ev, &cts, &flag, |i, n, d| progress(i, n, d))
+            });
+            Counters::bump(match &result {
+                Ok(_) => &counters.evaluated,
+                Err(CompileError::Cancelled) => &counters.cancelled_evaluating,
+                Err(_) => &counters.failed,
+            });
+            result.map_err(|e| compile_error(&e))
         })
         .await
-        .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-        drop(permit);
-        let (out, report) = outcome?;
+        .map_err(|e| err(ErrorCode::Internal, e.to_string()));
+        watcher.abort();
+        let (out, report) = outcome??;
         let infer_s = t_infer.elapsed().as_secs_f64();
+        self.note_eval_time(infer_s);
+        // Cancelled after the last step: nobody waits for this output, so none is kept.
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
 
         let t_ser = Instant::now();
         let first = out
@@ -1178,17 +1685,7 @@ impl Service {
             let chunk = self.config.limits.result_chunk_bytes.max(1);
             let total_chunks = u32::try_from((bytes.len() as u64).div_ceil(chunk))
                 .map_err(|_| err(ErrorCode::Internal, "result too large"))?;
-            self.store
-                .put(
-                    &path(&[
-                        "sessions",
-                        &args.client_id,
-                        &args.session_id,
-                        "results",
-                        &result_id,
-                    ]),
-                    bytes.clone(),
-                )
+            self.store_result(&args.client_id, &args.session_id, &result_id, &bytes)
                 .await?;
             (
                 None,
@@ -1198,7 +1695,8 @@ impl Service {
                     total_chunks,
                     chunk_bytes: chunk,
                     sha256: sha.clone(),
-                    expires_at: now() + self.config.session_ttl.as_secs(),
+                    expires_at: (now_ms().saturating_add(millis(self.config.session_ttl)))
+                        .div_ceil(1000),
                 }),
             )
         };
@@ -1220,7 +1718,7 @@ impl Service {
                 queue_s: Some(queue_s),
                 serialize_s: Some(serialize_s),
                 total_s: Some(t_total.elapsed().as_secs_f64()),
-                threads: u32::try_from(rayon::current_num_threads()).ok(),
+                threads: u32::try_from(threads).ok(),
                 input_bytes: Some(input_bytes),
                 step_s: report.step_seconds.clone(),
             },
@@ -1236,13 +1734,52 @@ impl Service {
         })
     }
 
+    /// Keeps an output by reference, counted against the client's byte quota.
+    async fn store_result(
+        &self,
+        client_id: &str,
+        session_id: &str,
+        result_id: &str,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let key = result_key(result_id);
+        let size = bytes.len() as u64;
+        self.admit(client_id, session_id, &key, 0, size, u64::MAX)
+            .await
+            .map_err(|e| {
+                if e.error_code == ErrorCode::QuotaExceeded {
+                    err(
+                        ErrorCode::QuotaExceeded,
+                        format!(
+                            "no room for a {size}-byte result by reference: {}; delete sessions, or accept the result inline",
+                            e.message
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })?;
+        let stored = self
+            .store
+            .put(
+                &path(&["sessions", client_id, session_id, "results", result_id]),
+                bytes.to_vec(),
+            )
+            .await;
+        if stored.is_err() {
+            self.ledger.release_chunk(client_id, session_id, &key, 0);
+        }
+        stored
+    }
+
     /// One chunk of an output kept by reference.
     pub async fn fetch_result_chunk(
         &self,
         args: &FetchResultChunkArgs,
+        caller: &Caller,
     ) -> Result<FetchResultChunkResult> {
         args.validate()?;
-        self.authenticate(&args.client_id, args.auth_token.as_ref())
+        self.authenticate(&args.client_id, args.auth_token.as_ref(), caller)
             .await?;
         self.claim_session(&args.client_id, &args.session_id, false)
             .await?;
@@ -1265,6 +1802,7 @@ impl Service {
                 format!("chunk_index {} outside 0..{total_chunks}", args.chunk_index),
             ));
         }
+        self.touch(&args.client_id, &args.session_id).await?;
         let start = args.chunk_index as usize * chunk;
         let piece = &bytes[start..(start + chunk).min(bytes.len())];
         Ok(FetchResultChunkResult {

@@ -13,7 +13,9 @@
 //! sessions/<client_id>/<session_id>/objects/<file_name>/total    total_chunks of the object
 //! sessions/<client_id>/<session_id>/objects/<file_name>/<index>  one chunk
 //! sessions/<client_id>/<session_id>/results/<result_id>          an output kept by reference
-//! sessions/<client_id>/<session_id>/touched                      last use
+//! sessions/<client_id>/<session_id>/touched                      last use (Unix milliseconds)
+//! tombstones/sessions/<session_id>                  an expired session removed by GC (JSON)
+//! tombstones/provisioning/<provisioning_id>         an expired Step 0 upload removed by GC
 //! keystore/<segments...>                            operator-placed bundles for `key_uri`
 //! ```
 //!
@@ -129,7 +131,7 @@ impl Store {
             .await
     }
 
-    /// Every object under a prefix: (location, size, last modified as Unix seconds).
+    /// Every object under a prefix: (location, size, last modified as Unix milliseconds).
     pub async fn list(&self, prefix: &Path) -> Result<Vec<(Path, u64, u64)>, ToolError> {
         let items: Vec<object_store::ObjectMeta> = self
             .inner
@@ -140,7 +142,7 @@ impl Store {
         Ok(items
             .into_iter()
             .map(|m| {
-                let t = u64::try_from(m.last_modified.timestamp()).unwrap_or(0);
+                let t = u64::try_from(m.last_modified.timestamp_millis()).unwrap_or(0);
                 (m.location, m.size, t)
             })
             .collect())

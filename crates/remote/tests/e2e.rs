@@ -3,7 +3,8 @@
 //! cause, and a restart between upload and inference.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
 use std::time::Duration;
 
 use cipherinfer_ckks::serialization::{FromBytes, ToBytes};
@@ -11,165 +12,14 @@ use cipherinfer_ckks::{Ciphertext, Decryptor, Encoder, KeyGenerator};
 use cipherinfer_compiler::ClientSpec;
 use cipherinfer_model::{Manifest, onnx, plain};
 use cipherinfer_protocol::validate::{encode_base64, sha256_hex};
-use cipherinfer_remote::{Server, ServerOptions};
-use rmcp::model::{
-    CallToolRequestParams, ClientRequest, ProgressNotificationParam, Request, ServerResult,
-};
-use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use common::remote::{call, chunks, connect, fails, ok, provision, start, temp_dir};
+use rmcp::model::{CallToolRequestParams, ClientRequest, Request, ServerResult};
+use rmcp::service::PeerRequestOptions;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-#[derive(Clone)]
-struct Client {
-    progress: mpsc::UnboundedSender<ProgressNotificationParam>,
-}
-
-impl ClientHandler for Client {
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _: NotificationContext<RoleClient>,
-    ) {
-        let _ = self.progress.send(params);
-    }
-}
-
-struct Running {
-    url: String,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn options(dir: &std::path::Path) -> ServerOptions {
-    let mut o = ServerOptions {
-        data_dir: dir.to_path_buf(),
-        models: vec!["mnist-cnn".into()],
-        ..ServerOptions::default()
-    };
-    // Chunks above 4 MiB are refused by the tool (the HTTP limit stays at the 32 MiB default).
-    o.service.limits.max_chunk_bytes = 4 * 1024 * 1024;
-    o
-}
-
-async fn start(dir: &std::path::Path) -> Running {
-    let server = Server::build(options(dir)).expect("server builds");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.run(listener, shutdown.clone()));
-    Running {
-        url,
-        shutdown,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
-    }
-}
-
-type Peer = RunningService<RoleClient, Client>;
-
-async fn connect(url: &str) -> (Peer, mpsc::UnboundedReceiver<ProgressNotificationParam>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let transport = StreamableHttpClientTransport::with_client(
-        reqwest::Client::new(),
-        StreamableHttpClientTransportConfig::with_uri(url.to_string()).max_sse_event_size(64 << 20),
-    );
-    (
-        Client { progress: tx }
-            .serve(transport)
-            .await
-            .expect("connect"),
-        rx,
-    )
-}
-
-/// Calls a tool; returns (is_error, structured content).
-async fn call(peer: &Peer, name: &str, args: Value) -> (bool, Value) {
-    let Value::Object(map) = args else {
-        panic!("object")
-    };
-    let r = peer
-        .call_tool(CallToolRequestParams::new(name.to_string()).with_arguments(map))
-        .await
-        .expect("tools/call");
-    (
-        r.is_error == Some(true),
-        r.structured_content.unwrap_or(Value::Null),
-    )
-}
-
-async fn ok(peer: &Peer, name: &str, args: Value) -> Value {
-    let (is_error, v) = call(peer, name, args).await;
-    assert!(!is_error, "{name} failed: {v}");
-    v
-}
-
-async fn fails(peer: &Peer, name: &str, args: Value, code: &str) -> Value {
-    let (is_error, v) = call(peer, name, args).await;
-    assert!(is_error, "{name} should fail with {code}: {v}");
-    assert_eq!(v["error_code"], code, "{name}: {v}");
-    v
-}
-
-fn chunks(bytes: &[u8], n: usize) -> Vec<String> {
-    bytes
-        .chunks(bytes.len().div_ceil(n))
-        .map(encode_base64)
-        .collect()
-}
-
-/// Step 0 for `client_id` with `bundle`; returns the token.
-async fn provision(peer: &Peer, client_id: &str, info: &Value, bundle: &[u8]) -> Value {
-    let parts = chunks(bundle, 4);
-    let begin = ok(
-        peer,
-        "provision_keys_begin",
-        json!({
-            "client_id": client_id,
-            "algorithm_id": info["algorithm_id"],
-            "parameter_id": info["parameter_id"],
-            "model": info["name"],
-            "bundle_bytes": bundle.len(),
-            "bundle_sha256": sha256_hex(bundle),
-            "total_chunks": parts.len(),
-        }),
-    )
-    .await;
-    let pid = begin["provisioning_id"].as_str().expect("id").to_string();
-    // Out of order, with one re-send.
-    for i in [2usize, 0, 3, 1, 2] {
-        let ack = ok(
-            peer,
-            "provision_keys_chunk",
-            json!({"client_id": client_id, "provisioning_id": pid, "chunk_index": i,
-                   "total_chunks": parts.len(), "chunk_b64": parts[i]}),
-        )
-        .await;
-        assert_eq!(ack["chunk_index"], i);
-    }
-    json!({"client_id": client_id, "provisioning_id": pid})
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step0_upload_inference_and_errors_over_http() {
-    let dir = std::env::temp_dir().join(format!(
-        "cipherinfer-e2e-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    ));
+    let dir = temp_dir("e2e");
     let server = start(&dir).await;
     let (peer, mut progress) = connect(&server.url).await;
 

@@ -9,8 +9,7 @@ use std::{
 };
 
 use cipherinfer_remote::transport::{ErrorBody, HttpConfig};
-use common::TestServer;
-use futures::StreamExt;
+use common::{TestServer, legacy::LegacyClient};
 use rmcp::{
     ClientHandler, RoleClient, ServiceExt,
     model::{
@@ -358,95 +357,6 @@ async fn host_and_origin_validation() {
     server.stop().await;
 }
 
-/// A raw legacy SSE client: the event stream and the POST endpoint it announced.
-struct LegacyClient {
-    http: reqwest::Client,
-    events: std::pin::Pin<Box<dyn futures::Stream<Item = (String, String)> + Send>>,
-    endpoint: String,
-}
-
-impl LegacyClient {
-    async fn open(server: &TestServer) -> Self {
-        let http = reqwest::Client::new();
-        let response = http
-            .get(server.url("/sse"))
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        assert!(
-            response.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/event-stream")
-        );
-        let mut events = Box::pin(sse_events(response));
-        let (kind, data) = events.next().await.unwrap();
-        assert_eq!(kind, "endpoint");
-        assert!(data.starts_with("/messages?sessionId="), "{data}");
-        let endpoint = server.url(&data);
-        Self {
-            http,
-            events,
-            endpoint,
-        }
-    }
-
-    async fn try_post(&self, body: impl Into<reqwest::Body>) -> reqwest::Result<reqwest::Response> {
-        self.http
-            .post(&self.endpoint)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-    }
-
-    async fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
-        self.try_post(body).await.unwrap()
-    }
-
-    async fn send(&self, message: Value) {
-        let response = self.post(message.to_string()).await;
-        assert_eq!(response.status(), 202);
-    }
-
-    async fn next_message(&mut self) -> Value {
-        let (kind, data) = tokio::time::timeout(Duration::from_secs(10), self.events.next())
-            .await
-            .expect("no event within 10 s")
-            .expect("stream ended");
-        assert_eq!(kind, "message");
-        serde_json::from_str(&data).unwrap()
-    }
-
-    /// Reads until the response with `id`, collecting the notifications seen before it.
-    async fn response(&mut self, id: u64) -> (Value, Vec<Value>) {
-        let mut notifications = Vec::new();
-        loop {
-            let message = self.next_message().await;
-            if message.get("id") == Some(&json!(id)) {
-                return (message, notifications);
-            }
-            notifications.push(message);
-        }
-    }
-
-    async fn initialize(&mut self) {
-        self.send(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2024-11-05", "capabilities": {},
-            "clientInfo": {"name": "raw-sse-test", "version": "0"}}}),
-        )
-        .await;
-        let (init, _) = self.response(1).await;
-        assert_eq!(init["result"]["protocolVersion"], "2024-11-05");
-        assert!(init["result"]["capabilities"]["tools"].is_object());
-        self.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await;
-    }
-}
-
 /// Sends raw request bytes and returns what the server wrote back before closing or pausing.
 async fn raw_http(server: &TestServer, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -468,40 +378,10 @@ async fn raw_http(server: &TestServer, request: &str) -> String {
     String::from_utf8_lossy(&buffer[..read]).into_owned()
 }
 
-/// Parses an SSE body into (event, data) pairs, skipping comments (keep-alives).
-fn sse_events(response: reqwest::Response) -> impl futures::Stream<Item = (String, String)> + Send {
-    let bytes = response.bytes_stream();
-    futures::stream::unfold(
-        (bytes, String::new()),
-        |(mut bytes, mut buffer)| async move {
-            loop {
-                if let Some(end) = buffer.find("\n\n") {
-                    let block: String = buffer.drain(..end + 2).collect();
-                    let mut kind = "message".to_string();
-                    let mut data = Vec::new();
-                    for line in block.lines() {
-                        if let Some(v) = line.strip_prefix("event:") {
-                            kind = v.trim().to_string();
-                        } else if let Some(v) = line.strip_prefix("data:") {
-                            data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-                        }
-                    }
-                    if data.is_empty() {
-                        continue;
-                    }
-                    return Some(((kind, data.join("\n")), (bytes, buffer)));
-                }
-                let chunk = bytes.next().await?.ok()?;
-                buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-            }
-        },
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_sse_session() {
     let server = TestServer::start(small_config()).await;
-    let mut client = LegacyClient::open(&server).await;
+    let mut client = LegacyClient::open(&server.url("")).await;
     client.initialize().await;
 
     client
@@ -655,7 +535,7 @@ async fn legacy_sse_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_sse_cancellation_stops_the_tool() {
     let server = TestServer::start(HttpConfig::default()).await;
-    let mut client = LegacyClient::open(&server).await;
+    let mut client = LegacyClient::open(&server.url("")).await;
     client.initialize().await;
     client
         .send(
@@ -693,7 +573,7 @@ async fn legacy_sse_cancellation_stops_the_tool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_open_streams() {
     let server = TestServer::start(HttpConfig::default()).await;
-    let mut legacy = LegacyClient::open(&server).await;
+    let mut legacy = LegacyClient::open(&server.url("")).await;
     legacy.initialize().await;
     let (client, _progress) = connect(&server, ProtocolVersion::V_2025_11_25).await;
     let started = Instant::now();

@@ -7,7 +7,9 @@
 //!
 //! Each session runs rmcp's own server loop ([`rmcp::serve_server`]) over a pair of bounded
 //! queues, so the handler, the `initialize` negotiation, progress and cancellation are the same
-//! as on Streamable HTTP. The session ends, and its handler with it, when the stream closes.
+//! as on Streamable HTTP, and each message carries the HTTP parts of the POST that brought it (as
+//! rmcp does on Streamable HTTP). The session ends, and its handler with it, when the stream
+//! closes.
 
 use std::{
     collections::HashMap,
@@ -18,7 +20,6 @@ use std::{
 
 use axum::{
     Router,
-    body::Body,
     extract::{OriginalUri, Query, State, rejection::QueryRejection},
     http::{HeaderValue, StatusCode, header},
     response::{
@@ -35,7 +36,7 @@ use futures::{
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rmcp::{
     RoleServer, ServerHandler,
-    model::{ClientJsonRpcMessage, ServerJsonRpcMessage},
+    model::{ClientJsonRpcMessage, GetExtensions, ServerJsonRpcMessage},
     transport::Transport,
 };
 use serde::Deserialize;
@@ -282,15 +283,15 @@ async fn post_message(
             ),
         )
     };
-    let declared = request
-        .headers()
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > legacy.max_body_bytes as u64) {
         return too_large();
     }
-    let body: Body = request.into_body();
     let bytes = match Limited::new(body, legacy.max_body_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<LengthLimitError>() => return too_large(),
@@ -303,10 +304,24 @@ async fn post_message(
         }
     };
 
-    let messages = match parse_messages(&bytes) {
+    let mut messages = match parse_messages(&bytes) {
         Ok(messages) => messages,
         Err(response) => return response,
     };
+    // Like rmcp's Streamable HTTP service: the POST's HTTP parts (headers such as
+    // `Authorization`, and the peer address among the extensions) ride along with each message,
+    // so handlers see the same request context on both transports.
+    for message in &mut messages {
+        match message {
+            ClientJsonRpcMessage::Request(r) => {
+                r.request.extensions_mut().insert(parts.clone());
+            }
+            ClientJsonRpcMessage::Notification(n) => {
+                n.notification.extensions_mut().insert(parts.clone());
+            }
+            _ => {}
+        }
+    }
     for message in messages {
         match tokio::time::timeout(legacy.enqueue_timeout, sender.send(message)).await {
             Ok(Ok(())) => {}

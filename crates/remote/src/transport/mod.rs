@@ -18,7 +18,7 @@ mod error;
 mod guard;
 mod legacy_sse;
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Json, Router, middleware, routing::get};
 use rmcp::{
@@ -188,11 +188,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then stops accepting, lets
 /// in-flight requests finish for at most [`SHUTDOWN_GRACE`] and returns.
+///
+/// Every request carries the peer's address as `axum::extract::ConnectInfo<SocketAddr>`; both
+/// transports hand it to tool handlers inside the request's `http::request::Parts`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let graceful = axum::serve(listener, app).with_graceful_shutdown({
         let shutdown = shutdown.clone();
         async move { shutdown.cancelled_owned().await }

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod legacy;
+pub mod remote;
 
 use std::{net::SocketAddr, sync::Arc};
 
