@@ -197,6 +197,13 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    // Small JSON-RPC messages must not wait for delayed ACKs (Nagle's algorithm adds ~40 ms per
+    // request/response round otherwise).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let graceful = axum::serve(listener, app).with_graceful_shutdown({
         let shutdown = shutdown.clone();
         async move { shutdown.cancelled_owned().await }
