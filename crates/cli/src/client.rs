@@ -77,6 +77,10 @@ pub struct LocalArgs {
     /// File holding an enrollment token, for servers that restrict enrollment.
     #[arg(long)]
     enrollment_token_file: Option<PathBuf>,
+    /// Serve Streamable HTTP at this loopback address (e.g. 127.0.0.1:8751) instead of stdio;
+    /// any other address is refused.
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
 }
 
 /// The exit code of a failed command, by error class.
@@ -408,7 +412,7 @@ pub async fn local(args: LocalArgs) -> Result<(), BoxErr> {
         cipherinfer_protocol::local::validate_remote_url(url)
             .map_err(|e| format!("--remote: {}", e.message))?;
     }
-    cipherinfer_local::serve_local_stdio(LocalServerOptions {
+    let options = LocalServerOptions {
         config: LocalConfig {
             key_root: root,
             allowed_dirs,
@@ -417,7 +421,19 @@ pub async fn local(args: LocalArgs) -> Result<(), BoxErr> {
             default_remote: args.remote,
             enrollment_token: enrollment(args.enrollment_token_file.as_deref())?,
         },
-    })
-    .await?;
+    };
+    match args.http {
+        None => cipherinfer_local::serve_local_stdio(options).await?,
+        Some(addr) => {
+            let handler = cipherinfer_local::local_handler(options)?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                stop.cancel();
+            });
+            cipherinfer_local::server::serve_http(handler, addr, shutdown).await?;
+        }
+    }
     Ok(())
 }

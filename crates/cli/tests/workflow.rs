@@ -294,6 +294,10 @@ fn keygen_and_provision_commands() {
     );
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(run.stderr.contains("ERROR_CLIENT_EXISTS"), "{}", run.stderr);
+    // The local server never listens beyond loopback.
+    let run = cipherinfer(&["local", "--http", "0.0.0.0:0"], &keys);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("loopback"), "{}", run.stderr);
     // Secret material is private to its owner.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777;

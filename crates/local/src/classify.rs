@@ -289,14 +289,17 @@ pub struct LocalServerOptions {
     pub classifier: ClassifierOptions,
 }
 
-/// Serves the local crypto server, `private_classify` included, on stdin/stdout.
-pub async fn serve_local_stdio(options: LocalServerOptions) -> std::io::Result<()> {
+/// The local server's handler with `private_classify`.
+pub fn local_handler(options: LocalServerOptions) -> std::io::Result<crate::server::LocalHandler> {
     let crypto = Arc::new(
         LocalCrypto::new(options.config)
             .map_err(|e| std::io::Error::other(format!("{}: {}", e.error_code, e.message)))?,
     );
     let classifier = Classifier::new(Arc::clone(&crypto), options.classifier);
-    let handler =
-        crate::server::LocalHandler::new(crypto).with_private_classify(Arc::new(classifier));
-    crate::server::serve_stdio(handler).await
+    Ok(crate::server::LocalHandler::new(crypto).with_private_classify(Arc::new(classifier)))
+}
+
+/// Serves the local crypto server, `private_classify` included, on stdin/stdout.
+pub async fn serve_local_stdio(options: LocalServerOptions) -> std::io::Result<()> {
+    crate::server::serve_stdio(local_handler(options)?).await
 }

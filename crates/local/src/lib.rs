@@ -23,7 +23,7 @@ pub mod server;
 pub mod store;
 
 pub use classify::{
-    Classifier, ClassifierOptions, InProcess, LocalServerOptions, default_client_id,
+    Classifier, ClassifierOptions, InProcess, LocalServerOptions, default_client_id, local_handler,
     serve_local_stdio,
 };
 pub use crypto::{LocalConfig, LocalCrypto};
