@@ -98,6 +98,17 @@ struct ServeArgs {
     /// Inferences evaluated at once.
     #[arg(long, default_value_t = 1)]
     max_concurrent_inferences: usize,
+    /// Most threads one evaluation uses (default: the machine's cores); a client's
+    /// `omp_threads` can only lower it.
+    #[arg(long)]
+    max_eval_threads: Option<usize>,
+    /// Failed authentications per peer address and minute before ERROR_RATE_LIMITED (0: off;
+    /// use 0 behind a reverse proxy, where every client has the proxy's address).
+    #[arg(long)]
+    auth_failures_per_minute_per_peer: Option<u32>,
+    /// How long a garbage-collected session keeps answering ERROR_EXPIRED, in seconds.
+    #[arg(long)]
+    tombstone_ttl_s: Option<u64>,
     /// File holding an enrollment token new clients must present (generated and printed if the
     /// file does not exist yet).
     #[arg(long)]
@@ -133,6 +144,15 @@ async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
     options.service.session_ttl = Duration::from_secs(args.session_ttl_s);
     options.service.max_sessions_per_client = args.max_sessions_per_client;
     options.service.max_concurrent_inferences = args.max_concurrent_inferences;
+    if let Some(t) = args.max_eval_threads {
+        options.service.max_eval_threads = t.max(1);
+    }
+    if let Some(n) = args.auth_failures_per_minute_per_peer {
+        options.service.auth_failures_per_minute_per_peer = n;
+    }
+    if let Some(s) = args.tombstone_ttl_s {
+        options.service.tombstone_ttl = Duration::from_secs(s);
+    }
     if let Some(path) = &args.enrollment_token_file {
         options.service.enrollment_token_hash = Some(enrollment_hash(path)?);
     }

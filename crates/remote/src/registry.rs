@@ -72,6 +72,9 @@ impl Registry {
             let algorithm_id = AlgorithmId::for_ckks(&params)?;
             let mut parameters = ExtendedParameters::from_ckks(&params);
             parameters.max_multiplication_depth = Some(u32::try_from(model.depth())?);
+            parameters.input_packing_format =
+                Some(cipherinfer_protocol::params::PACKING_CHW_BLOCKS.to_string());
+            parameters.batch_size = Some(u32::try_from(spec.batch_size)?);
             let (c, h, w) = spec.input_shape;
             let info = ModelInfo {
                 name: name.clone(),

@@ -246,6 +246,14 @@ async fn step0_upload_inference_and_errors_over_http() {
         "ERROR_DEPTH_EXCEEDED",
     )
     .await;
+    assert_eq!(info["parameters"]["input_packing_format"], "chw_blocks");
+    fails(
+        &peer,
+        "remote_inference_cnn",
+        infer(json!({"input_packing_format": "row_major"})),
+        "ERROR_UNSUPPORTED_PACKING",
+    )
+    .await;
     fails(
         &peer,
         "remote_inference_cnn",
