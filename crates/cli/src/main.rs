@@ -14,10 +14,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cipherinfer_protocol::AuthToken;
-use cipherinfer_remote::transport::body_limit_for_chunk;
+use cipherinfer_remote::server::check_bind;
+use cipherinfer_remote::transport::{body_limit_for_chunk, load_tls_config};
 use cipherinfer_remote::{Server, ServerOptions};
 use clap::{Parser, Subcommand};
 
@@ -71,9 +73,21 @@ enum BenchCommand {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Address to listen on. Anything but loopback should sit behind TLS.
+    /// Address to listen on. Anything but loopback needs --tls-cert/--tls-key or
+    /// --behind-tls-proxy.
     #[arg(long, default_value = "127.0.0.1:8750")]
     bind: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (end-entity certificate first); needs
+    /// --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address: a TLS-terminating reverse proxy is the only
+    /// way to reach it.
+    #[arg(long)]
+    behind_tls_proxy: bool,
     /// Directory of the local object store (keys, staged chunks, results).
     #[arg(long, default_value = "cipherinfer-data")]
     data_dir: PathBuf,
@@ -113,6 +127,35 @@ struct ServeArgs {
     /// file does not exist yet).
     #[arg(long)]
     enrollment_token_file: Option<PathBuf>,
+    /// Register a client identity before its first provisioning: CLIENT_ID=HEX (the client's
+    /// Ed25519 public key, 64 hex digits). Repeat for several.
+    #[arg(long = "identity", value_name = "CLIENT_ID=HEX")]
+    identities: Vec<String>,
+    /// Provision only client ids registered with --identity (no trust on first use).
+    #[arg(long)]
+    require_registered_identity: bool,
+    /// Accept unsigned calls from clients that have no pinned identity (for MCP hosts that
+    /// cannot sign; clients with a pinned identity must always sign).
+    #[arg(long)]
+    allow_unsigned: bool,
+    /// Largest accepted distance between a signed request's timestamp and this clock, seconds.
+    #[arg(long, default_value_t = 300)]
+    max_clock_skew_s: u64,
+}
+
+/// Parses `--identity CLIENT_ID=HEX`.
+fn registered_identity(
+    spec: &str,
+) -> Result<(String, cipherinfer_protocol::integrity::PublicIdentity), BoxErr> {
+    let (client, key) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("--identity {spec:?}: expected CLIENT_ID=HEX"))?;
+    cipherinfer_protocol::validate::validate_client_id(client)
+        .map_err(|e| format!("--identity {spec:?}: {}", e.message))?;
+    let key = key.parse().map_err(|e: cipherinfer_protocol::ToolError| {
+        format!("--identity {spec:?}: {}", e.message)
+    })?;
+    Ok((client.to_string(), key))
 }
 
 fn enrollment_hash(path: &std::path::Path) -> Result<cipherinfer_protocol::TokenHash, BoxErr> {
@@ -133,9 +176,20 @@ fn enrollment_hash(path: &std::path::Path) -> Result<cipherinfer_protocol::Token
 }
 
 async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
+    // Refuse a bad channel before anything slow (compiling models) or lasting (token files).
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(load_tls_config(cert, key)?)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    check_bind(args.bind, tls.is_some(), args.behind_tls_proxy)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut options = ServerOptions {
+        bind: args.bind,
         data_dir: args.data_dir,
         models: args.model,
+        tls,
+        behind_tls_proxy: args.behind_tls_proxy,
         ..ServerOptions::default()
     };
     let chunk = args.max_chunk_mib.clamp(1, 32) * 1024 * 1024;
@@ -153,6 +207,13 @@ async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
     if let Some(s) = args.tombstone_ttl_s {
         options.service.tombstone_ttl = Duration::from_secs(s);
     }
+    for spec in &args.identities {
+        let (client, key) = registered_identity(spec)?;
+        options.service.registered_identities.insert(client, key);
+    }
+    options.service.require_registered_identity = args.require_registered_identity;
+    options.service.require_signatures = !args.allow_unsigned;
+    options.service.max_clock_skew = Duration::from_secs(args.max_clock_skew_s.max(1));
     if let Some(path) = &args.enrollment_token_file {
         options.service.enrollment_token_hash = Some(enrollment_hash(path)?);
     }
@@ -175,7 +236,7 @@ async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     // The one line on stdout: where to connect (useful with --bind 127.0.0.1:0).
     println!(
-        "cipherinfer remote server listening on http://{}/mcp",
+        "cipherinfer remote server listening on {scheme}://{}/mcp",
         listener.local_addr()?
     );
     server.run(listener, shutdown).await?;

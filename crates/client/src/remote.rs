@@ -1,6 +1,9 @@
 //! Typed calls to the remote inference server (`docs/protocol.md` §6): capabilities, Step 0,
 //! chunked uploads, inference with progress, results by reference, sessions.
 
+use cipherinfer_protocol::integrity::{
+    BundleClaim, PublicIdentity, RequestSigner, ResultClaim, sign_call,
+};
 use cipherinfer_protocol::remote::{
     Capabilities, DeleteSessionResult, DescribeCapabilitiesArgs, FetchResultChunkArgs,
     FetchResultChunkResult, ModelInfo, ProvisionKeysBeginArgs, ProvisionKeysBeginResult,
@@ -12,6 +15,8 @@ use cipherinfer_protocol::remote::{
 };
 use cipherinfer_protocol::validate::{decode_base64_limited, encode_base64, sha256_hex};
 use cipherinfer_protocol::{AuthToken, ErrorCode, ToolError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::mcp::{McpClient, Progress};
 
@@ -38,6 +43,8 @@ pub struct ProvisionRequest<'a> {
     pub enrollment_token: Option<&'a AuthToken>,
     /// Decoded chunk size to send.
     pub chunk_bytes: u64,
+    /// The client's identity: signs the bundle and every call.
+    pub signer: &'a dyn RequestSigner,
 }
 
 /// An upload, a provisioning or a download in progress.
@@ -69,6 +76,28 @@ impl RemoteClient {
         &self.mcp
     }
 
+    fn signed_args(
+        tool: &str,
+        args: &impl Serialize,
+        signer: &dyn RequestSigner,
+    ) -> Result<(serde_json::Value, String), ToolError> {
+        let mut value = serde_json::to_value(args)
+            .map_err(|e| ToolError::new(ErrorCode::Internal, e.to_string()))?;
+        let sig = sign_call(signer, tool, &mut value)?;
+        Ok((value, sig.nonce))
+    }
+
+    /// Calls `tool` with `args` signed by `signer` (docs/security.md).
+    pub async fn call_signed<R: DeserializeOwned>(
+        &self,
+        tool: &str,
+        args: &impl Serialize,
+        signer: &dyn RequestSigner,
+    ) -> Result<R, ToolError> {
+        let (value, _) = Self::signed_args(tool, args, signer)?;
+        self.mcp.call(tool, &value).await
+    }
+
     /// `describe_capabilities`.
     pub async fn capabilities(&self) -> Result<Capabilities, ToolError> {
         self.mcp
@@ -88,9 +117,17 @@ impl RemoteClient {
     ) -> Result<ProvisionKeysResult, ToolError> {
         let chunk = usize::try_from(request.chunk_bytes.max(1)).unwrap_or(usize::MAX);
         let total_chunks = chunk_count(bundle.len(), chunk)?;
+        let bundle_sha256 = sha256_hex(bundle);
+        let bundle_signature = BundleClaim {
+            client_id: request.client_id,
+            algorithm_id: &request.model.algorithm_id.to_string(),
+            parameter_id: &request.model.parameter_id,
+            bundle_sha256: &bundle_sha256,
+            bundle_bytes: bundle.len() as u64,
+        }
+        .sign(request.signer)?;
         let begin: ProvisionKeysBeginResult = self
-            .mcp
-            .call(
+            .call_signed(
                 TOOL_PROVISION_KEYS_BEGIN,
                 &ProvisionKeysBeginArgs {
                     client_id: request.client_id.to_string(),
@@ -103,19 +140,20 @@ impl RemoteClient {
                         cipherinfer_protocol::remote::ProvisionMode::New
                     },
                     bundle_bytes: bundle.len() as u64,
-                    bundle_sha256: sha256_hex(bundle),
+                    bundle_sha256,
                     total_chunks,
                     key_uri: None,
                     auth_token: request.rotate_with.cloned(),
                     enrollment_token: request.enrollment_token.cloned(),
+                    bundle_signature: Some(bundle_signature),
                 },
+                request.signer,
             )
             .await?;
         let mut done = 0u64;
         for (index, part) in (0u32..).zip(bundle.chunks(chunk)) {
             let _: ProvisionKeysChunkAck = self
-                .mcp
-                .call(
+                .call_signed(
                     TOOL_PROVISION_KEYS_CHUNK,
                     &ProvisionKeysChunkArgs {
                         client_id: request.client_id.to_string(),
@@ -123,7 +161,9 @@ impl RemoteClient {
                         chunk_index: index,
                         total_chunks,
                         chunk_b64: encode_base64(part),
+                        chunk_sha256: Some(sha256_hex(part)),
                     },
+                    request.signer,
                 )
                 .await?;
             done += part.len() as u64;
@@ -132,15 +172,15 @@ impl RemoteClient {
                 total: bundle.len() as u64,
             });
         }
-        self.mcp
-            .call(
-                TOOL_PROVISION_KEYS_COMMIT,
-                &ProvisionKeysCommitArgs {
-                    client_id: request.client_id.to_string(),
-                    provisioning_id: begin.provisioning_id,
-                },
-            )
-            .await
+        self.call_signed(
+            TOOL_PROVISION_KEYS_COMMIT,
+            &ProvisionKeysCommitArgs {
+                client_id: request.client_id.to_string(),
+                provisioning_id: begin.provisioning_id,
+            },
+            request.signer,
+        )
+        .await
     }
 
     /// Stages one ciphertext object in `session_id`, in chunks of `chunk_bytes`.
@@ -156,6 +196,7 @@ impl RemoteClient {
         file_name: &str,
         bytes: &[u8],
         chunk_bytes: u64,
+        signer: &dyn RequestSigner,
         mut on_chunk: impl FnMut(Transfer),
     ) -> Result<(), ToolError> {
         let chunk = usize::try_from(chunk_bytes.max(1)).unwrap_or(usize::MAX);
@@ -163,8 +204,7 @@ impl RemoteClient {
         let mut done = 0u64;
         for (index, part) in (0u32..).zip(bytes.chunks(chunk)) {
             let ack: UploadChunkAck = self
-                .mcp
-                .call(
+                .call_signed(
                     TOOL_UPLOAD_CIPHERTEXT_CHUNK,
                     &UploadCiphertextChunkArgs {
                         client_id: client_id.to_string(),
@@ -174,7 +214,9 @@ impl RemoteClient {
                         total_chunks,
                         chunk_b64: encode_base64(part),
                         auth_token: Some(token.clone()),
+                        chunk_sha256: Some(sha256_hex(part)),
                     },
+                    signer,
                 )
                 .await?;
             if ack.chunk_bytes != part.len() as u64 {
@@ -196,16 +238,21 @@ impl RemoteClient {
         Ok(())
     }
 
-    /// `remote_inference_cnn`, then the output's bytes: inline, or fetched chunk by chunk when
-    /// offered by reference. The bytes are checked against the announced size and SHA-256.
+    /// `remote_inference_cnn` signed by `signer`, then the output's bytes: inline, or fetched
+    /// chunk by chunk when offered by reference. Before the bytes are returned, the server's
+    /// result signature is checked against `server_key` (the pinned server identity) and the
+    /// request's nonce, and the bytes against the signed size and SHA-256.
     pub async fn infer(
         &self,
         args: &RemoteInferenceArgs,
+        signer: &dyn RequestSigner,
+        server_key: &PublicIdentity,
         on_progress: impl FnMut(Progress),
     ) -> Result<(RemoteInferenceResult, Vec<u8>), ToolError> {
+        let (value, nonce) = Self::signed_args(TOOL_REMOTE_INFERENCE_CNN, args, signer)?;
         let result: RemoteInferenceResult = self
             .mcp
-            .call_with_progress(TOOL_REMOTE_INFERENCE_CNN, args, on_progress)
+            .call_with_progress(TOOL_REMOTE_INFERENCE_CNN, &value, on_progress)
             .await?;
         let expected = result.encrypted_logit_bytes;
         let bytes = match (&result.encrypted_logit_b64, &result.result_ref) {
@@ -214,8 +261,7 @@ impl RemoteClient {
                 let mut out = Vec::with_capacity(usize::try_from(r.total_bytes).unwrap_or(0));
                 for index in 0..r.total_chunks {
                     let c: FetchResultChunkResult = self
-                        .mcp
-                        .call(
+                        .call_signed(
                             TOOL_FETCH_RESULT_CHUNK,
                             &FetchResultChunkArgs {
                                 client_id: args.client_id.clone(),
@@ -224,6 +270,7 @@ impl RemoteClient {
                                 chunk_index: index,
                                 auth_token: args.auth_token.clone(),
                             },
+                            signer,
                         )
                         .await?;
                     let part = decode_base64_limited(&c.chunk_b64, r.chunk_bytes)?;
@@ -244,12 +291,13 @@ impl RemoteClient {
                 ));
             }
         };
-        if bytes.len() as u64 != expected || sha256_hex(&bytes) != result.encrypted_logit_sha256 {
-            return Err(ToolError::new(
-                ErrorCode::IntegrityMismatch,
-                "the encrypted result does not match its announced size and SHA-256",
-            ));
-        }
+        let signature = result.result_signature.as_ref().ok_or_else(|| {
+            ToolError::new(
+                ErrorCode::BadSignature,
+                "the server did not sign the inference result",
+            )
+        })?;
+        result_claim(&args.client_id, &result).verify(signature, server_key, &nonce, &bytes)?;
         Ok((result, bytes))
     }
 
@@ -259,22 +307,36 @@ impl RemoteClient {
         client_id: &str,
         session_id: &str,
         token: &AuthToken,
+        signer: &dyn RequestSigner,
     ) -> Result<DeleteSessionResult, ToolError> {
-        self.mcp
-            .call(
-                TOOL_DELETE_SESSION,
-                &SessionArgs {
-                    client_id: client_id.to_string(),
-                    session_id: session_id.to_string(),
-                    auth_token: Some(token.clone()),
-                },
-            )
-            .await
+        self.call_signed(
+            TOOL_DELETE_SESSION,
+            &SessionArgs {
+                client_id: client_id.to_string(),
+                session_id: session_id.to_string(),
+                auth_token: Some(token.clone()),
+            },
+            signer,
+        )
+        .await
     }
 
     /// Closes the connection.
     pub async fn close(self) {
         self.mcp.close().await;
+    }
+}
+
+/// What the server's result signature covers, read off a result for `client_id`.
+pub fn result_claim(client_id: &str, result: &RemoteInferenceResult) -> ResultClaim {
+    ResultClaim {
+        client_id: client_id.to_string(),
+        session_id: result.session_id.clone(),
+        model: result.model.clone(),
+        algorithm_id: result.algorithm_id.to_string(),
+        parameter_id: result.parameter_id.clone(),
+        encrypted_logit_sha256: result.encrypted_logit_sha256.clone(),
+        encrypted_logit_bytes: result.encrypted_logit_bytes,
     }
 }
 

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use cipherinfer_protocol::integrity::{PublicIdentity, RequestSigner};
 use cipherinfer_protocol::local::{
     ClassifyTimings, ExportEvaluationKeysArgs, ExportEvaluationKeysResult, FheDecryptArgs,
     FheDecryptResult, FheEncryptArgs, FheEncryptResult, GenerateKeysArgs, GenerateKeysResult,
@@ -94,6 +95,13 @@ pub trait Credentials: Send + Sync {
     fn save(&self, credential: &RemoteCredential) -> Result<(), ToolError>;
     /// Forgets the credential for `client_id` at `remote_url`.
     fn forget(&self, client_id: &str, remote_url: &str) -> Result<(), ToolError>;
+    /// The Ed25519 identity of `client_id` (made on first use), which signs its Step 0
+    /// bundles and every call it makes.
+    fn signer(&self, client_id: &str) -> Result<std::sync::Arc<dyn RequestSigner>, ToolError>;
+    /// The server identity pinned for `remote_url`, if any.
+    fn pinned_server(&self, remote_url: &str) -> Result<Option<PublicIdentity>, ToolError>;
+    /// Pins the server identity of `remote_url` (trust on first use).
+    fn pin_server(&self, remote_url: &str, key: &PublicIdentity) -> Result<(), ToolError>;
 }
 
 /// What the workflow is doing, for progress displays.
@@ -202,7 +210,23 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
     /// The remote's capabilities (fetched once).
     pub async fn capabilities(&mut self) -> Result<&Capabilities, ToolError> {
         if self.capabilities.is_none() {
-            self.capabilities = Some(self.remote.capabilities().await?);
+            let caps = self.remote.capabilities().await?;
+            let url = self.remote.url();
+            match self.credentials.pinned_server(url)? {
+                Some(pinned) if pinned != caps.server_identity => {
+                    return Err(ToolError::new(
+                        ErrorCode::IdentityMismatch,
+                        format!(
+                            "{url} presents server identity {}, but {pinned} is pinned for it; \
+                             if the operator really replaced the server key, remove the pin",
+                            caps.server_identity
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => self.credentials.pin_server(url, &caps.server_identity)?,
+            }
+            self.capabilities = Some(caps);
         }
         self.capabilities
             .as_ref()
@@ -227,6 +251,14 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
                     ),
                 )
             })
+    }
+
+    /// The server identity pinned when the capabilities were fetched.
+    fn pinned_server_key(&self) -> Result<PublicIdentity, ToolError> {
+        self.capabilities
+            .as_ref()
+            .map(|c| c.server_identity)
+            .ok_or_else(|| ToolError::new(ErrorCode::Internal, "capabilities missing"))
     }
 
     fn chunk_bytes(&self) -> u64 {
@@ -368,12 +400,14 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
         }
         let (_, bundle, keygen_s) = self.ensure_local_keys(client_id, model, on_event).await?;
         let started = Instant::now();
+        let signer = self.credentials.signer(client_id)?;
         let request = ProvisionRequest {
             client_id,
             model,
             rotate_with: stored.as_ref().map(|c| &c.auth_token),
             enrollment_token: self.options.enrollment_token.as_ref(),
             chunk_bytes: self.chunk_bytes(),
+            signer: signer.as_ref(),
         };
         let provisioned = match self
             .remote
@@ -459,10 +493,17 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
             )
             .await;
         let _ = tokio::fs::remove_dir_all(&session_dir).await;
-        let _ = self
-            .remote
-            .delete_session(&client_id, &session_id, &keys.credential.auth_token)
-            .await;
+        if let Ok(signer) = self.credentials.signer(&client_id) {
+            let _ = self
+                .remote
+                .delete_session(
+                    &client_id,
+                    &session_id,
+                    &keys.credential.auth_token,
+                    signer.as_ref(),
+                )
+                .await;
+        }
         let (classification, bytes_uploaded, mut timings) = outcome?;
         timings.keygen_s = keys.keygen_s;
         timings.provision_s = keys.provision_s;
@@ -547,6 +588,8 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
         }
 
         // Step 3: upload; re-provision once if the server lost the keys.
+        let signer = self.credentials.signer(client_id)?;
+        let server_key = self.pinned_server_key()?;
         let upload_started = Instant::now();
         let total: u64 = objects.iter().map(|(_, b)| b.len() as u64).sum();
         let mut attempt = 0;
@@ -558,6 +601,7 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
                     &keys.credential.auth_token,
                     &objects,
                     total,
+                    signer.as_ref(),
                     on_event,
                 )
                 .await
@@ -582,6 +626,13 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
             model: Some(model.name.clone()),
             key_ref: Some(keys.credential.key_ref.clone()),
             algorithm_id: Some(model.algorithm_id.to_string()),
+            // The server evaluates only these exact objects (the request signature covers them).
+            input_sha256: Some(
+                objects
+                    .iter()
+                    .map(|(name, bytes)| (name.clone(), sha256_hex(bytes)))
+                    .collect(),
+            ),
             ..RemoteInferenceArgs::default()
         }
         .with_extended_parameters(model.parameters.clone());
@@ -590,7 +641,9 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
         let (result, output) = loop {
             match self
                 .remote
-                .infer(&args, |p| on_event(Event::Inference(p)))
+                .infer(&args, signer.as_ref(), &server_key, |p| {
+                    on_event(Event::Inference(p));
+                })
                 .await
             {
                 Err(e) if e.retryable && attempt < 2 && e.error_code != ErrorCode::Unavailable => {
@@ -626,6 +679,7 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
         Ok((decrypted.classification, total, timings))
     }
 
+    #[allow(clippy::too_many_arguments, reason = "one upload's whole context")]
     async fn upload(
         &self,
         client_id: &str,
@@ -633,6 +687,7 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
         token: &AuthToken,
         objects: &[(String, Vec<u8>)],
         total: u64,
+        signer: &dyn RequestSigner,
         on_event: &mut (impl FnMut(Event) + Send),
     ) -> Result<(), ToolError> {
         let mut base = 0;
@@ -645,6 +700,7 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
                     name,
                     bytes,
                     self.chunk_bytes(),
+                    signer,
                     |t| {
                         on_event(Event::Uploading(Transfer {
                             done: base + t.done,

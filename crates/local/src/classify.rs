@@ -234,6 +234,28 @@ impl Credentials for KeyStore {
         )
     }
 
+    fn signer(
+        &self,
+        client_id: &str,
+    ) -> Result<Arc<dyn cipherinfer_protocol::integrity::RequestSigner>, ToolError> {
+        Ok(Arc::new(self.identity(client_id)?))
+    }
+
+    fn pinned_server(
+        &self,
+        remote_url: &str,
+    ) -> Result<Option<cipherinfer_protocol::integrity::PublicIdentity>, ToolError> {
+        KeyStore::pinned_server(self, remote_url)
+    }
+
+    fn pin_server(
+        &self,
+        remote_url: &str,
+        key: &cipherinfer_protocol::integrity::PublicIdentity,
+    ) -> Result<(), ToolError> {
+        KeyStore::pin_server(self, remote_url, key)
+    }
+
     fn forget(&self, client_id: &str, remote_url: &str) -> Result<(), ToolError> {
         match self.delete_credentials(client_id, remote_url) {
             Ok(_) => Ok(()),

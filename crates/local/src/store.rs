@@ -8,6 +8,10 @@
 //!     evaluation-keys.bin              0600  the public Step 0 bundle (EvaluationKeys::to_bytes)
 //!     remote/                          0700
 //!       <sha256(remote_url)[..32]>.json 0600 RemoteCredentials (key_ref, auth_token, ...)
+//!   .identities/                       0700  (a dot name is never a client id)
+//!     <client_id>.key                  0600  Ed25519 identity seed (32 bytes); outlives key sets
+//!   .servers/                          0700
+//!     <sha256(remote_url)[..32]>.json  0600  ServerPin: the pinned server identity of a URL
 //! ```
 //!
 //! A key set is written into a staging directory beside the client's and renamed into place,
@@ -22,6 +26,7 @@ use cipherinfer_ckks::{Decryptor, Parameters, SecretKey};
 use cipherinfer_compiler::{ClientSpec, Shape};
 use cipherinfer_model::manifest::InputSpec;
 use cipherinfer_protocol::error::{ErrorCode, Result, ToolError};
+use cipherinfer_protocol::integrity::{IdentityKey, PublicIdentity};
 use cipherinfer_protocol::validate::{sha256_hex, validate_client_id};
 use cipherinfer_protocol::{AlgorithmId, AuthToken};
 use serde::{Deserialize, Serialize};
@@ -52,6 +57,22 @@ pub const MAX_EVALUATION_KEY_BYTES: u64 =
     cipherinfer_protocol::validate::DEFAULT_MAX_KEY_BUNDLE_BYTES;
 /// Largest credentials file read.
 pub const MAX_CREDENTIALS_BYTES: u64 = 64 * 1024;
+/// Directory of the clients' identity keys.
+pub const IDENTITIES_DIR: &str = ".identities";
+/// Directory of the pinned server identities.
+pub const SERVERS_DIR: &str = ".servers";
+
+/// The server identity pinned for a remote URL (trust on first use).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPin {
+    /// The remote MCP endpoint.
+    pub remote_url: String,
+    /// Its Ed25519 identity, as first seen.
+    pub server_key: PublicIdentity,
+    /// When it was pinned, Unix seconds.
+    pub pinned_at: u64,
+}
 
 fn corrupt(client_id: &str, what: &str, why: impl std::fmt::Display) -> ToolError {
     ToolError::new(
@@ -476,6 +497,93 @@ impl KeyStore {
             ));
         }
         Ok((record, bytes))
+    }
+
+    /// The Ed25519 identity of `client_id`, created (mode 0600) on first use. It is kept apart
+    /// from the key set, so regenerating keys keeps the identity the remote server pinned.
+    pub fn identity(&self, client_id: &str) -> Result<IdentityKey> {
+        validate_client_id(client_id)?;
+        let dir = self.root.join(IDENTITIES_DIR);
+        let path = dir.join(format!("{client_id}.key"));
+        match read_secret(&path, 64) {
+            Ok(seed) => IdentityKey::from_seed_bytes(&seed)
+                .map_err(|e| corrupt(client_id, "identity key", e.message)),
+            Err(fsutil::ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                create_private_dir_all(&dir).map_err(|e| internal("creating .identities", &e))?;
+                let key = IdentityKey::generate()?;
+                match write_new(&path, key.seed_bytes().as_ref(), FILE_MODE) {
+                    Ok(()) => Ok(key),
+                    // Another process made it first: use that one.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        self.identity(client_id)
+                    }
+                    Err(e) => Err(internal("writing the identity key", &e)),
+                }
+            }
+            Err(e) => Err(corrupt(
+                client_id,
+                "identity key",
+                e.into_tool("identity key", ErrorCode::MalformedKeys)
+                    .message,
+            )),
+        }
+    }
+
+    fn server_pin_path(&self, remote_url: &str) -> PathBuf {
+        let digest = sha256_hex(remote_url.as_bytes());
+        self.root
+            .join(SERVERS_DIR)
+            .join(format!("{}.json", &digest[..32]))
+    }
+
+    /// The server identity pinned for `remote_url`, if any.
+    pub fn pinned_server(&self, remote_url: &str) -> Result<Option<PublicIdentity>> {
+        let path = self.server_pin_path(remote_url);
+        let bytes = match read_limited(&path, MAX_CREDENTIALS_BYTES) {
+            Ok(b) => b,
+            Err(fsutil::ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(ToolError::new(
+                    ErrorCode::MalformedKeys,
+                    format!(
+                        "key store: the server pin of {remote_url} is unreadable: {}",
+                        e.into_tool("server pin", ErrorCode::MalformedKeys).message
+                    ),
+                ));
+            }
+        };
+        let pin: ServerPin = serde_json::from_slice(&bytes).map_err(|e| {
+            ToolError::new(
+                ErrorCode::MalformedKeys,
+                format!("key store: the server pin of {remote_url} is corrupt: {e}"),
+            )
+        })?;
+        if pin.remote_url != remote_url {
+            return Err(ToolError::new(
+                ErrorCode::MalformedKeys,
+                "key store: a server pin is stored under another URL's name",
+            ));
+        }
+        Ok(Some(pin.server_key))
+    }
+
+    /// Pins `key` as the server identity of `remote_url` (replacing an earlier pin: callers
+    /// decide when that is right).
+    pub fn pin_server(&self, remote_url: &str, key: &PublicIdentity) -> Result<()> {
+        cipherinfer_protocol::local::validate_remote_url(remote_url)?;
+        let path = self.server_pin_path(remote_url);
+        if let Some(dir) = path.parent() {
+            create_private_dir_all(dir).map_err(|e| internal("creating .servers", &e))?;
+        }
+        let json = serde_json::to_vec_pretty(&ServerPin {
+            remote_url: remote_url.to_string(),
+            server_key: *key,
+            pinned_at: now(),
+        })
+        .map_err(|e| ToolError::new(ErrorCode::Internal, e.to_string()))?;
+        write_atomic(&path, &json, FILE_MODE).map_err(|e| internal("writing a server pin", &e))
     }
 
     fn credentials_path(&self, client_id: &str, remote_url: &str) -> Result<PathBuf> {

@@ -129,6 +129,17 @@ pub enum ErrorCode {
     /// A request MAC or signature does not verify.
     #[serde(rename = "ERROR_BAD_SIGNATURE")]
     BadSignature,
+    /// A request's timestamp is outside the accepted clock-skew window, or older than the
+    /// server's start.
+    #[serde(rename = "ERROR_STALE_REQUEST")]
+    StaleRequest,
+    /// A request or key bundle is signed by another identity than the one pinned (or
+    /// registered) for the client_id.
+    #[serde(rename = "ERROR_IDENTITY_MISMATCH")]
+    IdentityMismatch,
+    /// A credential would cross a channel without TLS to a host that is not loopback.
+    #[serde(rename = "ERROR_INSECURE_TRANSPORT")]
+    InsecureTransport,
     /// A local path argument is outside the directories the local server may use.
     #[serde(rename = "ERROR_PATH_NOT_ALLOWED")]
     PathNotAllowed,
@@ -151,7 +162,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 43] = [
+    pub const ALL: [ErrorCode; 46] = [
         Self::InvalidArgument,
         Self::Unauthorized,
         Self::RateLimited,
@@ -189,6 +200,9 @@ impl ErrorCode {
         Self::ResultNotFound,
         Self::Replay,
         Self::BadSignature,
+        Self::StaleRequest,
+        Self::IdentityMismatch,
+        Self::InsecureTransport,
         Self::PathNotAllowed,
         Self::FileNotFound,
         Self::ImageUnreadable,
@@ -237,6 +251,9 @@ impl ErrorCode {
             Self::ResultNotFound => "ERROR_RESULT_NOT_FOUND",
             Self::Replay => "ERROR_REPLAY",
             Self::BadSignature => "ERROR_BAD_SIGNATURE",
+            Self::StaleRequest => "ERROR_STALE_REQUEST",
+            Self::IdentityMismatch => "ERROR_IDENTITY_MISMATCH",
+            Self::InsecureTransport => "ERROR_INSECURE_TRANSPORT",
             Self::PathNotAllowed => "ERROR_PATH_NOT_ALLOWED",
             Self::FileNotFound => "ERROR_FILE_NOT_FOUND",
             Self::ImageUnreadable => "ERROR_IMAGE_UNREADABLE",
@@ -322,6 +339,15 @@ impl ErrorCode {
             Self::ResultNotFound => "no result with this reference exists",
             Self::Replay => "the signed request was already seen",
             Self::BadSignature => "the request MAC or signature does not verify",
+            Self::StaleRequest => {
+                "the signed request's timestamp is outside the accepted window; re-sign and retry"
+            }
+            Self::IdentityMismatch => {
+                "the signing identity is not the one pinned or registered for this client_id"
+            }
+            Self::InsecureTransport => {
+                "a credential would be sent without TLS to a host that is not loopback"
+            }
             Self::PathNotAllowed => "the local path is outside the allowed directories",
             Self::FileNotFound => "the local file does not exist",
             Self::ImageUnreadable => "the image could not be read or decoded",

@@ -8,6 +8,7 @@
 //! - [`validate`]: untrusted-input checks (names, chunks, bounded Base64) and [`Limits`].
 //! - [`auth`]: bearer tokens, their stored hash and constant-time verification.
 //! - [`canonical`]: canonical bytes of a tool call for MACs and signatures.
+//! - [`integrity`]: Ed25519 identities, signed key bundles, requests and results; replay window.
 //! - [`remote`]: remote server tool arguments and results (Step 0, upload, inference, ...).
 //! - [`local`]: local server tool arguments and results (keygen, encrypt, decrypt, classify).
 //!
@@ -17,6 +18,7 @@ pub mod algorithm;
 pub mod auth;
 pub mod canonical;
 pub mod error;
+pub mod integrity;
 pub mod local;
 pub mod params;
 pub mod remote;

@@ -467,7 +467,11 @@ pub fn validate_remote_url(url: &str) -> Result<()> {
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
         if !loopback {
-            return bad("plain http is allowed only for loopback hosts; use https");
+            // The bearer token and signed requests would cross the network in the clear.
+            return Err(ToolError::new(
+                ErrorCode::InsecureTransport,
+                "remote_url: plain http is allowed only for loopback hosts; use https",
+            ));
         }
     }
     Ok(())

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::algorithm::AlgorithmId;
 use crate::auth::AuthToken;
 use crate::error::{ErrorCode, Result, ToolError};
+use crate::integrity::{BundleSignature, PublicIdentity, ResultSignature};
 use crate::params::{ExtendedParameters, InferenceTelemetry};
 use crate::validate::{
     Limits, validate_client_id, validate_file_name, validate_model_name, validate_session_id,
@@ -142,6 +143,11 @@ pub struct ProvisionKeysBeginArgs {
     /// enrollment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_token: Option<AuthToken>,
+    /// The client's Ed25519 signature over the bundle's digest, Algorithm ID, parameter id,
+    /// client_id and a timestamp; its identity key is pinned at first provisioning. Required
+    /// unless the server accepts unsigned clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_signature: Option<BundleSignature>,
 }
 
 impl ProvisionKeysBeginArgs {
@@ -230,6 +236,10 @@ pub struct ProvisionKeysChunkArgs {
     pub total_chunks: u32,
     /// The chunk, padded standard Base64; decoded size at most max_chunk_bytes.
     pub chunk_b64: String,
+    /// SHA-256 (64 lower-case hex digits) of the decoded chunk; a chunk that does not match
+    /// is refused with ERROR_INTEGRITY_MISMATCH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_sha256: Option<String>,
 }
 
 impl ProvisionKeysChunkArgs {
@@ -238,6 +248,9 @@ impl ProvisionKeysChunkArgs {
     pub fn validate(&self, limits: &Limits) -> Result<()> {
         validate_client_id(&self.client_id)?;
         validate_provisioning_id(&self.provisioning_id)?;
+        if let Some(d) = &self.chunk_sha256 {
+            validate_sha256_hex("chunk_sha256", d)?;
+        }
         Limits::check_chunk_coordinates(
             self.chunk_index,
             self.total_chunks,
@@ -322,6 +335,10 @@ pub struct ProvisionKeysResult {
     pub galois_elements: Vec<u64>,
     /// Served models whose every required key is in the bundle.
     pub models: Vec<String>,
+    /// The client identity the server pinned for this client_id (absent for unsigned
+    /// clients of a server that accepts them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_key: Option<PublicIdentity>,
 }
 
 /// Arguments of `revoke_keys`.
@@ -380,6 +397,10 @@ pub struct UploadCiphertextChunkArgs {
     /// Bearer token from Step 0 (or an Authorization: Bearer header).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<AuthToken>,
+    /// SHA-256 (64 lower-case hex digits) of the decoded chunk; a chunk that does not match
+    /// is refused with ERROR_INTEGRITY_MISMATCH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_sha256: Option<String>,
 }
 
 impl UploadCiphertextChunkArgs {
@@ -388,6 +409,9 @@ impl UploadCiphertextChunkArgs {
         validate_client_id(&self.client_id)?;
         validate_session_id(&self.session_id)?;
         validate_file_name(&self.file_name)?;
+        if let Some(d) = &self.chunk_sha256 {
+            validate_sha256_hex("chunk_sha256", d)?;
+        }
         Limits::check_chunk_coordinates(
             self.chunk_index,
             self.total_chunks,
@@ -487,6 +511,11 @@ pub struct RemoteInferenceArgs {
     /// Draft 7.1/6.3 omp_threads: parallelism hint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub omp_threads: Option<u32>,
+    /// SHA-256 (64 lower-case hex digits) of every staged input object, by file name: the
+    /// server evaluates only if the staged objects are exactly these (else
+    /// ERROR_INTEGRITY_MISMATCH). Covered by the request signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_sha256: Option<BTreeMap<String, String>>,
 }
 
 impl RemoteInferenceArgs {
@@ -544,6 +573,15 @@ impl RemoteInferenceArgs {
                     ErrorCode::Unauthorized,
                     "key_ref belongs to another client_id",
                 ));
+            }
+        }
+        if let Some(inputs) = &self.input_sha256 {
+            if inputs.len() > 64 {
+                return Err(bad("input_sha256 names more than 64 objects"));
+            }
+            for (name, digest) in inputs {
+                validate_file_name(name)?;
+                validate_sha256_hex("input_sha256", digest)?;
             }
         }
         self.extended_parameters().validate()?;
@@ -621,6 +659,10 @@ pub struct RemoteInferenceResult {
     pub result_ref: Option<ResultRef>,
     /// Evaluation metadata.
     pub profile: Profile,
+    /// The server's signature over the output's digest and the request it answers (present
+    /// when the request was signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_signature: Option<ResultSignature>,
     /// Draft 7.2 telemetry.
     #[serde(flatten)]
     pub telemetry: InferenceTelemetry,
@@ -755,6 +797,15 @@ pub struct Capabilities {
     pub result_ttl_s: u64,
     /// Whether first provisioning needs an enrollment_token.
     pub enrollment_required: bool,
+    /// The server's Ed25519 identity, which signs inference results; clients pin it at first
+    /// contact.
+    pub server_identity: PublicIdentity,
+    /// Whether every call but this one must carry a request_signature.
+    pub signatures_required: bool,
+    /// Whether a client_id must have an identity registered by the operator before Step 0.
+    pub identity_registration_required: bool,
+    /// Largest accepted distance between a request's timestamp and the server's clock, ms.
+    pub max_clock_skew_ms: u64,
     /// Name of the model used when no selector is given.
     pub default_model: String,
     /// Served models.

@@ -54,6 +54,9 @@ fn error_code_strings_are_pinned() {
         "ERROR_RESULT_NOT_FOUND",
         "ERROR_REPLAY",
         "ERROR_BAD_SIGNATURE",
+        "ERROR_STALE_REQUEST",
+        "ERROR_IDENTITY_MISMATCH",
+        "ERROR_INSECURE_TRANSPORT",
         "ERROR_PATH_NOT_ALLOWED",
         "ERROR_FILE_NOT_FOUND",
         "ERROR_IMAGE_UNREADABLE",
@@ -209,6 +212,7 @@ fn every_type_round_trips() {
         key_uri: None,
         auth_token: Some(token()),
         enrollment_token: None,
+        bundle_signature: None,
     });
     round_trip(&ProvisionKeysBeginResult {
         ok: true,
@@ -224,6 +228,7 @@ fn every_type_round_trips() {
         chunk_index: 0,
         total_chunks: 3,
         chunk_b64: "AAAA".into(),
+        chunk_sha256: Some(PID.into()),
     });
     round_trip(&ProvisionKeysChunkAck {
         ok: true,
@@ -251,6 +256,7 @@ fn every_type_round_trips() {
         relinearization: true,
         galois_elements: vec![5, 25],
         models: vec!["mnist-cnn".into()],
+        identity_key: None,
     });
     assert!(
         provisioned["auth_token"]
@@ -302,6 +308,7 @@ fn every_type_round_trips() {
         encrypted_logit_b64: None,
         encrypted_logit_bytes: 2_000_000,
         encrypted_logit_sha256: PID.into(),
+        result_signature: None,
         result_ref: Some(ResultRef {
             result_id: "r1".into(),
             total_bytes: 2_000_000,
@@ -351,6 +358,12 @@ fn every_type_round_trips() {
         session_ttl_s: 3600,
         result_ttl_s: 600,
         enrollment_required: false,
+        server_identity: cipherinfer_protocol::integrity::IdentityKey::generate()
+            .expect("key")
+            .public(),
+        signatures_required: true,
+        identity_registration_required: false,
+        max_clock_skew_ms: 300_000,
         default_model: "mnist-cnn".into(),
         models: vec![ModelInfo {
             name: "mnist-cnn".into(),
@@ -701,6 +714,7 @@ fn arguments_refuse_unknown_fields_and_bad_values_with_codes() {
         total_chunks: 1,
         chunk_b64: "YWJj".into(),
         auth_token: None,
+        chunk_sha256: None,
     };
     assert_eq!(
         up.validate(&Limits::default())
@@ -761,6 +775,7 @@ fn provisioning_begin_validation() {
         key_uri: None,
         auth_token: None,
         enrollment_token: None,
+        bundle_signature: None,
     };
     assert_eq!(base.validate(&limits).expect("valid"), alg());
     let check = |f: &dyn Fn(&mut ProvisionKeysBeginArgs), code: ErrorCode| {
@@ -858,6 +873,21 @@ fn local_paths_and_urls() {
         "http://127.0.0.1.evil.example/mcp",
     ] {
         assert!(validate_remote_url(bad).is_err(), "{bad}");
+    }
+    // A token must never travel in the clear to a host off this machine.
+    for remote_plain in [
+        "http://example.com/mcp",
+        "http://10.0.0.1:8750/mcp",
+        "http://127.0.0.1.evil.example/mcp",
+        "http://[2001:db8::1]:8750/mcp",
+    ] {
+        assert_eq!(
+            validate_remote_url(remote_plain)
+                .expect_err(remote_plain)
+                .error_code,
+            ErrorCode::InsecureTransport,
+            "{remote_plain}"
+        );
     }
     let args = PrivateClassifyArgs {
         image_path: "/x.png".into(),

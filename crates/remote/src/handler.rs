@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use cipherinfer_protocol::integrity::{REQUEST_SIGNATURE_FIELD, RequestSignature, SignedCall};
 use cipherinfer_protocol::remote::{
     Capabilities, DeleteSessionResult, DescribeCapabilitiesArgs, FetchResultChunkArgs,
     FetchResultChunkResult, ProvisionKeysBeginArgs, ProvisionKeysBeginResult,
@@ -46,9 +47,23 @@ fn tool<A: schemars::JsonSchema + 'static, R: schemars::JsonSchema + 'static>(
     name: &'static str,
     description: &'static str,
 ) -> Tool {
-    Tool::new(name, description, serde_json::Map::new())
+    let mut tool = Tool::new(name, description, serde_json::Map::new())
         .with_input_schema::<A>()
-        .with_output_schema::<R>()
+        .with_output_schema::<R>();
+    if name != TOOL_DESCRIBE_CAPABILITIES {
+        // Every call but the public one may (and by default must) carry a request signature,
+        // which the handler takes out before the tool's own fields are parsed.
+        let mut schema = (*tool.input_schema).clone();
+        let sig = schemars::schema_for!(RequestSignature);
+        if let Some(Value::Object(props)) = schema.get_mut("properties") {
+            props.insert(
+                REQUEST_SIGNATURE_FIELD.into(),
+                serde_json::to_value(sig).unwrap_or(Value::Null),
+            );
+        }
+        tool.input_schema = Arc::new(schema);
+    }
+    tool
 }
 
 /// The tools, with their schemas.
@@ -156,12 +171,21 @@ fn respond<R: Serialize>(result: Result<R, ToolError>) -> CallToolResult {
 impl RemoteHandler {
     async fn call(
         &self,
-        request: CallToolRequestParams,
+        mut request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
         let header = bearer(&ctx);
         let h = header.as_ref();
-        let who = caller(&ctx);
+        // The signature leaves the arguments here, digested over exactly what was received;
+        // the tool's own fields are then parsed as usual.
+        let signed = match request.arguments.as_mut() {
+            Some(args) => match SignedCall::take(&request.name, args) {
+                Ok(s) => s,
+                Err(e) => return respond::<()>(Err(e)),
+            },
+            None => None,
+        };
+        let who = caller(&ctx).with_signature(signed);
         let c = &who;
         let s = &self.service;
         match request.name.as_ref() {
@@ -176,13 +200,13 @@ impl RemoteHandler {
             }
             TOOL_PROVISION_KEYS_CHUNK => {
                 respond(match arguments::<ProvisionKeysChunkArgs>(&request, None) {
-                    Ok(a) => s.provision_chunk(&a).await,
+                    Ok(a) => s.provision_chunk(&a, c).await,
                     Err(e) => Err(e),
                 })
             }
             TOOL_PROVISION_KEYS_COMMIT => {
                 respond(match arguments::<ProvisionKeysCommitArgs>(&request, None) {
-                    Ok(a) => s.provision_commit(&a).await,
+                    Ok(a) => s.provision_commit(&a, c).await,
                     Err(e) => Err(e),
                 })
             }

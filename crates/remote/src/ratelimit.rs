@@ -16,11 +16,13 @@ const WINDOW: Duration = Duration::from_secs(60);
 const SWEEP_ABOVE: usize = 10_000;
 
 /// What the transport knows about the caller of a tool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caller {
     /// The peer's address as rate limits see it: IPv4 as is (also when mapped into IPv6), IPv6
     /// reduced to its /64 (one host usually holds a whole /64). `None` when unknown.
     pub peer: Option<IpAddr>,
+    /// The call's `request_signature` and the digest of what it claims to cover, if signed.
+    pub signed: Option<cipherinfer_protocol::integrity::SignedCall>,
 }
 
 impl Caller {
@@ -36,12 +38,24 @@ impl Caller {
                 }
             },
         };
-        Self { peer: Some(peer) }
+        Self {
+            peer: Some(peer),
+            signed: None,
+        }
     }
 
     /// A caller the transport cannot place (per-address limits do not apply).
     pub fn unknown() -> Self {
         Self::default()
+    }
+
+    /// The same caller, for a call that carried `signed`.
+    pub fn with_signature(
+        mut self,
+        signed: Option<cipherinfer_protocol::integrity::SignedCall>,
+    ) -> Self {
+        self.signed = signed;
+        self
     }
 }
 

@@ -1,11 +1,12 @@
 //! Assembles the remote server: store, compiled models, service, garbage collection and the
 //! HTTP transports.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cipherinfer_protocol::integrity::IdentityKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -13,7 +14,48 @@ use crate::handler::RemoteHandler;
 use crate::registry::Registry;
 use crate::service::{Service, ServiceConfig};
 use crate::store::Store;
-use crate::transport::{HttpConfig, router, serve};
+use crate::transport::{HttpConfig, router, serve, serve_tls};
+
+/// File in the data directory holding the server's Ed25519 identity (its 32-byte seed, mode
+/// 0600), made at first start. Clients pin its public half; keep it across restarts.
+pub const SERVER_IDENTITY_FILE: &str = "server-identity.key";
+
+/// Reads the server identity at `path`, or creates it (mode 0600, never overwriting).
+pub fn load_or_create_identity(
+    path: &std::path::Path,
+) -> Result<IdentityKey, Box<dyn std::error::Error + Send + Sync>> {
+    use std::io::{Read as _, Write as _};
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            let mut seed = zeroize::Zeroizing::new(Vec::with_capacity(32));
+            // One byte more than a seed, so an oversized file is caught without reading it all.
+            f.take(33).read_to_end(&mut seed)?;
+            Ok(IdentityKey::from_seed_bytes(&seed).map_err(|e| {
+                format!(
+                    "{}: not a server identity key: {}",
+                    path.display(),
+                    e.message
+                )
+            })?)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let key = IdentityKey::generate()?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(path)?;
+            f.write_all(key.seed_bytes().as_ref())?;
+            f.sync_all()?;
+            tracing::info!(path = %path.display(), public = %key.public(), "created the server identity");
+            Ok(key)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Everything `cipherinfer serve` configures.
 #[derive(Debug, Clone)]
@@ -30,6 +72,12 @@ pub struct ServerOptions {
     pub http: HttpConfig,
     /// Interval of the garbage collector.
     pub gc_interval: Duration,
+    /// Serve HTTPS with this configuration (see [`crate::transport::load_tls_config`]);
+    /// `None` serves plain HTTP, which [`check_bind`] allows on loopback only.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Plain HTTP on a non-loopback address is allowed because a TLS-terminating proxy is the
+    /// only way in.
+    pub behind_tls_proxy: bool,
 }
 
 impl Default for ServerOptions {
@@ -43,8 +91,46 @@ impl Default for ServerOptions {
             service,
             http: HttpConfig::default().with_chunk_bytes(chunk),
             gc_interval: Duration::from_secs(60),
+            tls: None,
+            behind_tls_proxy: false,
         }
     }
+}
+
+/// Why [`check_bind`] refused an address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refusing to serve plain HTTP on {addr}, which is not a loopback address: bearer tokens would \
+     cross the network in clear; serve HTTPS with --tls-cert FILE --tls-key FILE, or pass \
+     --behind-tls-proxy if a TLS-terminating reverse proxy is the only way to reach this address"
+)]
+pub struct PlainHttpRefused {
+    /// The address refused.
+    pub addr: SocketAddr,
+}
+
+impl From<PlainHttpRefused> for std::io::Error {
+    fn from(e: PlainHttpRefused) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+    }
+}
+
+/// The bind policy: plain HTTP only on loopback (127.0.0.0/8, `::1`, or IPv4-mapped loopback)
+/// unless `behind_tls_proxy`; with `tls` any address.
+pub fn check_bind(
+    addr: SocketAddr,
+    tls: bool,
+    behind_tls_proxy: bool,
+) -> Result<(), PlainHttpRefused> {
+    if tls || behind_tls_proxy || is_loopback(addr.ip()) {
+        Ok(())
+    } else {
+        Err(PlainHttpRefused { addr })
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// A built server, before it listens.
@@ -69,16 +155,24 @@ impl Server {
         registry: Arc<Registry>,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let store = Store::local(&options.data_dir)?;
-        let service = Arc::new(Service::new(store, registry, options.service.clone()));
+        let mut config = options.service.clone();
+        if config.server_identity.is_none() {
+            config.server_identity = Some(Arc::new(load_or_create_identity(
+                &options.data_dir.join(SERVER_IDENTITY_FILE),
+            )?));
+        }
+        let service = Arc::new(Service::new(store, registry, config)?);
         Ok(Self { service, options })
     }
 
-    /// Serves on `listener` until `shutdown`; collects garbage in the background.
+    /// Serves on `listener` (HTTPS when `options.tls` is set) until `shutdown`; collects garbage
+    /// in the background. Refuses, before serving anything, what [`check_bind`] refuses.
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
+        self.check_bind(listener.local_addr()?)?;
         let gc = {
             let service = self.service.clone();
             let shutdown = shutdown.clone();
@@ -111,15 +205,33 @@ impl Server {
             self.options.http.clone(),
             shutdown.clone(),
         );
-        let result = serve(listener, app, shutdown).await;
+        let result = match self.options.tls.clone() {
+            Some(tls) => serve_tls(listener, app, tls, shutdown).await,
+            None => serve(listener, app, shutdown).await,
+        };
         gc.abort();
         result
     }
 
-    /// Binds the configured address and serves.
+    /// Binds the configured address and serves; refuses, before binding, what [`check_bind`]
+    /// refuses.
     pub async fn bind_and_run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        self.check_bind(self.options.bind)?;
         let listener = TcpListener::bind(self.options.bind).await?;
-        tracing::info!(address = %listener.local_addr()?, "cipherinfer remote server listening (Streamable HTTP /mcp, legacy SSE /sse)");
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(address = %listener.local_addr()?, scheme, "cipherinfer remote server listening (Streamable HTTP /mcp, legacy SSE /sse)");
         self.run(listener, shutdown).await
+    }
+
+    fn check_bind(&self, addr: SocketAddr) -> Result<(), PlainHttpRefused> {
+        check_bind(
+            addr,
+            self.options.tls.is_some(),
+            self.options.behind_tls_proxy,
+        )
     }
 }

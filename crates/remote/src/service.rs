@@ -9,6 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cipherinfer_ckks::serialization::{FromBytes, ToBytes};
 use cipherinfer_ckks::{Ciphertext, EvaluationKeys, Evaluator};
 use cipherinfer_compiler::CompileError;
+use cipherinfer_protocol::integrity::{
+    BundleClaim, DEFAULT_MAX_CLOCK_SKEW_MS, IdentityKey, PublicIdentity, ReplayGuard, ResultClaim,
+};
 use cipherinfer_protocol::remote::{
     Capabilities, DeleteSessionResult, DescribeCapabilitiesArgs, FetchResultChunkArgs,
     FetchResultChunkResult, ObjectStatus, PROTOCOL_PROFILE, Profile, ProvisionKeysBeginArgs,
@@ -64,6 +67,20 @@ pub struct ServiceConfig {
     pub auth_failures_per_minute_per_peer: u32,
     /// Evaluation-key sets kept decoded in memory.
     pub key_cache_entries: usize,
+    /// Whether every call but `describe_capabilities` must carry a `request_signature` (and
+    /// Step 0 a `bundle_signature`). A client whose identity is pinned must always sign.
+    pub require_signatures: bool,
+    /// Identities the operator registered for client ids before their first provisioning.
+    pub registered_identities: HashMap<String, PublicIdentity>,
+    /// Whether a client_id must be in `registered_identities` to provision (no trust on first
+    /// use).
+    pub require_registered_identity: bool,
+    /// Largest accepted distance between a signed request's timestamp and the server's clock.
+    pub max_clock_skew: Duration,
+    /// Most nonces held in the replay window (beyond it, signed calls get `ERROR_BUSY`).
+    pub max_replay_entries: usize,
+    /// The server's identity, which signs inference results (a fresh one when `None`).
+    pub server_identity: Option<Arc<IdentityKey>>,
 }
 
 impl Default for ServiceConfig {
@@ -82,6 +99,12 @@ impl Default for ServiceConfig {
             auth_failures_per_minute: 10,
             auth_failures_per_minute_per_peer: 100,
             key_cache_entries: 8,
+            require_signatures: true,
+            registered_identities: HashMap::new(),
+            require_registered_identity: false,
+            max_clock_skew: Duration::from_millis(DEFAULT_MAX_CLOCK_SKEW_MS),
+            max_replay_entries: 1_000_000,
+            server_identity: None,
         }
     }
 }
@@ -100,6 +123,9 @@ struct ClientRecord {
     galois_elements: Vec<u64>,
     revoked: bool,
     updated_at: u64,
+    /// The client's identity, pinned at first provisioning.
+    #[serde(default)]
+    identity_key: Option<PublicIdentity>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +144,9 @@ struct ProvisioningMeta {
     /// Unix milliseconds (0 in uploads begun before it was kept).
     #[serde(default)]
     expires_at_ms: u64,
+    /// The identity that signed the bundle; signs every later call of this upload.
+    #[serde(default)]
+    identity_key: Option<PublicIdentity>,
 }
 
 impl ProvisioningMeta {
@@ -296,6 +325,8 @@ pub struct Service {
     /// Moving average of evaluation time, for `retry_after_ms` of `ERROR_BUSY` (0: none yet).
     eval_ms: AtomicU64,
     counters: Arc<Counters>,
+    replay: Mutex<ReplayGuard>,
+    identity: Arc<IdentityKey>,
 }
 
 impl std::fmt::Debug for Service {
@@ -308,9 +339,20 @@ impl std::fmt::Debug for Service {
 
 impl Service {
     /// A service over a store and compiled models.
-    pub fn new(store: Store, registry: Arc<Registry>, config: ServiceConfig) -> Self {
+    pub fn new(store: Store, registry: Arc<Registry>, config: ServiceConfig) -> Result<Self> {
         let permits = config.max_concurrent_inferences.max(1);
-        Self {
+        let identity = match &config.server_identity {
+            Some(k) => k.clone(),
+            None => Arc::new(IdentityKey::generate()?),
+        };
+        let replay = ReplayGuard::new(
+            millis(config.max_clock_skew),
+            now_ms(),
+            config.max_replay_entries,
+        );
+        Ok(Self {
+            replay: Mutex::new(replay),
+            identity,
             store,
             registry,
             pools: EvalPools::new(config.max_eval_threads),
@@ -321,7 +363,12 @@ impl Service {
             inference: Arc::new(Semaphore::new(permits)),
             eval_ms: AtomicU64::new(0),
             counters: Arc::new(Counters::default()),
-        }
+        })
+    }
+
+    /// The server's public identity (signs inference results).
+    pub fn server_identity(&self) -> PublicIdentity {
+        self.identity.public()
     }
 
     /// The served models.
@@ -412,6 +459,7 @@ impl Service {
                         "the keys of this client were revoked",
                     ));
                 }
+                self.verify_request(client_id, r.identity_key.as_ref(), caller)?;
                 Ok(r)
             }
             (Err(e), _) => {
@@ -420,6 +468,49 @@ impl Service {
             }
             (Ok(()), None) => Err(err(ErrorCode::Unauthorized, "unknown client")),
         }
+    }
+
+    /// Checks the request signature of a call by `client_id`, whose pinned identity is
+    /// `identity`: signed by it, fresh, and never seen before. A client with a pinned identity
+    /// must sign every call; one without may call unsigned only if the server allows it.
+    fn verify_request(
+        &self,
+        client_id: &str,
+        identity: Option<&PublicIdentity>,
+        caller: &Caller,
+    ) -> Result<()> {
+        let outcome = match (&caller.signed, identity) {
+            (Some(signed), Some(id)) => signed.verify(id).and_then(|()| {
+                self.replay
+                    .lock()
+                    .map_err(|_| err(ErrorCode::Internal, "replay window poisoned"))?
+                    .check(
+                        client_id,
+                        &signed.signature.nonce,
+                        signed.signature.timestamp_ms,
+                        now_ms(),
+                    )
+            }),
+            (Some(_), None) => Err(err(
+                ErrorCode::BadSignature,
+                "no identity is pinned for this client_id, so its signature cannot be checked",
+            )),
+            (None, Some(_)) => Err(err(
+                ErrorCode::BadSignature,
+                "this client_id has a pinned identity: every call needs a request_signature",
+            )),
+            (None, None) if self.config.require_signatures => Err(err(
+                ErrorCode::BadSignature,
+                "this server requires a request_signature on every call",
+            )),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = &outcome
+            && e.error_code == ErrorCode::BadSignature
+        {
+            self.record_failure(Some(client_id), caller);
+        }
+        outcome
     }
 
     // ------------------------------------------------------------------------------------------
@@ -450,6 +541,10 @@ impl Service {
             session_ttl_s: self.config.session_ttl.as_secs(),
             result_ttl_s: self.config.session_ttl.as_secs(),
             enrollment_required: self.config.enrollment_token_hash.is_some(),
+            server_identity: self.identity.public(),
+            signatures_required: self.config.require_signatures,
+            identity_registration_required: self.config.require_registered_identity,
+            max_clock_skew_ms: millis(self.config.max_clock_skew),
             default_model: self.registry.default_model().to_string(),
             models,
         })
@@ -495,6 +590,29 @@ impl Service {
                 "algorithm_id does not match the parameter set",
             ));
         }
+        let identity = match &args.bundle_signature {
+            Some(sig) => {
+                let claim = BundleClaim {
+                    client_id: &args.client_id,
+                    algorithm_id: &args.algorithm_id,
+                    parameter_id: &args.parameter_id,
+                    bundle_sha256: &args.bundle_sha256,
+                    bundle_bytes: args.bundle_bytes,
+                };
+                if let Err(e) = claim.verify(sig, now_ms(), millis(self.config.max_clock_skew)) {
+                    self.record_failure(Some(&args.client_id), caller);
+                    return Err(e);
+                }
+                Some(sig.identity_key)
+            }
+            None if self.config.require_signatures => {
+                return Err(err(
+                    ErrorCode::BadSignature,
+                    "this server requires a bundle_signature on provision_keys_begin",
+                ));
+            }
+            None => None,
+        };
         match args.mode {
             ProvisionMode::New => {
                 if let Some(hash) = &self.config.enrollment_token_hash {
@@ -518,10 +636,33 @@ impl Service {
                         )
                     });
                 }
+                match self.config.registered_identities.get(&args.client_id) {
+                    Some(registered) if Some(registered) != identity.as_ref() => {
+                        return Err(err(
+                            ErrorCode::IdentityMismatch,
+                            "the bundle is not signed by the identity registered for this client_id",
+                        ));
+                    }
+                    None if self.config.require_registered_identity => {
+                        return Err(err(
+                            ErrorCode::IdentityMismatch,
+                            "this server provisions only client ids with a registered identity",
+                        ));
+                    }
+                    _ => {}
+                }
+                self.verify_request(&args.client_id, identity.as_ref(), caller)?;
             }
             ProvisionMode::Rotate => {
-                self.authenticate(&args.client_id, args.auth_token.as_ref(), caller)
+                let record = self
+                    .authenticate(&args.client_id, args.auth_token.as_ref(), caller)
                     .await?;
+                if record.identity_key.is_some() && record.identity_key != identity {
+                    return Err(err(
+                        ErrorCode::IdentityMismatch,
+                        "the new bundle is signed by another identity than the one pinned for this client_id",
+                    ));
+                }
             }
         }
         let provisioning_id = random_hex(16)?;
@@ -539,6 +680,7 @@ impl Service {
             key_uri: args.key_uri.clone(),
             expires_at,
             expires_at_ms,
+            identity_key: identity,
         };
         self.store
             .put_json(
@@ -640,11 +782,14 @@ impl Service {
     pub async fn provision_chunk(
         &self,
         args: &ProvisionKeysChunkArgs,
+        caller: &Caller,
     ) -> Result<ProvisionKeysChunkAck> {
         args.validate(&self.config.limits)?;
         let meta = self
             .provisioning(&args.client_id, &args.provisioning_id)
             .await?;
+        self.rate_limit_check(Some(&args.client_id), caller)?;
+        self.verify_request(&args.client_id, meta.identity_key.as_ref(), caller)?;
         if args.total_chunks != meta.total_chunks {
             return Err(err(
                 ErrorCode::TotalChunksMismatch,
@@ -652,6 +797,7 @@ impl Service {
             ));
         }
         let bytes = decode_base64_limited(&args.chunk_b64, self.config.limits.max_chunk_bytes)?;
+        check_chunk_digest(args.chunk_sha256.as_deref(), &bytes)?;
         let chunk_bytes = bytes.len() as u64;
         let admission = loop {
             match self.ledger.admit_upload_chunk(
@@ -712,11 +858,14 @@ impl Service {
     pub async fn provision_commit(
         &self,
         args: &ProvisionKeysCommitArgs,
+        caller: &Caller,
     ) -> Result<ProvisionKeysResult> {
         args.validate()?;
         let meta = self
             .provisioning(&args.client_id, &args.provisioning_id)
             .await?;
+        self.rate_limit_check(Some(&args.client_id), caller)?;
+        self.verify_request(&args.client_id, meta.identity_key.as_ref(), caller)?;
         let bundle = match &meta.key_uri {
             Some(uri) => {
                 let segments = parse_key_store_uri(uri)?;
@@ -786,6 +935,14 @@ impl Service {
                     "this client_id already has keys",
                 ));
             }
+            (ProvisionMode::Rotate, Some(r))
+                if r.identity_key.is_some() && r.identity_key != meta.identity_key =>
+            {
+                return Err(err(
+                    ErrorCode::IdentityMismatch,
+                    "the bundle is signed by another identity than the one pinned for this client_id",
+                ));
+            }
             (ProvisionMode::Rotate, Some(r)) if !r.revoked => r.key_version + 1,
             (ProvisionMode::Rotate, _) => {
                 return Err(err(ErrorCode::KeysRevoked, "no active key set to rotate"));
@@ -804,6 +961,7 @@ impl Service {
             galois_elements: galois_elements.clone(),
             revoked: false,
             updated_at: now(),
+            identity_key: meta.identity_key,
         };
         let key_path = path(&[
             "clients",
@@ -844,6 +1002,7 @@ impl Service {
             relinearization,
             galois_elements,
             models,
+            identity_key: meta.identity_key,
         })
     }
 
@@ -1083,6 +1242,7 @@ impl Service {
         self.authenticate(&args.client_id, args.auth_token.as_ref(), caller)
             .await?;
         let bytes = decode_base64_limited(&args.chunk_b64, self.config.limits.max_chunk_bytes)?;
+        check_chunk_digest(args.chunk_sha256.as_deref(), &bytes)?;
         let chunk_bytes = bytes.len() as u64;
         let object = object_key(&args.file_name);
         // Sizes and quotas first, so a refused chunk leaves nothing behind, not even a session.
@@ -1443,7 +1603,18 @@ impl Service {
         client_id: &str,
         session_id: &str,
         served: &ServedModel,
+        expected: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<(Vec<Ciphertext>, u64)> {
+        if let Some(expected) = expected
+            && let Some(extra) = expected
+                .keys()
+                .find(|k| !served.info.input_objects.contains(k))
+        {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("input_sha256 names {extra:?}, which the model does not take"),
+            ));
+        }
         let status: HashMap<String, ObjectStatus> = self
             .object_status(client_id, session_id)
             .await?
@@ -1486,6 +1657,14 @@ impl Service {
                 )
                 .await?;
             input_bytes += bytes.len() as u64;
+            if let Some(want) = expected.and_then(|e| e.get(name.as_str()))
+                && sha256_hex(&bytes) != *want
+            {
+                return Err(err(
+                    ErrorCode::IntegrityMismatch,
+                    format!("{name}: the staged object is not the one the request names"),
+                ));
+            }
             let ct = Ciphertext::from_bytes(served.params(), &bytes, limit)
                 .map_err(|e| ToolError::from_ckks(&e, ErrorCode::MalformedCiphertext))?;
             if ct.level() < served.model.input_level() || ct.degree() != 1 {
@@ -1609,7 +1788,12 @@ impl Service {
         // Inputs: complete objects, then decoded with a size limit and conformance checks.
         let t_load = Instant::now();
         let (cts, input_bytes) = self
-            .load_inputs(&args.client_id, &args.session_id, served)
+            .load_inputs(
+                &args.client_id,
+                &args.session_id,
+                served,
+                args.input_sha256.as_ref(),
+            )
             .await?;
         let ev = self.evaluator(&record, served).await?;
         served
@@ -1701,8 +1885,21 @@ impl Service {
             )
         };
         self.touch(&args.client_id, &args.session_id).await?;
+        let result_signature = caller.signed.as_ref().map(|s| {
+            ResultClaim {
+                client_id: args.client_id.clone(),
+                session_id: args.session_id.clone(),
+                model: name.clone(),
+                algorithm_id: served.info.algorithm_id.to_string(),
+                parameter_id: served.info.parameter_id.clone(),
+                encrypted_logit_sha256: sha.clone(),
+                encrypted_logit_bytes: bytes.len() as u64,
+            }
+            .sign(&self.identity, &s.signature.nonce)
+        });
         let serialize_s = t_ser.elapsed().as_secs_f64();
         Ok(RemoteInferenceResult {
+            result_signature,
             ok: true,
             session_id: args.session_id.clone(),
             model: name,
@@ -1817,6 +2014,17 @@ impl Service {
 }
 
 /// Whether a key set covers a model: relinearization if needed, and every Galois element.
+/// Refuses a chunk whose bytes do not hash to the digest the caller declared.
+fn check_chunk_digest(declared: Option<&str>, bytes: &[u8]) -> Result<()> {
+    match declared {
+        Some(d) if sha256_hex(bytes) != d => Err(err(
+            ErrorCode::IntegrityMismatch,
+            "the chunk's bytes do not match its chunk_sha256",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn check_model_keys(model: &ServedModel, relin: bool, galois: &[u64]) -> Result<()> {
     let missing: Vec<u64> = model
         .info

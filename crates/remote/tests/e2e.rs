@@ -295,8 +295,10 @@ async fn step0_upload_inference_and_errors_over_http() {
     .await;
 
     // The real thing, with progress notifications; the result decrypts to the model's logits.
-    let Value::Object(args) = infer(json!({"max_multiplication_depth": 5, "security_level": 128}))
-    else {
+    let Value::Object(args) = common::remote::signed(
+        "remote_inference_cnn",
+        infer(json!({"max_multiplication_depth": 5, "security_level": 128})),
+    ) else {
         panic!()
     };
     let handle = peer

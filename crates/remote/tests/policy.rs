@@ -21,8 +21,9 @@ use serde_json::{Value, json};
 
 fn infer_call(args: Value) -> ClientRequest {
     ClientRequest::CallToolRequest(Request::new(
-        CallToolRequestParams::new("remote_inference_cnn")
-            .with_arguments(common::remote::arguments(args)),
+        CallToolRequestParams::new("remote_inference_cnn").with_arguments(
+            common::remote::arguments(common::remote::signed("remote_inference_cnn", args)),
+        ),
     ))
 }
 
@@ -47,7 +48,8 @@ async fn cancelling_an_inference_stops_it_and_frees_its_slot() {
     legacy
         .send(
             json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
-            "name": "remote_inference_cnn", "arguments": by_ref,
+            "name": "remote_inference_cnn",
+            "arguments": common::remote::signed("remote_inference_cnn", by_ref),
             "_meta": {"progressToken": "queued"}}}),
         )
         .await;
@@ -73,8 +75,14 @@ async fn cancelling_an_inference_stops_it_and_frees_its_slot() {
     drop(slot);
     // The next request gets the slot; the cancelled one never evaluated nor answered.
     legacy
-        .send(json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
-            "name": "remote_inference_cnn", "arguments": {"client_id": "alice", "session_id": "s1"}}}))
+        .send(
+            json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+            "name": "remote_inference_cnn",
+            "arguments": common::remote::signed(
+                "remote_inference_cnn",
+                json!({"client_id": "alice", "session_id": "s1"}),
+            )}}),
+        )
         .await;
     let (next, during) = legacy.response(9).await;
     assert_eq!(next["result"]["isError"], false, "{next}");

@@ -13,12 +13,15 @@
 //! serve(listener, app, shutdown).await
 //! # }
 //! ```
+//!
+//! [`serve_tls`] serves the same app over HTTPS, with a configuration from [`load_tls_config`].
 
 mod error;
 mod guard;
 mod legacy_sse;
+mod tls;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Json, Router, middleware, routing::get};
 use rmcp::{
@@ -34,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::{ErrorBody, ErrorDetail};
 pub use guard::HostPolicy;
 pub use legacy_sse::StreamClosed;
+pub use tls::{TLS_HANDSHAKE_TIMEOUT, TlsConfigError, load_tls_config};
 
 /// Path of the Streamable HTTP endpoint.
 pub const MCP_PATH: &str = "/mcp";
@@ -183,7 +187,8 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// How long [`serve`] lets open connections finish after `shutdown` before it returns anyway.
+/// How long [`serve`] and [`serve_tls`] let open connections finish after `shutdown` before
+/// they return anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then stops accepting, lets
@@ -208,6 +213,35 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         async move { shutdown.cancelled_owned().await }
     });
+    with_grace(graceful.into_future(), shutdown).await
+}
+
+/// [`serve`] over HTTPS: TLS with `tls` on every accepted connection (TCP_NODELAY set, the
+/// handshake bounded by [`TLS_HANDSHAKE_TIMEOUT`] and run apart from the accept loop), then
+/// HTTP/1.1. Same shutdown and the same `ConnectInfo<SocketAddr>` on every request.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    // axum derives `ConnectInfo<SocketAddr>` from the address of any listener wrapped by
+    // `tap_io`; TCP_NODELAY is already set before the handshake, so the tap does nothing else.
+    let listener = axum::serve::ListenerExt::tap_io(tls::TlsListener::new(listener, tls)?, |_| {});
+    let graceful = axum::serve(listener, app).with_graceful_shutdown({
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled_owned().await }
+    });
+    with_grace(graceful.into_future(), shutdown).await
+}
+
+/// Runs `graceful` (axum's server with graceful shutdown on `shutdown`) and gives up on the
+/// connections still open [`SHUTDOWN_GRACE`] after `shutdown`.
+async fn with_grace(
+    graceful: impl Future<Output = std::io::Result<()>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let grace_over = async {
         shutdown.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -119,7 +119,7 @@ impl LegacyClient {
     /// Calls a tool with request id `id`; returns the JSON-RPC result.
     pub async fn call_tool(&mut self, id: u64, name: &str, arguments: Value) -> Value {
         self.send(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": {"name": name, "arguments": arguments}}))
+            "params": {"name": name, "arguments": super::remote::signed(name, arguments)}}))
             .await;
         let (response, _) = self.response(id).await;
         response["result"].clone()

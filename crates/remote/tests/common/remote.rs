@@ -11,6 +11,9 @@ use cipherinfer_ckks::serialization::ToBytes;
 use cipherinfer_ckks::{Decryptor, Encoder, KeyGenerator, Parameters};
 use cipherinfer_compiler::ClientSpec;
 use cipherinfer_model::{Manifest, plain};
+use cipherinfer_protocol::integrity::{
+    BundleClaim, IdentityKey, REQUEST_SIGNATURE_FIELD, sign_call,
+};
 use cipherinfer_protocol::validate::{encode_base64, sha256_hex};
 use cipherinfer_remote::{Registry, Server, ServerOptions, Service};
 use rmcp::model::{CallToolRequestParams, ProgressNotificationParam};
@@ -232,8 +235,47 @@ pub fn arguments(args: Value) -> serde_json::Map<String, Value> {
     map
 }
 
-/// Calls a tool; returns (is_error, structured content).
+/// The test identity of `client_id`: derived from the id, so every helper signs alike.
+pub fn identity(client_id: &str) -> IdentityKey {
+    let digest = sha256_hex(format!("cipherinfer-test-identity:{client_id}").as_bytes());
+    let seed = hex::decode(digest).expect("hex");
+    IdentityKey::from_seed_bytes(&seed).expect("seed")
+}
+
+/// `args` as a well-behaved client sends them: `provision_keys_begin` gets a bundle signature
+/// (unless it has one), and every call but `describe_capabilities` a request signature, both
+/// by the test identity of the `client_id` in the arguments.
+pub fn signed(name: &str, mut args: Value) -> Value {
+    let Some(client) = args["client_id"].as_str().map(str::to_string) else {
+        return args;
+    };
+    if name == "describe_capabilities" || args.get(REQUEST_SIGNATURE_FIELD).is_some() {
+        return args;
+    }
+    let key = identity(&client);
+    if name == "provision_keys_begin" && args.get("bundle_signature").is_none() {
+        let sig = BundleClaim {
+            client_id: &client,
+            algorithm_id: args["algorithm_id"].as_str().unwrap_or(""),
+            parameter_id: args["parameter_id"].as_str().unwrap_or(""),
+            bundle_sha256: args["bundle_sha256"].as_str().unwrap_or(""),
+            bundle_bytes: args["bundle_bytes"].as_u64().unwrap_or(0),
+        }
+        .sign(&key)
+        .expect("bundle signature");
+        args["bundle_signature"] = serde_json::to_value(sig).expect("json");
+    }
+    sign_call(&key, name, &mut args).expect("request signature");
+    args
+}
+
+/// Calls a tool, signed as [`signed`] does; returns (is_error, structured content).
 pub async fn call(peer: &Peer, name: &str, args: Value) -> (bool, Value) {
+    call_unsigned(peer, name, signed(name, args)).await
+}
+
+/// Calls a tool with exactly `args`; returns (is_error, structured content).
+pub async fn call_unsigned(peer: &Peer, name: &str, args: Value) -> (bool, Value) {
     let r = peer
         .call_tool(CallToolRequestParams::new(name.to_string()).with_arguments(arguments(args)))
         .await

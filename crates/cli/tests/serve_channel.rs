@@ -1,0 +1,170 @@
+//! `cipherinfer serve` and the channel it offers: plain HTTP off loopback is refused before any
+//! model is compiled, the TLS flags go together and bad files are reported, and with a
+//! certificate the server announces an `https://` URL.
+#![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cipherinfer");
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "cipherinfer-cli-{name}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `cipherinfer serve ARGS`, which must exit by itself within `limit`.
+fn serve_exits(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "cipherinfer serve {args:?} still running after {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn plain_http_off_loopback_is_refused_before_compiling_models() {
+    let data = temp("refuse").join("data");
+    for bind in ["0.0.0.0:0", "[::]:0"] {
+        let out = serve_exits(
+            &["--bind", bind, "--data-dir", data.to_str().unwrap()],
+            Duration::from_secs(20),
+        );
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+        assert!(stderr.contains("refusing to serve plain HTTP"), "{stderr}");
+        assert!(
+            stderr.contains("--tls-cert FILE --tls-key FILE"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--behind-tls-proxy"), "{stderr}");
+        assert!(!stderr.contains("compiling models"), "{stderr}");
+        assert!(!data.exists(), "the data directory was created");
+    }
+}
+
+#[test]
+fn the_tls_flags_go_together() {
+    let out = serve_exits(&["--tls-cert", "cert.pem"], Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--tls-key"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = serve_exits(&["--tls-key", "key.pem"], Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--tls-cert"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unreadable_certificate_is_reported_before_compiling_models() {
+    let dir = temp("nocert");
+    let cert = dir.join("absent-cert.pem");
+    let key = dir.join("absent-key.pem");
+    let out = serve_exits(
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot read the TLS certificate file"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("absent-cert.pem"), "{stderr}");
+    assert!(!stderr.contains("compiling models"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Killed on drop.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn with_a_certificate_the_server_announces_https() {
+    let dir = temp("https");
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+
+    let mut serving = Serving(
+        Command::new(BIN)
+            .args(["serve", "--bind", "127.0.0.1:0", "--model", "mnist-cnn"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(serving.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("cipherinfer remote server listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    assert!(url.ends_with("/mcp"), "{url}");
+    drop(serving);
+    let _ = std::fs::remove_dir_all(&dir);
+}
