@@ -134,7 +134,7 @@ fn b64_value(c: u8) -> Option<u32> {
 /// a multiple of 4 characters, padding only at the end of the last quantum, and the unused
 /// low bits before the padding all zero. `None` for anything else.
 pub fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
-    if s.is_empty() || s.len() % 4 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(4) {
         return None;
     }
     let quanta = s.len() / 4;
