@@ -177,10 +177,10 @@ fn enrollment_hash(path: &std::path::Path) -> Result<cipherinfer_protocol::Token
 
 async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
     // Refuse a bad channel before anything slow (compiling models) or lasting (token files).
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(Arc::new(load_tls_config(cert, key)?)),
-        (None, None) => None,
-        _ => return Err("--tls-cert and --tls-key go together".into()),
+    // clap makes each of --tls-cert and --tls-key require the other.
+    let tls = match args.tls_cert.as_deref().zip(args.tls_key.as_deref()) {
+        Some((cert, key)) => Some(Arc::new(load_tls_config(cert, key)?)),
+        None => None,
     };
     check_bind(args.bind, tls.is_some(), args.behind_tls_proxy)?;
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -4,23 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cipherinfer");
-static COUNTER: AtomicU64 = AtomicU64::new(0);
+mod common;
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "cipherinfer-cli-{name}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{BIN, temp};
 
 /// Runs `cipherinfer serve ARGS`, which must exit by itself within `limit`.
 fn serve_exits(args: &[&str], limit: Duration) -> Output {

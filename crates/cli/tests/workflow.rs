@@ -7,23 +7,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use cipherinfer_model::{Manifest, onnx, plain};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cipherinfer");
-static COUNTER: AtomicU64 = AtomicU64::new(0);
+mod common;
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "cipherinfer-cli-{name}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{BIN, temp};
 
 /// `cipherinfer serve` on 127.0.0.1:0; killed on drop.
 struct Remote {

@@ -126,7 +126,7 @@ fn credentials_live_in_the_client_directory_with_private_modes() {
             .put_credentials("ivan", &creds("http://infer.example/mcp", &token))
             .unwrap_err()
             .error_code,
-        ErrorCode::InvalidArgument
+        ErrorCode::InsecureTransport
     );
     // A corrupt file is reported, not trusted.
     std::fs::write(&file, b"{\"remote_url\": 1").unwrap();

@@ -28,6 +28,26 @@ pub fn canonical_call_bytes(
     arguments: &Value,
     exclude: &[&str],
 ) -> Result<Vec<u8>> {
+    let mut out = call_prefix(tool_name)?;
+    match arguments {
+        Value::Object(map) => write_object(map, exclude, &mut out, 0)?,
+        other => write_value(other, &mut out, 0)?,
+    }
+    Ok(out)
+}
+
+/// [`canonical_call_bytes`] of an arguments object held as a map (no copy of it is made).
+pub fn canonical_object_call_bytes(
+    tool_name: &str,
+    arguments: &Map<String, Value>,
+    exclude: &[&str],
+) -> Result<Vec<u8>> {
+    let mut out = call_prefix(tool_name)?;
+    write_object(arguments, exclude, &mut out, 0)?;
+    Ok(out)
+}
+
+fn call_prefix(tool_name: &str) -> Result<Vec<u8>> {
     if tool_name.as_bytes().contains(&0) {
         return Err(ToolError::new(
             ErrorCode::InvalidArgument,
@@ -39,17 +59,6 @@ pub fn canonical_call_bytes(
     out.push(0);
     out.extend_from_slice(tool_name.as_bytes());
     out.push(0);
-    match arguments {
-        Value::Object(map) => {
-            let filtered: Map<String, Value> = map
-                .iter()
-                .filter(|(k, _)| !exclude.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            write_value(&Value::Object(filtered), &mut out, 0)?;
-        }
-        other => write_value(other, &mut out, 0)?,
-    }
     Ok(out)
 }
 
@@ -104,23 +113,34 @@ fn write_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
             }
             out.push(b']');
         }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            out.push(b'{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(k, out);
-                out.push(b':');
-                if let Some(v) = map.get(*k) {
-                    write_value(v, out, depth + 1)?;
-                }
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_object(map, &[], out, depth)?,
     }
+    Ok(())
+}
+
+/// An object with sorted keys, leaving out the keys in `exclude` (without copying the values:
+/// arguments may hold megabytes of Base64).
+fn write_object(
+    map: &Map<String, Value>,
+    exclude: &[&str],
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<()> {
+    let mut entries: Vec<(&String, &Value)> = map
+        .iter()
+        .filter(|(k, _)| !exclude.contains(&k.as_str()))
+        .collect();
+    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push(b'{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(k, out);
+        out.push(b':');
+        write_value(v, out, depth + 1)?;
+    }
+    out.push(b'}');
     Ok(())
 }
 

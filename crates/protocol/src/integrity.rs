@@ -6,8 +6,7 @@
 //! reads the server's store (the draft's honest-but-curious operator, or a breach) could forge
 //! requests. With Ed25519 the server keeps only the client's public key; nothing it stores lets
 //! it, or a thief of its disk, sign in the client's name. The same argument, reversed, gives
-//! the server its own identity key for results. Signing costs tens of microseconds, nothing
-//! beside a homomorphic evaluation. `docs/security.md` describes the scheme.
+//! the server its own identity key for results. `docs/security.md` describes the scheme.
 //!
 //! Signed byte strings (all prefixes end in NUL; fields are separated by NUL; numbers are
 //! decimal ASCII; digests are raw 32 bytes):
@@ -33,7 +32,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::canonical::canonical_call_bytes;
+use crate::canonical::{canonical_call_bytes, canonical_object_call_bytes};
 use crate::error::{ErrorCode, Result, ToolError};
 
 /// Argument field that carries a request's signature; left out of the signed bytes.
@@ -293,13 +292,25 @@ pub fn call_digest(tool: &str, arguments: &Value) -> Result<[u8; 32]> {
 
 /// The bytes a request signature covers.
 pub fn request_message(nonce: &str, timestamp_ms: u64, digest: &[u8; 32]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(REQUEST_PREFIX.len() + 80);
-    m.extend_from_slice(REQUEST_PREFIX);
-    m.extend_from_slice(nonce.as_bytes());
-    m.push(0);
-    m.extend_from_slice(timestamp_ms.to_string().as_bytes());
-    m.push(0);
-    m.extend_from_slice(digest);
+    framed(
+        REQUEST_PREFIX,
+        &[
+            nonce.as_bytes(),
+            timestamp_ms.to_string().as_bytes(),
+            digest,
+        ],
+    )
+}
+
+/// `prefix` then `parts` separated by NUL (the prefix ends in NUL itself).
+fn framed(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut m = prefix.to_vec();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            m.push(0);
+        }
+        m.extend_from_slice(part);
+    }
     m
 }
 
@@ -356,8 +367,11 @@ impl SignedCall {
         let signature: RequestSignature = serde_json::from_value(raw)
             .map_err(|e| bad_signature(format!("request_signature is malformed: {e}")))?;
         signature.validate()?;
-        let digest = call_digest(tool, &Value::Object(arguments.clone()))?;
-        Ok(Some(Self { signature, digest }))
+        let bytes = canonical_object_call_bytes(tool, arguments, &UNSIGNED_FIELDS)?;
+        Ok(Some(Self {
+            signature,
+            digest: Sha256::digest(&bytes).into(),
+        }))
     }
 
     /// Checks the signature against `identity`.
@@ -504,19 +518,17 @@ pub struct BundleClaim<'a> {
 impl BundleClaim<'_> {
     /// The signed bytes at `timestamp`.
     pub fn message(&self, timestamp: u64) -> Vec<u8> {
-        let mut m = BUNDLE_PREFIX.to_vec();
-        for part in [
-            self.client_id.as_bytes(),
-            self.algorithm_id.as_bytes(),
-            self.parameter_id.as_bytes(),
-            self.bundle_sha256.as_bytes(),
-            self.bundle_bytes.to_string().as_bytes(),
-        ] {
-            m.extend_from_slice(part);
-            m.push(0);
-        }
-        m.extend_from_slice(timestamp.to_string().as_bytes());
-        m
+        framed(
+            BUNDLE_PREFIX,
+            &[
+                self.client_id.as_bytes(),
+                self.algorithm_id.as_bytes(),
+                self.parameter_id.as_bytes(),
+                self.bundle_sha256.as_bytes(),
+                self.bundle_bytes.to_string().as_bytes(),
+                timestamp.to_string().as_bytes(),
+            ],
+        )
     }
 
     /// Signs the claim now.
@@ -584,21 +596,19 @@ pub struct ResultClaim {
 impl ResultClaim {
     /// The signed bytes for a response to the request with `request_nonce`.
     pub fn message(&self, request_nonce: &str) -> Vec<u8> {
-        let mut m = RESULT_PREFIX.to_vec();
-        for part in [
-            self.client_id.as_bytes(),
-            self.session_id.as_bytes(),
-            self.model.as_bytes(),
-            self.algorithm_id.as_bytes(),
-            self.parameter_id.as_bytes(),
-            self.encrypted_logit_sha256.as_bytes(),
-            self.encrypted_logit_bytes.to_string().as_bytes(),
-        ] {
-            m.extend_from_slice(part);
-            m.push(0);
-        }
-        m.extend_from_slice(request_nonce.as_bytes());
-        m
+        framed(
+            RESULT_PREFIX,
+            &[
+                self.client_id.as_bytes(),
+                self.session_id.as_bytes(),
+                self.model.as_bytes(),
+                self.algorithm_id.as_bytes(),
+                self.parameter_id.as_bytes(),
+                self.encrypted_logit_sha256.as_bytes(),
+                self.encrypted_logit_bytes.to_string().as_bytes(),
+                request_nonce.as_bytes(),
+            ],
+        )
     }
 
     /// The server signs the claim for the request with `request_nonce`.

@@ -183,7 +183,8 @@ impl ProvisionKeysBeginArgs {
                         format!("total_chunks {} outside 1..={max}", self.total_chunks),
                     ));
                 }
-                let min_chunks = self.bundle_bytes.div_ceil(limits.max_chunk_bytes);
+                // A zero limit (a misconfigured server) must not divide by zero.
+                let min_chunks = self.bundle_bytes.div_ceil(limits.max_chunk_bytes.max(1));
                 if u64::from(self.total_chunks) < min_chunks {
                     return Err(ToolError::new(
                         ErrorCode::ChunkTooLarge,

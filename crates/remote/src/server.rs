@@ -1,7 +1,7 @@
 //! Assembles the remote server: store, compiled models, service, garbage collection and the
 //! HTTP transports.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,15 +122,11 @@ pub fn check_bind(
     tls: bool,
     behind_tls_proxy: bool,
 ) -> Result<(), PlainHttpRefused> {
-    if tls || behind_tls_proxy || is_loopback(addr.ip()) {
+    if tls || behind_tls_proxy || addr.ip().to_canonical().is_loopback() {
         Ok(())
     } else {
         Err(PlainHttpRefused { addr })
     }
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    ip.to_canonical().is_loopback()
 }
 
 /// A built server, before it listens.

@@ -15,8 +15,8 @@ use cipherinfer_protocol::integrity::{
 };
 use cipherinfer_protocol::validate::{decode_base64_limited, encode_base64, sha256_hex};
 use common::remote::{
-    Peer, call_unsigned, chunks, connect, enroll, fails, identity, material, ok, options,
-    session_args, signed, start, start_with, temp_dir,
+    Peer, begin_args, call_unsigned, chunks, connect, enroll, fails, identity, material, ok,
+    options, session_args, signed, start, start_with, temp_dir,
 };
 use serde_json::{Value, json};
 
@@ -168,12 +168,7 @@ async fn tampered_key_bundles_are_refused() {
     let server = start(&dir).await;
     let (peer, _p) = connect(&server.url).await;
     let m = material();
-    let begin = |client: &str, parts: usize| {
-        json!({"client_id": client, "algorithm_id": m.info["algorithm_id"],
-               "parameter_id": m.info["parameter_id"], "model": m.info["name"],
-               "bundle_bytes": m.bundle.len(), "bundle_sha256": sha256_hex(&m.bundle),
-               "total_chunks": parts})
-    };
+    let begin = |client: &str, parts: usize| begin_args(client, &m.info, &m.bundle, parts);
 
     // The bundle signature with one bit flipped, the request re-signed around it.
     let mut a = signed("provision_keys_begin", begin("mallory", 4));
@@ -394,6 +389,8 @@ async fn replayed_and_stale_requests_are_refused() {
     }
     let before_restart = signed_at(&key, "get_session_status", args.clone(), now_ms());
     server.stop().await;
+    // The restarted server's clock must be past the signature's millisecond.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let server = start(&dir).await;
     let (peer, _p) = connect(&server.url).await;
     let (_, v) = call_unsigned(&peer, "get_session_status", before_restart).await;
@@ -420,10 +417,9 @@ async fn another_identity_is_refused() {
     fails(&peer, "get_session_status", a, "ERROR_BAD_SIGNATURE").await;
 
     // A key rotation whose bundle is signed by another identity (the request by alice's).
-    let mut begin = json!({"client_id": "alice", "algorithm_id": m.info["algorithm_id"],
-        "parameter_id": m.info["parameter_id"], "model": m.info["name"], "mode": "rotate",
-        "bundle_bytes": m.bundle.len(), "bundle_sha256": sha256_hex(&m.bundle),
-        "total_chunks": 4, "auth_token": token});
+    let mut begin = begin_args("alice", &m.info, &m.bundle, 4);
+    begin["mode"] = json!("rotate");
+    begin["auth_token"] = json!(token);
     let claim = BundleClaim {
         client_id: "alice",
         algorithm_id: m.info["algorithm_id"].as_str().unwrap(),
@@ -439,7 +435,6 @@ async fn another_identity_is_refused() {
         "ERROR_IDENTITY_MISMATCH",
     )
     .await;
-    // Alice's own rotation is fine and her keys keep working.
     server.stop().await;
 
     // Pre-registered identities: carol's is registered, dave has none and the server
@@ -457,12 +452,7 @@ async fn another_identity_is_refused() {
     let (peer, _p) = connect(&server.url).await;
     let caps = ok(&peer, "describe_capabilities", json!({})).await;
     assert_eq!(caps["identity_registration_required"], true);
-    let begin = |client: &str| {
-        json!({"client_id": client, "algorithm_id": m.info["algorithm_id"],
-               "parameter_id": m.info["parameter_id"], "model": m.info["name"],
-               "bundle_bytes": m.bundle.len(), "bundle_sha256": sha256_hex(&m.bundle),
-               "total_chunks": 4})
-    };
+    let begin = |client: &str| begin_args(client, &m.info, &m.bundle, 4);
     fails(
         &peer,
         "provision_keys_begin",

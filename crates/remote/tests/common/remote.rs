@@ -309,6 +309,20 @@ pub fn chunks(bytes: &[u8], n: usize) -> Vec<String> {
         .collect()
 }
 
+/// `provision_keys_begin` arguments (mode new, unsigned) announcing `bundle` for the model
+/// `info` in `total_chunks` chunks.
+pub fn begin_args(client_id: &str, info: &Value, bundle: &[u8], total_chunks: usize) -> Value {
+    json!({
+        "client_id": client_id,
+        "algorithm_id": info["algorithm_id"],
+        "parameter_id": info["parameter_id"],
+        "model": info["name"],
+        "bundle_bytes": bundle.len(),
+        "bundle_sha256": sha256_hex(bundle),
+        "total_chunks": total_chunks,
+    })
+}
+
 /// Step 0 up to the commit for `client_id` with `bundle` (four chunks, out of order, one
 /// re-sent); returns the commit arguments.
 pub async fn provision(peer: &Peer, client_id: &str, info: &Value, bundle: &[u8]) -> Value {
@@ -316,15 +330,7 @@ pub async fn provision(peer: &Peer, client_id: &str, info: &Value, bundle: &[u8]
     let begin = ok(
         peer,
         "provision_keys_begin",
-        json!({
-            "client_id": client_id,
-            "algorithm_id": info["algorithm_id"],
-            "parameter_id": info["parameter_id"],
-            "model": info["name"],
-            "bundle_bytes": bundle.len(),
-            "bundle_sha256": sha256_hex(bundle),
-            "total_chunks": parts.len(),
-        }),
+        begin_args(client_id, info, bundle, parts.len()),
     )
     .await;
     let pid = begin["provisioning_id"].as_str().expect("id").to_string();
