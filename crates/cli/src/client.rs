@@ -393,6 +393,11 @@ pub async fn keygen_or_provision(args: ClientArgs, provision: bool) -> Result<()
                 e.galois_elements.len()
             );
         }
+        // The public half, for operators who register identities before first use.
+        let identity = local.store().identity(&client_id)?.public();
+        println!(
+            "client {client_id}: identity {identity} (register it with `cipherinfer serve --identity {client_id}={identity}`)"
+        );
         Ok(())
     }
     .await;

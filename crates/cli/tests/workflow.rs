@@ -257,6 +257,17 @@ fn keygen_and_provision_commands() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("generated"), "{}", run.stdout);
+    // The identity to pre-register is printed, and it stays the same across key generations.
+    let identity = |out: &str| {
+        out.split_whitespace()
+            .skip_while(|w| *w != "identity")
+            .nth(1)
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let first = identity(&run.stdout);
+    assert_eq!(first.len(), 64, "{}", run.stdout);
+    assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
     let run = cipherinfer(
         &["keygen", "--remote", &remote.url, "--client-id", "alice"],
         &keys,
@@ -267,6 +278,7 @@ fn keygen_and_provision_commands() {
         "{}",
         run.stdout
     );
+    assert_eq!(identity(&run.stdout), first, "{}", run.stdout);
     let run = cipherinfer(
         &["provision", "--remote", &remote.url, "--client-id", "alice"],
         &keys,

@@ -673,6 +673,13 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
                 encrypted_logit_path: path_string(&result_path)?,
                 model: Some(model.name.clone()),
                 top_k: request.top_k,
+                result_attestation: result.result_signature.clone().map(|signature| {
+                    cipherinfer_protocol::local::ResultAttestation {
+                        remote_url: self.remote.url().to_string(),
+                        claim: crate::remote::result_claim(client_id, &result),
+                        signature,
+                    }
+                }),
             })
             .await?;
         timings.decrypt_s = decrypted.decrypt_s;

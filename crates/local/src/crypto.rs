@@ -324,6 +324,21 @@ impl LocalCrypto {
             .existing_file("encrypted_logit_path", &a.encrypted_logit_path)?;
         let bytes = read_limited(&path, MAX_RESULT_FILE_BYTES)
             .map_err(|e| e.into_tool("encrypted_logit_path", ErrorCode::ObjectTooLarge))?;
+        if let Some(att) = &a.result_attestation {
+            // Before any decryption: signed by the pinned server, for these exact bytes.
+            let pinned = self.store.pinned_server(&att.remote_url)?.ok_or_else(|| {
+                ToolError::new(
+                    ErrorCode::IdentityMismatch,
+                    format!("no server identity is pinned for {}", att.remote_url),
+                )
+            })?;
+            att.claim.verify(
+                &att.signature,
+                &pinned,
+                &att.signature.request_nonce,
+                &bytes,
+            )?;
+        }
         let limit = usize::try_from(MAX_RESULT_FILE_BYTES).unwrap_or(usize::MAX);
         let cts = output::decode_output(&loaded.params, &bytes, limit)?;
         let encoder = cipherinfer_ckks::Encoder::new(loaded.params.clone());

@@ -32,6 +32,7 @@ fn decrypt_args(client_id: &str, path: &str) -> FheDecryptArgs {
         encrypted_logit_path: path.into(),
         model: None,
         top_k: None,
+        result_attestation: None,
     }
 }
 
@@ -666,4 +667,69 @@ fn tampered_results_and_foreign_keys() {
     // The untouched result still decrypts.
     write(&good);
     crypto.fhe_decrypt(&decrypt_args("grace", &path)).unwrap();
+}
+
+#[test]
+fn attested_results_are_checked_before_decryption() {
+    use cipherinfer_protocol::integrity::{IdentityKey, ResultClaim};
+    use cipherinfer_protocol::local::ResultAttestation;
+    let scratch = Scratch::new("attest");
+    let crypto = crypto(&scratch);
+    let (_, result) = provisioned(&scratch, &crypto, "erin");
+    let bytes = std::fs::read(&result).unwrap();
+    let server = IdentityKey::generate().unwrap();
+    let url = "http://127.0.0.1:8750/mcp";
+    let claim = ResultClaim {
+        client_id: "erin".into(),
+        session_id: "s".into(),
+        model: "m".into(),
+        algorithm_id: "A".into(),
+        parameter_id: "p".into(),
+        encrypted_logit_sha256: sha256_hex(&bytes),
+        encrypted_logit_bytes: bytes.len() as u64,
+    };
+    let nonce = "ab".repeat(16);
+    let attested = |claim: &ResultClaim, key: &IdentityKey| {
+        let mut a = decrypt_args("erin", &result);
+        a.result_attestation = Some(ResultAttestation {
+            remote_url: url.into(),
+            claim: claim.clone(),
+            signature: claim.sign(key, &nonce),
+        });
+        a
+    };
+    // No server identity pinned for the URL yet: refused.
+    fails(
+        crypto.fhe_decrypt(&attested(&claim, &server)),
+        ErrorCode::IdentityMismatch,
+    );
+    crypto.store().pin_server(url, &server.public()).unwrap();
+    crypto
+        .fhe_decrypt(&attested(&claim, &server))
+        .expect("an attested result decrypts");
+    // Signed by another server, a signed field altered, another client's claim.
+    let impostor = IdentityKey::generate().unwrap();
+    fails(
+        crypto.fhe_decrypt(&attested(&claim, &impostor)),
+        ErrorCode::IdentityMismatch,
+    );
+    let mut altered = attested(&claim, &server);
+    if let Some(a) = altered.result_attestation.as_mut() {
+        a.claim.session_id = "t".into();
+    }
+    fails(crypto.fhe_decrypt(&altered), ErrorCode::BadSignature);
+    let mut other = claim.clone();
+    other.client_id = "olga".into();
+    fails(
+        crypto.fhe_decrypt(&attested(&other, &server)),
+        ErrorCode::BadSignature,
+    );
+    // The file altered on disk after the check was signed: refused before decryption.
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 1;
+    std::fs::write(&result, &flipped).unwrap();
+    fails(
+        crypto.fhe_decrypt(&attested(&claim, &server)),
+        ErrorCode::IntegrityMismatch,
+    );
 }

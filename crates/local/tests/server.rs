@@ -223,6 +223,7 @@ impl PrivateClassify for FakeClassify {
                 encrypted_logit_path: self.result.clone(),
                 model: None,
                 top_k: args.top_k,
+                result_attestation: None,
             };
             let d = tokio::task::spawn_blocking(move || crypto.fhe_decrypt(&a))
                 .await

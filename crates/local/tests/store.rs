@@ -275,3 +275,49 @@ fn debug_output_shows_no_key_material_or_tokens() {
             .any(|w| w == &payload[..payload.len().min(64)])
     );
 }
+
+#[test]
+fn identities_are_private_stable_and_checked() {
+    let scratch = Scratch::new("identity");
+    let store = KeyStore::open(scratch.join("keys")).unwrap();
+    let key = store.identity("ivan").unwrap();
+    // Made once, then read back: the same identity, in a file only its owner reads.
+    assert_eq!(store.identity("ivan").unwrap().public(), key.public());
+    assert_ne!(store.identity("olga").unwrap().public(), key.public());
+    let file = scratch.join("keys").join(".identities").join("ivan.key");
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&scratch.join("keys").join(".identities")), 0o700);
+    // The dot directory is never listed as a client.
+    assert!(store.list().unwrap().is_empty());
+    // Debug never shows the seed.
+    let seed: String = key
+        .seed_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(!format!("{key:?}").contains(&seed));
+    // A truncated key file is reported, not replaced.
+    std::fs::write(&file, [1u8; 31]).unwrap();
+    assert_eq!(
+        store.identity("ivan").unwrap_err().error_code,
+        ErrorCode::MalformedKeys
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), vec![1u8; 31]);
+    assert!(store.identity("../x").is_err());
+    // Server pins: none, then the pinned key; another URL has its own.
+    let url = "http://127.0.0.1:9/mcp";
+    assert_eq!(store.pinned_server(url).unwrap(), None);
+    store.pin_server(url, &key.public()).unwrap();
+    assert_eq!(store.pinned_server(url).unwrap(), Some(key.public()));
+    assert_eq!(
+        store.pinned_server("http://127.0.0.1:10/mcp").unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .pin_server("http://infer.example/mcp", &key.public())
+            .unwrap_err()
+            .error_code,
+        ErrorCode::InsecureTransport
+    );
+}

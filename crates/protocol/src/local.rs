@@ -329,6 +329,23 @@ pub struct FheDecryptArgs {
     /// Number of top classes to report (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<u32>,
+    /// The remote server's signature over the result: when given, the file is decrypted only
+    /// if it is signed by the server identity pinned for `remote_url` and matches the signed
+    /// size and SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_attestation: Option<ResultAttestation>,
+}
+
+/// What `fhe_decrypt` needs to check a result's origin before it decrypts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultAttestation {
+    /// The remote endpoint whose pinned identity must have signed the result.
+    pub remote_url: String,
+    /// What the signature covers (as returned with remote_inference_cnn).
+    pub claim: crate::integrity::ResultClaim,
+    /// The signature (result_signature of remote_inference_cnn).
+    pub signature: crate::integrity::ResultSignature,
 }
 
 impl FheDecryptArgs {
@@ -336,6 +353,16 @@ impl FheDecryptArgs {
     pub fn validate(&self) -> Result<()> {
         validate_client_id(&self.client_id)?;
         validate_local_path("encrypted_logit_path", &self.encrypted_logit_path)?;
+        if let Some(a) = &self.result_attestation {
+            validate_remote_url(&a.remote_url)?;
+            crate::integrity::validate_nonce(&a.signature.request_nonce)?;
+            if a.claim.client_id != self.client_id {
+                return Err(ToolError::new(
+                    ErrorCode::BadSignature,
+                    "the result attestation is for another client_id",
+                ));
+            }
+        }
         if let Some(m) = &self.model {
             validate_model_name(m)?;
         }

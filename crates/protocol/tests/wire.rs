@@ -486,6 +486,7 @@ fn every_type_round_trips() {
         encrypted_logit_path: "/runtime_mcp/sessions/s/enc_logit.bin".into(),
         model: None,
         top_k: Some(3),
+        result_attestation: None,
     });
     let v = round_trip(&FheDecryptResult {
         ok: true,
