@@ -117,6 +117,12 @@ impl TlsServer {
         format!("https://127.0.0.1:{}{path}", self.addr.port())
     }
 
+    /// Asserts that a client trusting `id` gets 200 from `/healthz`.
+    async fn assert_healthy(&self, id: &Identity) {
+        let ok = id.client().get(self.url("/healthz")).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+    }
+
     /// Shuts down and checks the server stopped cleanly and promptly.
     async fn stop(self) {
         self.shutdown.cancel();
@@ -222,13 +228,7 @@ async fn a_client_that_does_not_trust_the_certificate_fails_the_handshake() {
     assert!(chain.contains("InvalidCertificate"), "{chain}");
 
     // The failed handshake costs the server nothing.
-    let ok = id
-        .client()
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
+    server.assert_healthy(&id).await;
     server.stop().await;
 }
 
@@ -266,13 +266,7 @@ async fn a_stalled_handshake_blocks_nobody_and_is_dropped_after_the_timeout() {
     // Connects and never says a word.
     let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
 
-    let ok = id
-        .client()
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
+    server.assert_healthy(&id).await;
     assert!(started.elapsed() < Duration::from_secs(5));
 
     let mut byte = [0u8; 1];
