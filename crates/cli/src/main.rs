@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use cipherinfer_protocol::AuthToken;
 use cipherinfer_remote::server::check_bind;
-use cipherinfer_remote::transport::{body_limit_for_chunk, load_tls_config};
+use cipherinfer_remote::transport::{ConnectionLimits, body_limit_for_chunk, load_tls_config};
 use cipherinfer_remote::{Server, ServerOptions};
 use clap::{Parser, Subcommand};
 
@@ -141,6 +141,19 @@ struct ServeArgs {
     /// Largest accepted distance between a signed request's timestamp and this clock, seconds.
     #[arg(long, default_value_t = 300)]
     max_clock_skew_s: u64,
+    /// Connections open at once; further clients wait until one closes.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Connections open at once from one address, further ones are closed (0: no bound).
+    /// Default 64, or no bound with --behind-tls-proxy, where all come from the proxy.
+    #[arg(long)]
+    max_connections_per_address: Option<usize>,
+    /// Seconds to receive a request head; also how long an idle connection stays open.
+    #[arg(long, default_value_t = 30)]
+    header_timeout_s: u64,
+    /// Seconds to receive a whole request body.
+    #[arg(long, default_value_t = 300)]
+    body_timeout_s: u64,
 }
 
 /// Parses `--identity CLIENT_ID=HEX`.
@@ -217,6 +230,17 @@ async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
     if let Some(path) = &args.enrollment_token_file {
         options.service.enrollment_token_hash = Some(enrollment_hash(path)?);
     }
+    options.connections = ConnectionLimits {
+        max_connections: args.max_connections.max(1),
+        max_connections_per_address: match args.max_connections_per_address {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None if args.behind_tls_proxy => None,
+            None => ConnectionLimits::default().max_connections_per_address,
+        },
+        header_read_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
+        body_read_timeout: Duration::from_secs(args.body_timeout_s.max(1)),
+    };
     if !args.allowed_hosts.is_empty() {
         options.http.allowed_hosts = args.allowed_hosts;
     }

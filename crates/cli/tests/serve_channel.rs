@@ -1,9 +1,11 @@
 //! `cipherinfer serve` and the channel it offers: plain HTTP off loopback is refused before any
 //! model is compiled, the TLS flags go together and bad files are reported, and with a
-//! certificate the server announces an `https://` URL.
+//! certificate the server announces an `https://` URL; the connection flags bound slow and
+//! numerous connections.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -111,6 +113,34 @@ fn an_unreadable_certificate_is_reported_before_compiling_models() {
 /// Killed on drop.
 struct Serving(Child);
 
+/// Starts `cipherinfer serve` on `127.0.0.1:0` with `extra` flags; returns it and the URL it
+/// announces.
+fn start_serving(dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (Serving, String) {
+    let mut serving = Serving(
+        Command::new(BIN)
+            .args(["serve", "--bind", "127.0.0.1:0", "--model", "mnist-cnn"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(serving.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("cipherinfer remote server listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (serving, url)
+}
+
 impl Drop for Serving {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -128,32 +158,85 @@ fn with_a_certificate_the_server_announces_https() {
     std::fs::write(&cert, made.cert.pem()).unwrap();
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
 
-    let mut serving = Serving(
-        Command::new(BIN)
-            .args(["serve", "--bind", "127.0.0.1:0", "--model", "mnist-cnn"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(&key)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+    let (serving, url) = start_serving(
+        &dir,
+        &[
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ],
     );
-    let mut line = String::new();
-    BufReader::new(serving.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("cipherinfer remote server listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     assert!(url.ends_with("/mcp"), "{url}");
+    drop(serving);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads until the server closes `stream` (true) or `within` passes (false); returns what it
+/// wrote too.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut seen = Vec::new();
+    let closed = match stream.read_to_end(&mut seen) {
+        Ok(_) => true,
+        // A reset is a close too; a timeout is not.
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    (text(&seen), closed)
+}
+
+#[test]
+fn the_connection_flags_bound_slow_and_numerous_connections() {
+    let dir = temp("conn-limits");
+    let (serving, url) = start_serving(
+        &dir,
+        &[
+            "--max-connections-per-address".as_ref(),
+            "1".as_ref(),
+            "--header-timeout-s".as_ref(),
+            "1".as_ref(),
+        ],
+    );
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/mcp"))
+        .unwrap_or_else(|| panic!("unexpected URL {url}"))
+        .to_string();
+    let healthz = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+
+    // One silent connection takes this address's only place ...
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // ... so a second one is closed without an answer ...
+    let mut second = TcpStream::connect(&addr).unwrap();
+    let _ = second.write_all(healthz);
+    let (written, closed) = read_until_closed(&mut second, Duration::from_secs(5));
+    assert!(closed && written.is_empty(), "{written}");
+    // ... and the silent one is closed after --header-timeout-s.
+    let (written, closed) = read_until_closed(&mut silent, Duration::from_secs(10));
+    assert!(closed && written.is_empty(), "{written}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // Then the place is free again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = TcpStream::connect(&addr).unwrap();
+        let _ = next.write_all(healthz);
+        let (written, _) = read_until_closed(&mut next, Duration::from_secs(2));
+        if written.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the place was not given back: {written:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(serving);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -73,6 +73,9 @@ impl McpClient {
     pub async fn connect_http(url: &str) -> Result<Self, ToolError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // Below the server's idle-connection timeout (30 s by default), so a pooled
+            // connection is not reused just as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(15))
             .build()
             .map_err(|e| unavailable(url, e))?;
         let transport = StreamableHttpClientTransport::with_client(

@@ -355,7 +355,7 @@ pub async fn serve_http_listener(
         cipherinfer_remote::transport::HttpConfig::default(),
         shutdown.clone(),
     );
-    cipherinfer_remote::transport::serve(listener, app, shutdown).await
+    cipherinfer_remote::transport::serve(listener, app, Default::default(), shutdown).await
 }
 
 /// Binds `addr` (refusing any non-loopback address before binding) and serves `handler` over

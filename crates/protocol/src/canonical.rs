@@ -1,5 +1,5 @@
-//! Canonical bytes of a tool call, the input of future request MACs and signatures (draft
-//! Section 8, "Payload Integrity Protection").
+//! Canonical bytes of a tool call, the input of request signatures (draft Section 8, "Payload
+//! Integrity Protection").
 //!
 //! ```text
 //! canonical = "cipherinfer-call-v1" 0x00 tool_name 0x00 canonical_json(arguments)
@@ -21,6 +21,19 @@ pub const CANONICAL_PREFIX: &[u8] = b"cipherinfer-call-v1";
 /// Deepest nesting accepted (arguments are shallow; this bounds recursion).
 pub const MAX_DEPTH: usize = 32;
 
+/// Where canonical bytes go: a buffer, or straight into a hash (a chunk's call holds megabytes
+/// of Base64, which need not be copied to be digested).
+pub trait CanonicalSink {
+    /// Appends `bytes`.
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl CanonicalSink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
 /// The canonical bytes of a call to `tool_name` with `arguments`, leaving out the top-level
 /// fields in `exclude`.
 pub fn canonical_call_bytes(
@@ -28,11 +41,8 @@ pub fn canonical_call_bytes(
     arguments: &Value,
     exclude: &[&str],
 ) -> Result<Vec<u8>> {
-    let mut out = call_prefix(tool_name)?;
-    match arguments {
-        Value::Object(map) => write_object(map, exclude, &mut out, 0)?,
-        other => write_value(other, &mut out, 0)?,
-    }
+    let mut out = Vec::with_capacity(64);
+    write_canonical_call(tool_name, arguments, exclude, &mut out)?;
     Ok(out)
 }
 
@@ -42,24 +52,48 @@ pub fn canonical_object_call_bytes(
     arguments: &Map<String, Value>,
     exclude: &[&str],
 ) -> Result<Vec<u8>> {
-    let mut out = call_prefix(tool_name)?;
-    write_object(arguments, exclude, &mut out, 0)?;
+    let mut out = Vec::with_capacity(64);
+    write_canonical_object_call(tool_name, arguments, exclude, &mut out)?;
     Ok(out)
 }
 
-fn call_prefix(tool_name: &str) -> Result<Vec<u8>> {
+/// Writes [`canonical_call_bytes`] to `out`; on error, `out` holds a prefix of them.
+pub fn write_canonical_call<S: CanonicalSink + ?Sized>(
+    tool_name: &str,
+    arguments: &Value,
+    exclude: &[&str],
+    out: &mut S,
+) -> Result<()> {
+    write_call_prefix(tool_name, out)?;
+    match arguments {
+        Value::Object(map) => write_object(map, exclude, out, 0),
+        other => write_value(other, out, 0),
+    }
+}
+
+/// Writes [`canonical_object_call_bytes`] to `out`; on error, `out` holds a prefix of them.
+pub fn write_canonical_object_call<S: CanonicalSink + ?Sized>(
+    tool_name: &str,
+    arguments: &Map<String, Value>,
+    exclude: &[&str],
+    out: &mut S,
+) -> Result<()> {
+    write_call_prefix(tool_name, out)?;
+    write_object(arguments, exclude, out, 0)
+}
+
+fn write_call_prefix<S: CanonicalSink + ?Sized>(tool_name: &str, out: &mut S) -> Result<()> {
     if tool_name.as_bytes().contains(&0) {
         return Err(ToolError::new(
             ErrorCode::InvalidArgument,
             "tool name contains NUL",
         ));
     }
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(CANONICAL_PREFIX);
-    out.push(0);
-    out.extend_from_slice(tool_name.as_bytes());
-    out.push(0);
-    Ok(out)
+    out.put(CANONICAL_PREFIX);
+    out.put(&[0]);
+    out.put(tool_name.as_bytes());
+    out.put(&[0]);
+    Ok(())
 }
 
 /// Canonical JSON text of a value (see the module documentation).
@@ -69,7 +103,7 @@ pub fn canonical_json(value: &Value) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn write_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
+fn write_value<S: CanonicalSink + ?Sized>(value: &Value, out: &mut S, depth: usize) -> Result<()> {
     if depth > MAX_DEPTH {
         return Err(ToolError::new(
             ErrorCode::InvalidArgument,
@@ -77,14 +111,14 @@ fn write_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
         ));
     }
     match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Null => out.put(b"null"),
+        Value::Bool(true) => out.put(b"true"),
+        Value::Bool(false) => out.put(b"false"),
         Value::Number(n) => {
             if let Some(u) = n.as_u64() {
-                out.extend_from_slice(u.to_string().as_bytes());
+                out.put(u.to_string().as_bytes());
             } else if let Some(i) = n.as_i64() {
-                out.extend_from_slice(i.to_string().as_bytes());
+                out.put(i.to_string().as_bytes());
             } else if let Some(f) = n.as_f64() {
                 if !f.is_finite() {
                     return Err(ToolError::new(
@@ -94,7 +128,7 @@ fn write_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
                 }
                 // serde_json prints the shortest representation that round-trips (ryu).
                 let v = Value::from(f);
-                out.extend_from_slice(v.to_string().as_bytes());
+                out.put(v.to_string().as_bytes());
             } else {
                 return Err(ToolError::new(
                     ErrorCode::InvalidArgument,
@@ -104,14 +138,14 @@ fn write_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
         }
         Value::String(s) => write_string(s, out),
         Value::Array(items) => {
-            out.push(b'[');
+            out.put(b"[");
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.put(b",");
                 }
                 write_value(item, out, depth + 1)?;
             }
-            out.push(b']');
+            out.put(b"]");
         }
         Value::Object(map) => write_object(map, &[], out, depth)?,
     }
@@ -120,10 +154,10 @@ fn write_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
 
 /// An object with sorted keys, leaving out the keys in `exclude` (without copying the values:
 /// arguments may hold megabytes of Base64).
-fn write_object(
+fn write_object<S: CanonicalSink + ?Sized>(
     map: &Map<String, Value>,
     exclude: &[&str],
-    out: &mut Vec<u8>,
+    out: &mut S,
     depth: usize,
 ) -> Result<()> {
     let mut entries: Vec<(&String, &Value)> = map
@@ -131,38 +165,64 @@ fn write_object(
         .filter(|(k, _)| !exclude.contains(&k.as_str()))
         .collect();
     entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    out.push(b'{');
+    out.put(b"{");
     for (i, (k, v)) in entries.into_iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.put(b",");
         }
         write_string(k, out);
-        out.push(b':');
+        out.put(b":");
         write_value(v, out, depth + 1)?;
     }
-    out.push(b'}');
+    out.put(b"}");
     Ok(())
 }
 
-fn write_string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\u{08}' => out.extend_from_slice(b"\\b"),
-            '\u{0c}' => out.extend_from_slice(b"\\f"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
-            }
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
+/// Whether canonical JSON escapes byte `b` of a string.
+const fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// A string, escaped minimally. Bytes that need no escape (everything but `"`, `\\` and ASCII
+/// controls, including every byte of a non-ASCII character) are passed on in runs; blocks of
+/// 64 bytes without any escape are skipped whole (Base64 chunks are all such blocks).
+fn write_string<S: CanonicalSink + ?Sized>(s: &str, out: &mut S) {
+    const BLOCK: usize = 64;
+    out.put(b"\"");
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(block) = bytes.get(i..i + BLOCK)
+            && !block.iter().fold(false, |any, &b| any | needs_escape(b))
+        {
+            i += BLOCK;
+            continue;
         }
+        let b = bytes[i];
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => &[],
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.put(&bytes[run..i]);
+        if escaped.is_empty() {
+            out.put(format!("\\u{b:04x}").as_bytes());
+        } else {
+            out.put(escaped);
+        }
+        i += 1;
+        run = i;
     }
-    out.push(b'"');
+    out.put(&bytes[run..]);
+    out.put(b"\"");
 }

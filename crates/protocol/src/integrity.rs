@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::canonical::{canonical_call_bytes, canonical_object_call_bytes};
+use crate::canonical::{CanonicalSink, write_canonical_call, write_canonical_object_call};
 use crate::error::{ErrorCode, Result, ToolError};
 
 /// Argument field that carries a request's signature; left out of the signed bytes.
@@ -286,8 +286,18 @@ fn random_nonce() -> Result<String> {
 
 /// SHA-256 of the canonical bytes of a call, leaving out [`UNSIGNED_FIELDS`].
 pub fn call_digest(tool: &str, arguments: &Value) -> Result<[u8; 32]> {
-    let bytes = canonical_call_bytes(tool, arguments, &UNSIGNED_FIELDS)?;
-    Ok(Sha256::digest(&bytes).into())
+    let mut hash = HashSink(Sha256::new());
+    write_canonical_call(tool, arguments, &UNSIGNED_FIELDS, &mut hash)?;
+    Ok(hash.0.finalize().into())
+}
+
+/// Canonical bytes go straight into the hash, uncopied.
+struct HashSink(Sha256);
+
+impl CanonicalSink for HashSink {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
 }
 
 /// The bytes a request signature covers.
@@ -367,10 +377,11 @@ impl SignedCall {
         let signature: RequestSignature = serde_json::from_value(raw)
             .map_err(|e| bad_signature(format!("request_signature is malformed: {e}")))?;
         signature.validate()?;
-        let bytes = canonical_object_call_bytes(tool, arguments, &UNSIGNED_FIELDS)?;
+        let mut hash = HashSink(Sha256::new());
+        write_canonical_object_call(tool, arguments, &UNSIGNED_FIELDS, &mut hash)?;
         Ok(Some(Self {
             signature,
-            digest: Sha256::digest(&bytes).into(),
+            digest: hash.0.finalize().into(),
         }))
     }
 

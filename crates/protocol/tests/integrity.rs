@@ -274,3 +274,46 @@ fn the_replay_window_refuses_replays_and_stale_requests_in_bounded_memory() {
         ErrorCode::StaleRequest
     );
 }
+
+#[test]
+fn the_signed_digest_is_the_sha256_of_the_canonical_bytes() {
+    use cipherinfer_protocol::{canonical_call_bytes, canonical_json, integrity::call_digest};
+    use sha2::{Digest, Sha256};
+    let args = json!({
+        "z": "quote \" back \\ nl \n cr \r tab \t bs \u{8} ff \u{c} ctl \u{1}\u{1f} del \u{7f} é 日本 🎉",
+        "a": [1, -2, 0.5, null, true, {"y": "\u{0}", "b": false}],
+        "auth_token": "cit_left_out",
+        "chunk_b64": "QUJD".repeat(50_000),
+    });
+    let canonical = canonical_call_bytes("tool", &args, &["request_signature", "auth_token"])
+        .expect("well-formed");
+    let expected: [u8; 32] = Sha256::digest(&canonical).into();
+    assert_eq!(call_digest("tool", &args).expect("well-formed"), expected);
+
+    // The server's digest of the signed call is the same one.
+    let key = IdentityKey::generate().expect("well-formed");
+    let mut signed = args.clone();
+    sign_call(&key, "tool", &mut signed).expect("well-formed");
+    let call = take("tool", &signed).expect("take").expect("signed");
+    assert_eq!(call.digest, expected);
+    call.verify(&key.public()).expect("well-formed");
+
+    // Strings escape as serde_json writes them, wherever the escape falls (inside or right
+    // after a long unescaped run).
+    for escape in ["\"", "\\", "\n", "\u{0}", "\u{1f}", "é", "🎉"] {
+        for at in [0, 1, 62, 63, 64, 65, 127, 128, 129, 200] {
+            let text = format!("{}{escape}{}", "A".repeat(at), "B".repeat(at % 70));
+            assert_eq!(
+                canonical_json(&json!(text)).expect("well-formed"),
+                serde_json::to_vec(&text).expect("well-formed"),
+                "{text:?}"
+            );
+        }
+    }
+
+    // Escapes are minimal and fixed; everything else passes verbatim.
+    assert_eq!(
+        canonical_json(&json!("a\"b\\c\nd\u{1}e\u{7f}é🎉")).expect("well-formed"),
+        "\"a\\\"b\\\\c\\nd\\u0001e\u{7f}é🎉\"".as_bytes()
+    );
+}

@@ -37,5 +37,5 @@ async fn main() -> std::io::Result<()> {
         HttpConfig::default(),
         shutdown.clone(),
     );
-    serve(listener, app, shutdown).await
+    serve(listener, app, Default::default(), shutdown).await
 }

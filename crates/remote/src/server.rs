@@ -14,7 +14,7 @@ use crate::handler::RemoteHandler;
 use crate::registry::Registry;
 use crate::service::{Service, ServiceConfig};
 use crate::store::Store;
-use crate::transport::{HttpConfig, router, serve, serve_tls};
+use crate::transport::{ConnectionLimits, HttpConfig, router, serve, serve_tls};
 
 /// File in the data directory holding the server's Ed25519 identity (its 32-byte seed, mode
 /// 0600), made at first start. Clients pin its public half; keep it across restarts.
@@ -70,6 +70,8 @@ pub struct ServerOptions {
     pub service: ServiceConfig,
     /// HTTP policy (body limit, Host/Origin lists).
     pub http: HttpConfig,
+    /// Bounds on open connections and on slow requests.
+    pub connections: ConnectionLimits,
     /// Interval of the garbage collector.
     pub gc_interval: Duration,
     /// Serve HTTPS with this configuration (see [`crate::transport::load_tls_config`]);
@@ -90,6 +92,7 @@ impl Default for ServerOptions {
             models: vec!["mnist-cnn".into(), "fashion-cnn".into()],
             service,
             http: HttpConfig::default().with_chunk_bytes(chunk),
+            connections: ConnectionLimits::default(),
             gc_interval: Duration::from_secs(60),
             tls: None,
             behind_tls_proxy: false,
@@ -202,8 +205,17 @@ impl Server {
             shutdown.clone(),
         );
         let result = match self.options.tls.clone() {
-            Some(tls) => serve_tls(listener, app, tls, shutdown).await,
-            None => serve(listener, app, shutdown).await,
+            Some(tls) => {
+                serve_tls(
+                    listener,
+                    app,
+                    tls,
+                    self.options.connections.clone(),
+                    shutdown,
+                )
+                .await
+            }
+            None => serve(listener, app, self.options.connections.clone(), shutdown).await,
         };
         gc.abort();
         result

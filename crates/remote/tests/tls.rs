@@ -105,7 +105,13 @@ impl TlsServer {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(serve_tls(listener, app, tls, shutdown.clone()));
+        let task = tokio::spawn(serve_tls(
+            listener,
+            app,
+            tls,
+            Default::default(),
+            shutdown.clone(),
+        ));
         Self {
             addr,
             shutdown,

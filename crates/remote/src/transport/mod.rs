@@ -10,18 +10,19 @@
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! let app = router(move || handler.clone(), HttpConfig::default(), shutdown.clone());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! serve(listener, app, shutdown).await
+//! serve(listener, app, Default::default(), shutdown).await
 //! # }
 //! ```
 //!
 //! [`serve_tls`] serves the same app over HTTPS, with a configuration from [`load_tls_config`].
 
+mod connections;
 mod error;
 mod guard;
 mod legacy_sse;
 mod tls;
 
-use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{Json, Router, middleware, routing::get};
 use rmcp::{
@@ -31,9 +32,10 @@ use rmcp::{
         streamable_http_server::session::local::LocalSessionManager,
     },
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use connections::{BodyTimedOut, ConnectionLimits};
 pub use error::{ErrorBody, ErrorDetail};
 pub use guard::HostPolicy;
 pub use legacy_sse::StreamClosed;
@@ -45,6 +47,9 @@ pub const MCP_PATH: &str = "/mcp";
 pub const SSE_PATH: &str = "/sse";
 /// Path the legacy transport's clients POST their messages to.
 pub const MESSAGES_PATH: &str = "/messages";
+/// Connections accepted (and, over TLS, handshaken) but not yet picked up by the HTTP loop.
+const READY_QUEUE: usize = 64;
+
 /// Path of the liveness probe.
 pub const HEALTHZ_PATH: &str = "/healthz";
 
@@ -192,65 +197,44 @@ async fn healthz() -> Json<serde_json::Value> {
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then stops accepting, lets
-/// in-flight requests finish for at most [`SHUTDOWN_GRACE`] and returns.
+/// in-flight requests finish for at most [`SHUTDOWN_GRACE`] and returns. `limits` bound the
+/// connections and how slowly a peer may send.
 ///
 /// Every request carries the peer's address as `axum::extract::ConnectInfo<SocketAddr>`; both
 /// transports hand it to tool handlers inside the request's `http::request::Parts`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    // Small JSON-RPC messages must not wait for delayed ACKs (Nagle's algorithm adds ~40 ms per
-    // request/response round otherwise).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
+    let (ready, incoming) = mpsc::channel(READY_QUEUE);
+    let accept_limits = limits.clone();
+    tokio::spawn(async move {
+        let plain = |tcp, _peer| std::future::ready(Some(tcp));
+        connections::accept_loop(listener, &accept_limits, plain, ready).await;
     });
-    let graceful = axum::serve(listener, app).with_graceful_shutdown({
-        let shutdown = shutdown.clone();
-        async move { shutdown.cancelled_owned().await }
-    });
-    with_grace(graceful.into_future(), shutdown).await
+    connections::serve_connections(incoming, app, &limits, shutdown).await;
+    Ok(())
 }
 
-/// [`serve`] over HTTPS: TLS with `tls` on every accepted connection (TCP_NODELAY set, the
-/// handshake bounded by [`TLS_HANDSHAKE_TIMEOUT`] and run apart from the accept loop), then
-/// HTTP/1.1. Same shutdown and the same `ConnectInfo<SocketAddr>` on every request.
+/// [`serve`] over HTTPS: TLS with `tls` on every admitted connection (the handshake bounded by
+/// [`TLS_HANDSHAKE_TIMEOUT`] and run apart from the accept loop), then HTTP/1.1. Same limits,
+/// shutdown and `ConnectInfo<SocketAddr>` on every request.
 pub async fn serve_tls(
     listener: TcpListener,
     app: Router,
     tls: Arc<rustls::ServerConfig>,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    // axum derives `ConnectInfo<SocketAddr>` from the address of any listener wrapped by
-    // `tap_io`; TCP_NODELAY is already set before the handshake, so the tap does nothing else.
-    let listener = axum::serve::ListenerExt::tap_io(tls::TlsListener::new(listener, tls)?, |_| {});
-    let graceful = axum::serve(listener, app).with_graceful_shutdown({
-        let shutdown = shutdown.clone();
-        async move { shutdown.cancelled_owned().await }
+    let (ready, incoming) = mpsc::channel(READY_QUEUE);
+    let accept_limits = limits.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        let handshake = |tcp, peer| tls::handshake(acceptor.clone(), tcp, peer);
+        connections::accept_loop(listener, &accept_limits, handshake, ready).await;
     });
-    with_grace(graceful.into_future(), shutdown).await
-}
-
-/// Runs `graceful` (axum's server with graceful shutdown on `shutdown`) and gives up on the
-/// connections still open [`SHUTDOWN_GRACE`] after `shutdown`.
-async fn with_grace(
-    graceful: impl Future<Output = std::io::Result<()>>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let grace_over = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        result = graceful => result,
-        () = grace_over => {
-            tracing::warn!("connections still open after the shutdown grace period; closing");
-            Ok(())
-        }
-    }
+    connections::serve_connections(incoming, app, &limits, shutdown).await;
+    Ok(())
 }

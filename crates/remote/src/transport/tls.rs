@@ -1,5 +1,5 @@
-//! HTTPS without a proxy: the server's certificate and key from PEM files, and a listener that
-//! hands axum connections whose TLS handshake is already done.
+//! HTTPS without a proxy: the server's certificate and key from PEM files, and the bounded TLS
+//! handshake of each accepted connection.
 
 use std::{
     io,
@@ -13,11 +13,7 @@ use rustls::{
     ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-    task::JoinSet,
-};
+use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 /// How long a client may take to complete its TLS handshake before the connection is dropped.
@@ -25,9 +21,6 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The only application protocol offered in ALPN: the server speaks HTTP/1.1 alone.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
-
-/// Connections whose handshake is done but that axum has not picked up yet.
-const READY_QUEUE: usize = 64;
 
 /// Why [`load_tls_config`] could not build a TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -164,101 +157,22 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsConfigError> {
     })
 }
 
-/// A listener of TLS connections for `axum::serve`.
-///
-/// A background task accepts TCP connections and runs each handshake in its own task, bounded by
-/// [`TLS_HANDSHAKE_TIMEOUT`], so a client that handshakes slowly (or never) delays nobody else;
-/// `accept` yields connections whose handshake is complete. Dropping the listener (axum does at
-/// shutdown) stops accepting and abandons the handshakes in progress.
-#[derive(Debug)]
-pub(super) struct TlsListener {
-    local_addr: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    /// Starts accepting on `listener` (within a Tokio runtime).
-    pub(super) fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
-        let local_addr = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(READY_QUEUE);
-        tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx));
-        Ok(Self { local_addr, ready })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(connection) => connection,
-            None => {
-                // Only if the accepting task died; never hand out anything again.
-                tracing::error!("the TLS accept loop stopped; no new connections");
-                std::future::pending().await
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local_addr)
-    }
-}
-
-/// Accepts until the listener's receiving end is dropped; then the handshakes still in progress
-/// are aborted with the `JoinSet`.
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let mut handshakes = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = ready.closed() => break,
-            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    handshakes.spawn(handshake(acceptor.clone(), tcp, peer, ready.clone()));
-                }
-                Err(e) => accept_failed(e).await,
-            },
-        }
-    }
-}
-
-async fn handshake(
+/// Completes the TLS handshake on `tcp` within [`TLS_HANDSHAKE_TIMEOUT`]; `None` (logged) if it
+/// fails or takes longer.
+pub(super) async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    // Small JSON-RPC messages, and the handshake itself, must not wait for delayed ACKs.
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY not set");
-    }
+) -> Option<TlsStream<TcpStream>> {
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => {
-            // A send error means the server is shutting down: the connection is just dropped.
-            let _ = ready.send((tls, peer)).await;
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
         }
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
     }
-}
-
-/// Per-connection errors are the client's; anything else (out of file descriptors, say) is
-/// logged and retried after a pause so the loop does not spin.
-async fn accept_failed(e: io::Error) {
-    if matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!(error = %e, "accept failed; retrying in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }

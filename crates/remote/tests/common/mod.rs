@@ -7,7 +7,7 @@ pub mod remote;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use cipherinfer_remote::transport::{HttpConfig, router, serve};
+use cipherinfer_remote::transport::{ConnectionLimits, HttpConfig, router, serve};
 use tokio_util::sync::CancellationToken;
 
 use fixture::{Fixture, Stats};
@@ -22,13 +22,18 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: HttpConfig) -> Self {
+        Self::start_with(config, ConnectionLimits::default()).await
+    }
+
+    /// [`TestServer::start`] with connection limits.
+    pub async fn start_with(config: HttpConfig, limits: ConnectionLimits) -> Self {
         let fixture = Fixture::default();
         let stats = Arc::clone(&fixture.stats);
         let shutdown = CancellationToken::new();
         let app = router(move || fixture.clone(), config, shutdown.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(serve(listener, app, shutdown.clone()));
+        let task = tokio::spawn(serve(listener, app, limits, shutdown.clone()));
         Self {
             addr,
             shutdown,
