@@ -141,19 +141,37 @@ struct ServeArgs {
     /// Largest accepted distance between a signed request's timestamp and this clock, seconds.
     #[arg(long, default_value_t = 300)]
     max_clock_skew_s: u64,
-    /// Connections open at once; further clients wait until one closes.
-    #[arg(long, default_value_t = 1024)]
-    max_connections: usize,
-    /// Connections open at once from one address, further ones are closed (0: no bound).
-    /// Default 64, or no bound with --behind-tls-proxy, where all come from the proxy.
-    #[arg(long)]
-    max_connections_per_address: Option<usize>,
+    /// Connections open at once; further clients wait until one closes. Raised file-descriptor
+    /// limits permitting (the soft limit is raised to the hard one at start).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Connections open at once from one address (an IPv6 /64 counts as one), further ones are
+    /// closed (0: no bound). Default 64, or no bound with --behind-tls-proxy, where all come
+    /// from the proxy.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    max_connections_per_address: Option<u64>,
     /// Seconds to receive a request head; also how long an idle connection stays open.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     header_timeout_s: u64,
     /// Seconds to receive a whole request body.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     body_timeout_s: u64,
+}
+
+/// File descriptors kept for everything but client connections (the object store, keys,
+/// models, logs).
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the soft file-descriptor limit to the hard one and returns how many connections it
+/// leaves room for next to [`RESERVED_FDS`] (`None` where there is no such limit).
+fn connection_room() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => Some(soft.saturating_sub(RESERVED_FDS).max(1)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the file-descriptor limit");
+            None
+        }
+    }
 }
 
 /// Parses `--identity CLIENT_ID=HEX`.
@@ -230,11 +248,20 @@ async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
     if let Some(path) = &args.enrollment_token_file {
         options.service.enrollment_token_hash = Some(enrollment_hash(path)?);
     }
+    let mut max_connections = args.max_connections;
+    if let Some(room) = connection_room()
+        && room < max_connections
+    {
+        eprintln!(
+            "the file-descriptor limit leaves room for {room} connections; --max-connections {max_connections} lowered to it"
+        );
+        max_connections = room;
+    }
     options.connections = ConnectionLimits {
-        max_connections: args.max_connections.max(1),
+        max_connections: usize::try_from(max_connections)?,
         max_connections_per_address: match args.max_connections_per_address {
             Some(0) => None,
-            Some(n) => Some(n),
+            Some(n) => Some(usize::try_from(n)?),
             None if args.behind_tls_proxy => None,
             None => ConnectionLimits::default().max_connections_per_address,
         },

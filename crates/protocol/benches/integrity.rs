@@ -1,6 +1,7 @@
 //! What request integrity costs per call: the client signing a call (canonical bytes, SHA-256,
 //! Ed25519) and the server taking the signature out, digesting the rest and verifying it, for a
-//! small call and for upload calls carrying a chunk; plus one replay-window check.
+//! small call, for upload calls carrying a chunk and for strings full of escapes; plus one
+//! replay-window check.
 //! `cargo bench -p cipherinfer-protocol --bench integrity`.
 
 use std::hint::black_box;
@@ -22,6 +23,13 @@ fn upload_call(chunk_bytes: usize) -> Value {
         "chunk_sha256": "00".repeat(32),
         "auth_token": "cit_0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab",
     })
+}
+
+fn escapes(bytes: usize, every: usize) -> Value {
+    let text: String = (0..bytes)
+        .map(|i| if i % every == every - 1 { '\n' } else { 'A' })
+        .collect();
+    json!({ "client_id": "alice", "text": text })
 }
 
 fn small_call() -> Value {
@@ -47,6 +55,9 @@ fn bench_signing(c: &mut Criterion) {
             "chunk=8MiB",
             upload_call(8 << 20),
         ),
+        // Worst cases for the escaping scan: an escape in every 64-byte block, and every byte.
+        ("any_tool", "escape_every_64B_1MiB", escapes(1 << 20, 64)),
+        ("any_tool", "escape_every_byte_1MiB", escapes(1 << 20, 1)),
     ];
     for (tool, label, call) in cases {
         let mut group = c.benchmark_group(format!("request_signature/{label}"));

@@ -184,8 +184,10 @@ const fn needs_escape(b: u8) -> bool {
 }
 
 /// A string, escaped minimally. Bytes that need no escape (everything but `"`, `\\` and ASCII
-/// controls, including every byte of a non-ASCII character) are passed on in runs; blocks of
-/// 64 bytes without any escape are skipped whole (Base64 chunks are all such blocks).
+/// controls, including every byte of a non-ASCII character) are passed on in runs between
+/// escapes. Runs are found 64 bytes at a time with a check the compiler vectorizes (a Base64
+/// chunk is one run); within a block that holds an escape, the scan stops at the first one and
+/// resumes right after it, so every byte is looked at a bounded number of times.
 fn write_string<S: CanonicalSink + ?Sized>(s: &str, out: &mut S) {
     const BLOCK: usize = 64;
     out.put(b"\"");
@@ -193,34 +195,28 @@ fn write_string<S: CanonicalSink + ?Sized>(s: &str, out: &mut S) {
     let mut run = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if let Some(block) = bytes.get(i..i + BLOCK)
-            && !block.iter().fold(false, |any, &b| any | needs_escape(b))
-        {
-            i += BLOCK;
+        let block = &bytes[i..bytes.len().min(i + BLOCK)];
+        if !block.iter().fold(false, |any, &b| any | needs_escape(b)) {
+            i += block.len();
             continue;
         }
-        let b = bytes[i];
-        let escaped: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x00..=0x1f => &[],
-            _ => {
-                i += 1;
-                continue;
-            }
+        let Some(offset) = block.iter().position(|&b| needs_escape(b)) else {
+            i += block.len();
+            continue;
         };
-        out.put(&bytes[run..i]);
-        if escaped.is_empty() {
-            out.put(format!("\\u{b:04x}").as_bytes());
-        } else {
-            out.put(escaped);
+        let at = i + offset;
+        out.put(&bytes[run..at]);
+        match bytes[at] {
+            b'"' => out.put(b"\\\""),
+            b'\\' => out.put(b"\\\\"),
+            0x08 => out.put(b"\\b"),
+            0x0c => out.put(b"\\f"),
+            b'\n' => out.put(b"\\n"),
+            b'\r' => out.put(b"\\r"),
+            b'\t' => out.put(b"\\t"),
+            b => out.put(format!("\\u{b:04x}").as_bytes()),
         }
-        i += 1;
+        i = at + 1;
         run = i;
     }
     out.put(&bytes[run..]);

@@ -15,6 +15,21 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// Windows kept before stale ones are swept on the next failure.
 const SWEEP_ABOVE: usize = 10_000;
 
+/// The address a peer counts as for per-address limits: IPv4 as is (also when mapped into
+/// IPv6), IPv6 reduced to its /64 (one host usually holds a whole /64).
+pub(crate) fn peer_key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// What the transport knows about the caller of a tool.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caller {
@@ -28,18 +43,8 @@ pub struct Caller {
 impl Caller {
     /// A caller at `addr`.
     pub fn from_ip(addr: IpAddr) -> Self {
-        let peer = match addr {
-            IpAddr::V4(v4) => IpAddr::V4(v4),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let s = v6.segments();
-                    IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-                }
-            },
-        };
         Self {
-            peer: Some(peer),
+            peer: Some(peer_key(addr)),
             signed: None,
         }
     }

@@ -44,8 +44,8 @@ use super::SHUTDOWN_GRACE;
 pub struct ConnectionLimits {
     /// Connections open at once; further clients wait until one closes.
     pub max_connections: usize,
-    /// Connections open at once from one peer address; further ones are closed at once.
-    /// `None` sets no such bound: the choice behind a reverse proxy, where every connection
+    /// Connections open at once from one peer address (an IPv6 /64 counts as one address);
+    /// further ones are closed at once. `None` (or 0) sets no such bound: the choice behind a reverse proxy, where every connection
     /// comes from the proxy's address.
     pub max_connections_per_address: Option<usize>,
     /// Time to receive a request head; also how long an idle keep-alive connection stays open.
@@ -66,6 +66,9 @@ impl Default for ConnectionLimits {
         }
     }
 }
+
+/// Longest timeout honoured; longer ones are cut to it (hyper adds them to the clock).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Counts open connections, in all and per address.
 #[derive(Debug)]
@@ -102,8 +105,11 @@ impl Drop for Admission {
 impl Gate {
     fn new(limits: &ConnectionLimits) -> Arc<Self> {
         Arc::new(Self {
-            slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
-            per_address: limits.max_connections_per_address,
+            slots: Arc::new(Semaphore::new(
+                limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            // A bound of 0 would refuse everyone: it means no bound, as on the command line.
+            per_address: limits.max_connections_per_address.filter(|&n| n > 0),
             open: Mutex::new(HashMap::new()),
         })
     }
@@ -119,6 +125,7 @@ impl Gate {
 
     /// Admits a connection from `address` into `slot`, unless the address is at its bound.
     fn admit(self: &Arc<Self>, slot: OwnedSemaphorePermit, address: IpAddr) -> Option<Admission> {
+        let address = crate::ratelimit::peer_key(address);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(address).or_insert(0);
         if self.per_address.is_some_and(|max| *n >= max) {
@@ -225,8 +232,8 @@ pub(super) async fn serve_connections<Io>(
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    let body_timeout = limits.body_read_timeout;
+        .header_read_timeout(limits.header_read_timeout.min(MAX_TIMEOUT));
+    let body_timeout = limits.body_read_timeout.min(MAX_TIMEOUT);
     let graceful = GracefulShutdown::new();
     loop {
         let connection = tokio::select! {
@@ -316,5 +323,41 @@ impl HttpBody for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_gate_counts_per_address_and_gives_places_back() {
+        let gate = Gate::new(&ConnectionLimits {
+            max_connections: 3,
+            max_connections_per_address: Some(2),
+            ..ConnectionLimits::default()
+        });
+        let a: IpAddr = "2001:db8::1".parse().expect("ip");
+        let a_too: IpAddr = "2001:db8::2".parse().expect("ip");
+        let first = gate.admit(gate.slot().await, a).expect("first");
+        let second = gate.admit(gate.slot().await, a_too).expect("second");
+        assert!(
+            gate.admit(gate.slot().await, a).is_none(),
+            "third from the /64"
+        );
+        drop(first);
+        let third = gate
+            .admit(gate.slot().await, a)
+            .expect("a place was given back");
+        drop((second, third));
+        assert!(gate.open.lock().expect("lock").is_empty());
+        assert_eq!(gate.slots.available_permits(), 3);
+
+        // 0 per address is no bound, not "refuse everyone".
+        let open = Gate::new(&ConnectionLimits {
+            max_connections_per_address: Some(0),
+            ..ConnectionLimits::default()
+        });
+        assert!(open.admit(open.slot().await, a).is_some());
     }
 }
