@@ -4,14 +4,14 @@
 //! numerous connections.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BIN, temp};
+use common::{BIN, Remote, temp};
 
 /// Runs `cipherinfer serve ARGS`, which must exit by itself within `limit`.
 fn serve_exits(args: &[&str], limit: Duration) -> Output {
@@ -110,44 +110,6 @@ fn an_unreadable_certificate_is_reported_before_compiling_models() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Killed on drop.
-struct Serving(Child);
-
-/// Starts `cipherinfer serve` on `127.0.0.1:0` with `extra` flags; returns it and the URL it
-/// announces.
-fn start_serving(dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (Serving, String) {
-    let mut serving = Serving(
-        Command::new(BIN)
-            .args(["serve", "--bind", "127.0.0.1:0", "--model", "mnist-cnn"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(serving.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("cipherinfer remote server listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (serving, url)
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn with_a_certificate_the_server_announces_https() {
     let dir = temp("https");
@@ -158,8 +120,9 @@ fn with_a_certificate_the_server_announces_https() {
     std::fs::write(&cert, made.cert.pem()).unwrap();
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
 
-    let (serving, url) = start_serving(
-        &dir,
+    let serving = Remote::start(
+        &dir.join("data"),
+        "mnist-cnn",
         &[
             "--tls-cert".as_ref(),
             cert.as_os_str(),
@@ -167,6 +130,7 @@ fn with_a_certificate_the_server_announces_https() {
             key.as_os_str(),
         ],
     );
+    let url = &serving.url;
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     assert!(url.ends_with("/mcp"), "{url}");
     drop(serving);
@@ -192,8 +156,9 @@ fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool)
 #[test]
 fn the_connection_flags_bound_slow_and_numerous_connections() {
     let dir = temp("conn-limits");
-    let (serving, url) = start_serving(
-        &dir,
+    let serving = Remote::start(
+        &dir.join("data"),
+        "mnist-cnn",
         &[
             "--max-connections-per-address".as_ref(),
             "1".as_ref(),
@@ -201,6 +166,7 @@ fn the_connection_flags_bound_slow_and_numerous_connections() {
             "3".as_ref(),
         ],
     );
+    let url = &serving.url;
     let addr = url
         .strip_prefix("http://")
         .and_then(|u| u.strip_suffix("/mcp"))

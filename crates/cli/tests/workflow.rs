@@ -4,59 +4,18 @@
 //! official MCP Python SDK drives the local server's `private_classify` over stdio.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use cipherinfer_model::{Manifest, onnx, plain};
 use serde_json::Value;
 
 mod common;
 
-use common::{BIN, temp};
+use common::{BIN, Remote, temp};
 
-/// `cipherinfer serve` on 127.0.0.1:0; killed on drop.
-struct Remote {
-    child: Child,
-    url: String,
-}
-
-impl Remote {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--model",
-                "mnist-cnn,fashion-cnn",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("cipherinfer remote server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Self { child, url }
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The models every remote server of these tests serves.
+const MODELS: &str = "mnist-cnn,fashion-cnn";
 
 struct Run {
     code: i32,
@@ -114,7 +73,7 @@ fn results(stdout: &str) -> Vec<Value> {
 fn classify_through_the_real_binaries() {
     let dir = temp("classify");
     let keys = dir.join("keys");
-    let remote = Remote::start(&dir.join("server"));
+    let remote = Remote::start(&dir.join("server"), MODELS, &[]);
     let mnist = samples("mnist-cnn", 3);
     let mut args = vec!["classify", "--remote", &remote.url, "--json"];
     let paths: Vec<String> = mnist
@@ -167,7 +126,7 @@ fn classify_through_the_real_binaries() {
 
     // The server loses its state: the client provisions again by itself.
     drop(remote);
-    let remote = Remote::start(&dir.join("server-2"));
+    let remote = Remote::start(&dir.join("server-2"), MODELS, &[]);
     let run = cipherinfer(
         &["classify", "--remote", &remote.url, "--json", &paths[1]],
         &keys,
@@ -250,7 +209,7 @@ fn classify_through_the_real_binaries() {
 fn keygen_and_provision_commands() {
     let dir = temp("provision");
     let keys = dir.join("keys");
-    let remote = Remote::start(&dir.join("server"));
+    let remote = Remote::start(&dir.join("server"), MODELS, &[]);
     let run = cipherinfer(
         &["keygen", "--remote", &remote.url, "--client-id", "alice"],
         &keys,
@@ -339,7 +298,7 @@ fn python_sdk_drives_the_local_server_over_stdio() {
         return;
     }
     let dir = temp("python");
-    let remote = Remote::start(&dir.join("server"));
+    let remote = Remote::start(&dir.join("server"), MODELS, &[]);
     let (image, want) = samples("mnist-cnn", 1).swap_remove(0);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/local_client.py");
     let out = Command::new(&python)

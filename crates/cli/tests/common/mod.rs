@@ -1,7 +1,11 @@
 //! Helpers shared by the CLI's test binaries.
-#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+#![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
+#![allow(dead_code, reason = "each test binary uses a part")]
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The `cipherinfer` binary under test.
@@ -17,4 +21,46 @@ pub fn temp(name: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// `cipherinfer serve` on 127.0.0.1:0 with its store in `data_dir`; killed on drop.
+pub struct Remote {
+    child: Child,
+    /// The URL the server announced on its first line of stdout.
+    pub url: String,
+}
+
+impl Remote {
+    /// Starts the server with `models` (comma-separated) and `extra` flags and waits for the
+    /// URL it announces.
+    pub fn start(data_dir: &Path, models: &str, extra: &[&OsStr]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--bind", "127.0.0.1:0", "--model", models])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("cipherinfer remote server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Self { child, url }
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
