@@ -224,13 +224,85 @@ fn print_result(image: &Path, r: &PrivateClassifyResult) {
     );
 }
 
+/// The trusted side as the draft draws it: `cipherinfer local` (this binary) as a child MCP
+/// server over stdio for every step that needs the secret key, the key store for the remote
+/// credentials, and a private work directory for session files. `classify` and `demo` both
+/// run the client workflow through it.
+pub struct LocalServer {
+    /// The child's MCP connection.
+    pub mcp: McpLocal,
+    /// The key store the child uses (credentials and server pins are read here).
+    pub store: KeyStore,
+    work: TempDir,
+}
+
+impl LocalServer {
+    /// Spawns `cipherinfer local` on the key store at `root`, allowed to read images from
+    /// `image_dirs` and to write its work directory.
+    pub async fn spawn(root: &Path, image_dirs: &[PathBuf]) -> Result<Self, ToolError> {
+        let err = |e: BoxErr| ToolError::new(ErrorCode::Internal, e.to_string());
+        let store = KeyStore::open(root)?;
+        let work = tempdir_in(root).map_err(err)?;
+        let exe = std::env::current_exe()
+            .map_err(|e| ToolError::new(ErrorCode::Internal, format!("cannot find myself: {e}")))?;
+        let mut command = tokio::process::Command::new(exe);
+        command.arg("local").arg("--key-dir").arg(root);
+        command.arg("--allow-dir").arg(&work.0);
+        for dir in image_dirs {
+            command.arg("--allow-dir").arg(dir);
+        }
+        command.env("RUST_LOG", "warn");
+        let mcp = McpLocal::spawn(command).await?;
+        Ok(Self { mcp, store, work })
+    }
+
+    /// The Steps 0–6 workflow against `remote`, through this local server.
+    pub fn workflow<'a>(
+        &'a self,
+        remote: &'a RemoteClient,
+        default_client_id: Option<String>,
+        enrollment_token: Option<AuthToken>,
+    ) -> Result<Workflow<'a, McpLocal, KeyStore>, ToolError> {
+        let default_client_id = match default_client_id {
+            Some(id) => id,
+            None => cipherinfer_local::default_client_id(&self.store)?,
+        };
+        Ok(Workflow::new(
+            &self.mcp,
+            &self.store,
+            remote,
+            WorkflowOptions {
+                work_dir: self.work.0.clone(),
+                default_client_id,
+                chunk_bytes: cipherinfer_client::remote::DEFAULT_CHUNK_BYTES,
+                enrollment_token,
+            },
+        ))
+    }
+
+    /// Closes the connection (the child exits) and removes the work directory.
+    pub async fn close(self) {
+        self.mcp.close().await;
+        drop(self.work);
+    }
+}
+
+/// The parent directories of `images` (absolute), without repeats.
+pub fn parent_dirs(images: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = images
+        .iter()
+        .filter_map(|i| i.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
 /// Runs `cipherinfer classify`: the local server as a child process over stdio, the remote
 /// over HTTP.
 pub async fn classify(args: ClassifyArgs) -> Result<(), ToolError> {
     let err = |e: BoxErr| ToolError::new(ErrorCode::Internal, e.to_string());
     let root = key_root(args.client.key_dir.as_deref()).map_err(err)?;
-    let store = KeyStore::open(&root)?;
-    let work = tempdir_in(&root).map_err(err)?;
     let images: Vec<PathBuf> = args
         .images
         .iter()
@@ -245,32 +317,17 @@ pub async fn classify(args: ClassifyArgs) -> Result<(), ToolError> {
             ));
         }
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| ToolError::new(ErrorCode::Internal, format!("cannot find myself: {e}")))?;
-    let mut command = tokio::process::Command::new(exe);
-    command.arg("local").arg("--key-dir").arg(&root);
-    command.arg("--allow-dir").arg(&work.0);
-    for image in &images {
-        if let Some(parent) = image.parent() {
-            command.arg("--allow-dir").arg(parent);
+    let enrollment_token = enrollment(args.client.enrollment_token_file.as_deref()).map_err(err)?;
+    let local = LocalServer::spawn(&root, &parent_dirs(&images)).await?;
+    let remote = match RemoteClient::connect(&args.client.remote).await {
+        Ok(r) => r,
+        Err(e) => {
+            local.close().await;
+            return Err(e);
         }
-    }
-    command.env("RUST_LOG", "warn");
-    let local = McpLocal::spawn(command).await?;
-    let remote = RemoteClient::connect(&args.client.remote).await?;
+    };
     let outcome = async {
-        let mut workflow = Workflow::new(
-            &local,
-            &store,
-            &remote,
-            WorkflowOptions {
-                work_dir: work.0.clone(),
-                default_client_id: default_client_id(&store)?,
-                chunk_bytes: cipherinfer_client::remote::DEFAULT_CHUNK_BYTES,
-                enrollment_token: enrollment(args.client.enrollment_token_file.as_deref())
-                    .map_err(err)?,
-            },
-        );
+        let mut workflow = local.workflow(&remote, None, enrollment_token)?;
         for image in &images {
             let mut display = Display {
                 quiet: args.json,

@@ -1,22 +1,23 @@
 //! `cipherinfer demo`: the whole workflow on the shipped sample images, with no configuration.
 //!
 //! A remote inference server starts in-process on a loopback port with its embedded defaults
-//! (every shipped HE-friendly model, an object store in a temporary directory). A local crypto
-//! server with a temporary key store generates keys, provisions them (Step 0) and classifies each
-//! sample image under encryption through real MCP calls over HTTP. The remote side never sees
-//! anything but ciphertexts and public evaluation keys.
+//! (every shipped HE-friendly model, an object store in a temporary directory) and is reached
+//! over MCP Streamable HTTP. The local crypto server runs exactly as under `cipherinfer
+//! classify`: this binary's `local` command as a child process, spoken to over MCP stdio, with a
+//! temporary key store. The client workflow (`cipherinfer_client::Workflow`) generates keys,
+//! provisions them (Step 0) and classifies each sample image under encryption. The remote side
+//! never sees anything but ciphertexts and public evaluation keys.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipherinfer_client::{ClassifyRequest, RemoteClient, Workflow, WorkflowOptions};
-use cipherinfer_local::{InProcess, LocalConfig, LocalCrypto};
+use cipherinfer_client::{ClassifyRequest, RemoteClient};
 use cipherinfer_model::{Manifest, onnx, plain};
 use cipherinfer_remote::{Server, ServerOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::BoxErr;
+use crate::client::{LocalServer, parent_dirs};
 
 /// Options of `cipherinfer demo`.
 #[derive(clap::Args, Debug)]
@@ -177,32 +178,54 @@ async fn classify_samples(
     url: &str,
     models: &[String],
 ) -> Result<Tally, BoxErr> {
-    let local = InProcess::new(Arc::new(LocalCrypto::new(LocalConfig {
-        key_root: dir.join("keys"),
-        allowed_dirs: Vec::new(),
-    })?));
-    let remote = RemoteClient::connect(url).await?;
+    // The trusted side exactly as `cipherinfer classify` runs it: this binary's `local`
+    // command as a child MCP server over stdio, which alone reads the secret keys.
+    let key_root = dir.join("keys");
+    let images: Vec<PathBuf> = models
+        .iter()
+        .map(|name| {
+            let entry = manifest.model(name)?;
+            let dataset = manifest.dataset(&entry.dataset)?;
+            Ok(dataset
+                .images
+                .iter()
+                .take(args.images)
+                .map(|i| manifest.dir().join(&i.file))
+                .collect::<Vec<_>>())
+        })
+        .collect::<Result<Vec<_>, BoxErr>>()?
+        .concat();
+    let images = images
+        .iter()
+        .map(std::path::absolute)
+        .collect::<Result<Vec<_>, _>>()?;
+    let local = LocalServer::spawn(&key_root, &parent_dirs(&images)).await?;
+    let remote = match RemoteClient::connect(url).await {
+        Ok(r) => r,
+        Err(e) => {
+            local.close().await;
+            return Err(e.into());
+        }
+    };
     println!(
-        "local crypto server: key store {}",
-        dir.join("keys").display()
+        "local crypto server: `cipherinfer local` over stdio (MCP), key store {}",
+        key_root.display()
     );
-    println!("remote inference server: {url}\n");
-    let work_dir = dir.join("work");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&work_dir)?;
-    let mut workflow = Workflow::new(
-        &local,
-        local.store(),
-        &remote,
-        WorkflowOptions {
-            work_dir,
-            default_client_id: "demo".into(),
-            chunk_bytes: cipherinfer_client::remote::DEFAULT_CHUNK_BYTES,
-            enrollment_token: None,
-        },
-    );
+    println!("remote inference server: {url} (MCP over HTTP)\n");
+    let outcome = classify_all(args, manifest, &local, &remote, models).await;
+    remote.close().await;
+    local.close().await;
+    outcome
+}
+
+async fn classify_all(
+    args: &DemoArgs,
+    manifest: &Manifest,
+    local: &LocalServer,
+    remote: &RemoteClient,
+    models: &[String],
+) -> Result<Tally, BoxErr> {
+    let mut workflow = local.workflow(remote, Some("demo".into()), None)?;
     let mut tally = Tally::default();
     for name in models {
         let clear = cleartext_predictions(manifest, name)?;
@@ -282,6 +305,5 @@ async fn classify_samples(
         }
         println!();
     }
-    remote.close().await;
     Ok(tally)
 }

@@ -1,36 +1,37 @@
 //! `cipherinfer`: the command line of the system.
 //!
 //! - `cipherinfer demo` runs the whole workflow on the shipped sample images, with an
-//!   in-process remote server on loopback and a temporary key store.
+//!   in-process remote server on loopback and `cipherinfer local` as a child MCP server with a
+//!   temporary key store.
 //! - `cipherinfer serve` runs the remote inference MCP server with embedded defaults: the
 //!   shipped models, a local object store under `./cipherinfer-data`, loopback only.
 //! - `cipherinfer local` runs the local crypto MCP server over stdio.
 //! - `cipherinfer keygen`, `provision` and `classify` are the client.
 //! - `cipherinfer bench` measures encrypted inference and the server under load.
+//!
+//! Features (both on by default): `server` builds `serve` (the untrusted side: no key store, no
+//! client); `client` builds `local`, `keygen`, `provision` and `classify` (the trusted side: no
+//! server). `demo` and `bench load` need both; `bench model` neither.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use cipherinfer_protocol::AuthToken;
-use cipherinfer_remote::server::check_bind;
-use cipherinfer_remote::transport::{ConnectionLimits, body_limit_for_chunk, load_tls_config};
-use cipherinfer_remote::{Server, ServerOptions};
 use clap::{Parser, Subcommand};
 
 mod bench;
+#[cfg(feature = "client")]
 mod client;
+#[cfg(all(feature = "client", feature = "server"))]
 mod demo;
+#[cfg(all(feature = "client", feature = "server"))]
 mod load;
+#[cfg(feature = "server")]
+mod serve;
 
 /// Errors of the subcommands.
 pub(crate) type BoxErr = Box<dyn std::error::Error + Send + Sync>;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,20 +45,31 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per run; the server variant has the most flags"
+)]
 enum Command {
     /// Classify the shipped sample images under encryption, end to end, with no configuration
-    /// (an in-process remote server on loopback and a temporary key store).
+    /// (a remote server on loopback, the local crypto server as a child over stdio, a temporary
+    /// key store).
+    #[cfg(all(feature = "client", feature = "server"))]
     Demo(demo::DemoArgs),
     /// Classify images privately: encrypt locally, infer remotely on ciphertext, decrypt locally.
+    #[cfg(feature = "client")]
     Classify(client::ClassifyArgs),
     /// Generate a key set for a served model in the local key store.
+    #[cfg(feature = "client")]
     Keygen(client::ClientArgs),
     /// Generate keys if needed and provision the public evaluation keys (Step 0).
+    #[cfg(feature = "client")]
     Provision(client::ClientArgs),
     /// Run the local crypto MCP server over stdio (holds the secret keys; for MCP hosts).
+    #[cfg(feature = "client")]
     Local(client::LocalArgs),
     /// Run the remote inference MCP server (Streamable HTTP at /mcp, legacy SSE at /sse).
-    Serve(ServeArgs),
+    #[cfg(feature = "server")]
+    Serve(serve::ServeArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -68,237 +80,18 @@ enum BenchCommand {
     /// Encrypted inference of a shipped model in-process: latency, throughput, sizes, accuracy.
     Model(bench::ModelBenchArgs),
     /// Concurrent clients through provision, upload and inference against a loopback server.
+    #[cfg(all(feature = "client", feature = "server"))]
     Load(load::LoadArgs),
-}
-
-#[derive(clap::Args, Debug)]
-struct ServeArgs {
-    /// Address to listen on. Anything but loopback needs --tls-cert/--tls-key or
-    /// --behind-tls-proxy.
-    #[arg(long, default_value = "127.0.0.1:8750")]
-    bind: SocketAddr,
-    /// Serve HTTPS with this PEM certificate chain (end-entity certificate first); needs
-    /// --tls-key.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Allow plain HTTP on a non-loopback address: a TLS-terminating reverse proxy is the only
-    /// way to reach it.
-    #[arg(long)]
-    behind_tls_proxy: bool,
-    /// Directory of the local object store (keys, staged chunks, results).
-    #[arg(long, default_value = "cipherinfer-data")]
-    data_dir: PathBuf,
-    /// Served models, the first is the default (repeat or comma-separate).
-    #[arg(long, value_delimiter = ',', default_values_t = ["mnist-cnn".to_string(), "fashion-cnn".to_string()])]
-    model: Vec<String>,
-    /// Accepted Host header values (default: loopback names). Repeat for several.
-    #[arg(long = "allowed-host")]
-    allowed_hosts: Vec<String>,
-    /// Accepted Origin values (default: loopback origins). Repeat for several.
-    #[arg(long = "allowed-origin")]
-    allowed_origins: Vec<String>,
-    /// Largest decoded chunk in MiB (the HTTP body limit follows from it).
-    #[arg(long, default_value_t = 32)]
-    max_chunk_mib: u64,
-    /// Session lifetime after last use, in seconds.
-    #[arg(long, default_value_t = 3600)]
-    session_ttl_s: u64,
-    /// Live sessions per client.
-    #[arg(long, default_value_t = 16)]
-    max_sessions_per_client: usize,
-    /// Inferences evaluated at once.
-    #[arg(long, default_value_t = 1)]
-    max_concurrent_inferences: usize,
-    /// Most threads one evaluation uses (default: the machine's cores); a client's
-    /// `omp_threads` can only lower it.
-    #[arg(long)]
-    max_eval_threads: Option<usize>,
-    /// Failed authentications per peer address and minute before ERROR_RATE_LIMITED (0: off;
-    /// use 0 behind a reverse proxy, where every client has the proxy's address).
-    #[arg(long)]
-    auth_failures_per_minute_per_peer: Option<u32>,
-    /// How long a garbage-collected session keeps answering ERROR_EXPIRED, in seconds.
-    #[arg(long)]
-    tombstone_ttl_s: Option<u64>,
-    /// File holding an enrollment token new clients must present (generated and printed if the
-    /// file does not exist yet).
-    #[arg(long)]
-    enrollment_token_file: Option<PathBuf>,
-    /// Register a client identity before its first provisioning: CLIENT_ID=HEX (the client's
-    /// Ed25519 public key, 64 hex digits). Repeat for several.
-    #[arg(long = "identity", value_name = "CLIENT_ID=HEX")]
-    identities: Vec<String>,
-    /// Provision only client ids registered with --identity (no trust on first use).
-    #[arg(long)]
-    require_registered_identity: bool,
-    /// Accept unsigned calls from clients that have no pinned identity (for MCP hosts that
-    /// cannot sign; clients with a pinned identity must always sign).
-    #[arg(long)]
-    allow_unsigned: bool,
-    /// Largest accepted distance between a signed request's timestamp and this clock, seconds.
-    #[arg(long, default_value_t = 300)]
-    max_clock_skew_s: u64,
-    /// Connections open at once; further clients wait until one closes. Raised file-descriptor
-    /// limits permitting (the soft limit is raised to the hard one at start).
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    max_connections: u64,
-    /// Connections open at once from one address (an IPv6 /64 counts as one), further ones are
-    /// closed (0: no bound). Default 64, or no bound with --behind-tls-proxy, where all come
-    /// from the proxy.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
-    max_connections_per_address: Option<u64>,
-    /// Seconds to receive a request head; also how long an idle connection stays open.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    header_timeout_s: u64,
-    /// Seconds to receive a whole request body.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    body_timeout_s: u64,
-}
-
-/// File descriptors kept for everything but client connections (the object store, keys,
-/// models, logs).
-const RESERVED_FDS: u64 = 256;
-
-/// Raises the soft file-descriptor limit to the hard one and returns how many connections it
-/// leaves room for next to [`RESERVED_FDS`] (`None` where there is no such limit).
-fn connection_room() -> Option<u64> {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(soft) => Some(soft.saturating_sub(RESERVED_FDS).max(1)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read or raise the file-descriptor limit");
-            None
-        }
-    }
-}
-
-/// Parses `--identity CLIENT_ID=HEX`.
-fn registered_identity(
-    spec: &str,
-) -> Result<(String, cipherinfer_protocol::integrity::PublicIdentity), BoxErr> {
-    let (client, key) = spec
-        .split_once('=')
-        .ok_or_else(|| format!("--identity {spec:?}: expected CLIENT_ID=HEX"))?;
-    cipherinfer_protocol::validate::validate_client_id(client)
-        .map_err(|e| format!("--identity {spec:?}: {}", e.message))?;
-    let key = key.parse().map_err(|e: cipherinfer_protocol::ToolError| {
-        format!("--identity {spec:?}: {}", e.message)
-    })?;
-    Ok((client.to_string(), key))
-}
-
-fn enrollment_hash(path: &std::path::Path) -> Result<cipherinfer_protocol::TokenHash, BoxErr> {
-    let token = match std::fs::read_to_string(path) {
-        Ok(t) => AuthToken::from_string(t.trim().to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let t = AuthToken::generate()?;
-            std::fs::write(path, t.expose())?;
-            eprintln!("wrote a new enrollment token to {}", path.display());
-            t
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if !token.is_well_formed() {
-        return Err(format!("{} does not hold a well-formed token", path.display()).into());
-    }
-    Ok(token.hash()?)
-}
-
-async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
-    // Refuse a bad channel before anything slow (compiling models) or lasting (token files).
-    // clap makes each of --tls-cert and --tls-key require the other.
-    let tls = match args.tls_cert.as_deref().zip(args.tls_key.as_deref()) {
-        Some((cert, key)) => Some(Arc::new(load_tls_config(cert, key)?)),
-        None => None,
-    };
-    check_bind(args.bind, tls.is_some(), args.behind_tls_proxy)?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut options = ServerOptions {
-        bind: args.bind,
-        data_dir: args.data_dir,
-        models: args.model,
-        tls,
-        behind_tls_proxy: args.behind_tls_proxy,
-        ..ServerOptions::default()
-    };
-    let chunk = args.max_chunk_mib.clamp(1, 32) * 1024 * 1024;
-    options.service.limits.max_chunk_bytes = chunk;
-    options.http.max_body_bytes = body_limit_for_chunk(usize::try_from(chunk)?);
-    options.service.session_ttl = Duration::from_secs(args.session_ttl_s);
-    options.service.max_sessions_per_client = args.max_sessions_per_client;
-    options.service.max_concurrent_inferences = args.max_concurrent_inferences;
-    if let Some(t) = args.max_eval_threads {
-        options.service.max_eval_threads = t.max(1);
-    }
-    if let Some(n) = args.auth_failures_per_minute_per_peer {
-        options.service.auth_failures_per_minute_per_peer = n;
-    }
-    if let Some(s) = args.tombstone_ttl_s {
-        options.service.tombstone_ttl = Duration::from_secs(s);
-    }
-    for spec in &args.identities {
-        let (client, key) = registered_identity(spec)?;
-        options.service.registered_identities.insert(client, key);
-    }
-    options.service.require_registered_identity = args.require_registered_identity;
-    options.service.require_signatures = !args.allow_unsigned;
-    options.service.max_clock_skew = Duration::from_secs(args.max_clock_skew_s.max(1));
-    if let Some(path) = &args.enrollment_token_file {
-        options.service.enrollment_token_hash = Some(enrollment_hash(path)?);
-    }
-    let mut max_connections = args.max_connections;
-    if let Some(room) = connection_room()
-        && room < max_connections
-    {
-        eprintln!(
-            "the file-descriptor limit leaves room for {room} connections; --max-connections {max_connections} lowered to it"
-        );
-        max_connections = room;
-    }
-    options.connections = ConnectionLimits {
-        max_connections: usize::try_from(max_connections)?,
-        max_connections_per_address: match args.max_connections_per_address {
-            Some(0) => None,
-            Some(n) => Some(usize::try_from(n)?),
-            None if args.behind_tls_proxy => None,
-            None => ConnectionLimits::default().max_connections_per_address,
-        },
-        header_read_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
-        body_read_timeout: Duration::from_secs(args.body_timeout_s.max(1)),
-    };
-    if !args.allowed_hosts.is_empty() {
-        options.http.allowed_hosts = args.allowed_hosts;
-    }
-    if !args.allowed_origins.is_empty() {
-        options.http.allowed_origins = args.allowed_origins;
-    }
-    eprintln!("compiling models {:?} ...", options.models);
-    let server = Server::build(options)?;
-    let shutdown = CancellationToken::new();
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-        });
-    }
-    let listener = tokio::net::TcpListener::bind(args.bind).await?;
-    // The one line on stdout: where to connect (useful with --bind 127.0.0.1:0).
-    println!(
-        "cipherinfer remote server listening on {scheme}://{}/mcp",
-        listener.local_addr()?
-    );
-    server.run(listener, shutdown).await?;
-    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers log what they do; the client commands only warnings (stdout is theirs).
     let default_level = match cli.command {
-        Command::Serve(_) | Command::Local(_) => "info",
+        #[cfg(feature = "server")]
+        Command::Serve(_) => "info",
+        #[cfg(feature = "client")]
+        Command::Local(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -318,19 +111,26 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            #[cfg(all(feature = "client", feature = "server"))]
             Command::Demo(args) => demo::demo(args).await,
+            #[cfg(feature = "client")]
             Command::Classify(args) => return tool_exit(client::classify(args).await),
+            #[cfg(feature = "client")]
             Command::Keygen(args) => {
                 return tool_exit(client::keygen_or_provision(args, false).await);
             }
+            #[cfg(feature = "client")]
             Command::Provision(args) => {
                 return tool_exit(client::keygen_or_provision(args, true).await);
             }
+            #[cfg(feature = "client")]
             Command::Local(args) => client::local(args).await,
-            Command::Serve(args) => serve(args).await,
+            #[cfg(feature = "server")]
+            Command::Serve(args) => serve::serve(args).await,
             Command::Bench(BenchCommand::Model(args)) => {
                 tokio::task::spawn_blocking(move || bench::model_bench(args)).await?
             }
+            #[cfg(all(feature = "client", feature = "server"))]
             Command::Bench(BenchCommand::Load(args)) => load::load(args).await,
         }
         .map(|()| ExitCode::SUCCESS)
@@ -345,6 +145,7 @@ fn main() -> ExitCode {
 }
 
 /// Prints a tool error with its code and maps it to the exit code of its class.
+#[cfg(feature = "client")]
 fn tool_exit(result: Result<(), cipherinfer_protocol::ToolError>) -> Result<ExitCode, BoxErr> {
     Ok(match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! model is compiled, the TLS flags go together and bad files are reported, and with a
 //! certificate the server announces an `https://` URL; the connection flags bound slow and
 //! numerous connections.
+#![cfg(feature = "server")]
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
 use std::io::{Read, Write};

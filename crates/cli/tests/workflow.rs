@@ -2,6 +2,7 @@
 //! loopback port, `cipherinfer classify` spawning `cipherinfer local` over stdio. Predictions are
 //! compared with the cleartext model; the failures a user meets give their exit codes; and the
 //! official MCP Python SDK drives the local server's `private_classify` over stdio.
+#![cfg(all(feature = "server", feature = "client"))]
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
 use std::path::{Path, PathBuf};
@@ -67,6 +68,38 @@ fn results(stdout: &str) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
+}
+
+/// The README's first command: `cipherinfer demo` starts a loopback server and `cipherinfer
+/// local` as a child MCP server, and every encrypted prediction equals the cleartext one.
+#[test]
+fn demo_runs_the_real_architecture() {
+    let out = Command::new(BIN)
+        .args(["demo", "--images", "2"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("`cipherinfer local` over stdio (MCP)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(MCP over HTTP)"), "{stdout}");
+    assert!(
+        stdout.contains("4/4 encrypted predictions equal the cleartext model's"),
+        "{stdout}"
+    );
+    // Both models provisioned once each (Step 0), then reused.
+    assert_eq!(
+        stdout.matches("provisioned (Step 0)").count(),
+        2,
+        "{stdout}"
+    );
 }
 
 #[test]

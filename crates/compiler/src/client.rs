@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use cipherinfer_ckks::{Ciphertext, Decryptor, Encoder, Parameters, ParametersLiteral};
+use cipherinfer_ckks::{
+    Ciphertext, Decryptor, Encoder, Parameters, ParametersLiteral, SecretDistribution,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompileError, Result};
@@ -154,24 +156,14 @@ impl ClientSpec {
         )
     }
 
-    /// Decrypts the outputs and reads the output values (of the first image of a batch).
-    pub fn decrypt_output(
+    /// Decrypts the output ciphertexts of one result: every image's output values (times the
+    /// output multiplier) and the precision estimate. The one place a client reads a result.
+    pub fn decrypt(
         &self,
         encoder: &Encoder,
         dec: &Decryptor,
         outputs: &[Ciphertext],
-    ) -> Result<Vec<f64>> {
-        let mut all = self.decrypt_batch(encoder, dec, outputs)?;
-        Ok(all.swap_remove(0))
-    }
-
-    /// Decrypts the outputs and reads every image's output values.
-    pub fn decrypt_batch(
-        &self,
-        encoder: &Encoder,
-        dec: &Decryptor,
-        outputs: &[Ciphertext],
-    ) -> Result<Vec<Vec<f64>>> {
+    ) -> Result<DecryptedOutput> {
         decrypt_and_unpack(
             &self.output,
             self.batch_size,
@@ -180,6 +172,27 @@ impl ClientSpec {
             dec,
             outputs,
         )
+    }
+
+    /// The output values of the first image of a batch (see [`ClientSpec::decrypt`]).
+    pub fn decrypt_output(
+        &self,
+        encoder: &Encoder,
+        dec: &Decryptor,
+        outputs: &[Ciphertext],
+    ) -> Result<Vec<f64>> {
+        let mut images = self.decrypt(encoder, dec, outputs)?.images;
+        Ok(images.swap_remove(0))
+    }
+
+    /// The output values of every image of a batch (see [`ClientSpec::decrypt`]).
+    pub fn decrypt_batch(
+        &self,
+        encoder: &Encoder,
+        dec: &Decryptor,
+        outputs: &[Ciphertext],
+    ) -> Result<Vec<Vec<f64>>> {
+        Ok(self.decrypt(encoder, dec, outputs)?.images)
     }
 }
 
@@ -218,28 +231,94 @@ pub(crate) fn pack_and_encrypt(
         .collect()
 }
 
-/// Decrypts output ciphertexts and reads, for each of the `batch` images, the values `map`
-/// points at, times `multiplier`.
-pub(crate) fn decrypt_and_unpack(
+/// A decrypted result: the output values of each image of the batch and the error estimate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecryptedOutput {
+    /// Output values per image of the batch (image `b` at index `b`), times the output
+    /// multiplier.
+    pub images: Vec<Vec<f64>>,
+    /// The estimated precision in bits (see [`estimate_precision_bits`]).
+    pub precision_bits: f64,
+    /// The a-priori noise floor term of the estimate (absolute, output units).
+    pub noise_floor: f64,
+    /// The a-posteriori measured term of the estimate (absolute, output units).
+    pub measured_noise: f64,
+}
+
+/// Expected Hamming weight of the secret: 2N/3 for uniform ternary, the weight for sparse.
+fn hamming_weight(params: &Parameters) -> f64 {
+    match params.secret_distribution() {
+        SecretDistribution::SparseTernary { hamming_weight } => hamming_weight as f64,
+        _ => 2.0 * params.n() as f64 / 3.0,
+    }
+}
+
+/// The a-priori noise floor of a decrypted slot value of a ciphertext at `scale`, times
+/// `multiplier`: six standard deviations of the rounding noise its last rescale leaves,
+/// `6 · m · sqrt(N/2 · (1 + h)/12) / Δ` (`N` ring degree, `h` Hamming weight of the secret,
+/// `Δ` scale, `m` output multiplier). No correctly evaluated output is more precise than this.
+pub fn noise_floor(params: &Parameters, scale: f64, multiplier: f64) -> f64 {
+    let n = params.n() as f64;
+    let h = hamming_weight(params);
+    6.0 * multiplier * (n / 2.0 * (1.0 + h) / 12.0).sqrt() / scale
+}
+
+/// The precision estimate in bits, `-log2(max(floor, measured))`:
+///
+/// * `floor` = [`noise_floor`] of the output ciphertext's scale (the worst over the result's
+///   ciphertexts), from the ring degree, the secret's Hamming weight and the scale;
+/// * `measured` = `m · max_k |Im z_k|` over every slot `k` of every output ciphertext. The
+///   model's inputs, weights and activations are real, so the message's imaginary parts are
+///   exactly zero and the decoded imaginary parts are pure noise, distributed like the noise
+///   of the real parts (the noise polynomial is real, its slot values are complex with
+///   independent, equally spread parts). Their maximum over all N/2 slots bounds the error of
+///   the few output values from above with high probability. This term accounts for the noise
+///   the whole evaluation accumulated (levels consumed, key switching, amplification by the
+///   weights), which the floor alone does not see.
+pub fn estimate_precision_bits(floor: f64, measured: f64) -> f64 {
+    let err = floor.max(measured);
+    if err.is_finite() && err > 0.0 {
+        -err.log2()
+    } else {
+        f64::NEG_INFINITY
+    }
+}
+
+/// Decrypts exactly `map.num_cts` output ciphertexts, reads for each of the `batch` images the
+/// values `map` points at (times `multiplier`) and estimates the precision.
+fn decrypt_and_unpack(
     map: &SlotMap,
     batch: usize,
     multiplier: f64,
     encoder: &Encoder,
     dec: &Decryptor,
     outputs: &[Ciphertext],
-) -> Result<Vec<Vec<f64>>> {
-    if outputs.len() < map.num_cts {
+) -> Result<DecryptedOutput> {
+    if outputs.len() != map.num_cts {
         return Err(CompileError::Input(format!(
-            "{} output ciphertexts, the model produces {}",
+            "{} output ciphertexts, the model's output spans {}",
             outputs.len(),
             map.num_cts
         )));
     }
-    let slots = outputs
-        .iter()
-        .map(|c| Ok(encoder.decode(&dec.decrypt(c)?)?))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((0..batch)
+    let params = encoder.parameters();
+    let batch = batch.max(1);
+    let mut slots = Vec::with_capacity(outputs.len());
+    let mut max_imag = 0.0f64;
+    let mut floor = 0.0f64;
+    for ct in outputs {
+        let z = encoder.decode_complex(&dec.decrypt(ct)?)?;
+        for v in &z {
+            // NaN counts as worse than anything.
+            let im = v.im.abs();
+            if im.is_nan() || im > max_imag {
+                max_imag = if im.is_nan() { f64::INFINITY } else { im };
+            }
+        }
+        slots.push(z.into_iter().map(|v| v.re).collect::<Vec<f64>>());
+        floor = floor.max(noise_floor(params, ct.scale(), multiplier));
+    }
+    let images = (0..batch)
         .map(|b| {
             let image: Vec<Vec<f64>> = slots
                 .iter()
@@ -250,5 +329,12 @@ pub(crate) fn decrypt_and_unpack(
                 .map(|v| v * multiplier)
                 .collect()
         })
-        .collect())
+        .collect();
+    let measured = multiplier * max_imag;
+    Ok(DecryptedOutput {
+        images,
+        precision_bits: estimate_precision_bits(floor, measured),
+        noise_floor: floor,
+        measured_noise: measured,
+    })
 }

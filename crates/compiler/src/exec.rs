@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cipherinfer_ckks::{
-    Ciphertext, Decryptor, Encoder, Evaluator, ExtendedPlaintext, Parameters, Plaintext, Polynomial,
+    Ciphertext, Encoder, Evaluator, ExtendedPlaintext, Parameters, Plaintext, Polynomial,
 };
 use rayon::prelude::*;
 
@@ -314,65 +314,6 @@ impl HeModel {
             return Err(CompileError::MissingRelinearizationKey);
         }
         Ok(())
-    }
-
-    /// Client side: packs an input tensor as the plan says and encrypts it with the secret key
-    /// (seeded ciphertexts, at the lowest level the model needs). In batch mode the other
-    /// images' slots are zero.
-    pub fn encrypt_input(
-        &self,
-        encoder: &Encoder,
-        dec: &mut Decryptor,
-        input: &[f64],
-    ) -> Result<Vec<Ciphertext>> {
-        self.encrypt_batch(encoder, dec, &[input])
-    }
-
-    /// Client side: packs up to [`HeModel::batch_size`] images into one ciphertext set.
-    pub fn encrypt_batch(
-        &self,
-        encoder: &Encoder,
-        dec: &mut Decryptor,
-        inputs: &[&[f64]],
-    ) -> Result<Vec<Ciphertext>> {
-        crate::client::pack_and_encrypt(
-            &self.plan.input,
-            self.batch,
-            self.input_level,
-            self.input_scale,
-            encoder,
-            dec,
-            inputs,
-        )
-    }
-
-    /// Client side: decrypts the output ciphertexts and reads the output values (of the first
-    /// image in batch mode).
-    pub fn decrypt_output(
-        &self,
-        encoder: &Encoder,
-        dec: &Decryptor,
-        outputs: &[Ciphertext],
-    ) -> Result<Vec<f64>> {
-        let mut all = self.decrypt_batch(encoder, dec, outputs)?;
-        Ok(all.swap_remove(0))
-    }
-
-    /// Client side: the output values of every image slot of the batch.
-    pub fn decrypt_batch(
-        &self,
-        encoder: &Encoder,
-        dec: &Decryptor,
-        outputs: &[Ciphertext],
-    ) -> Result<Vec<Vec<f64>>> {
-        crate::client::decrypt_and_unpack(
-            &self.plan.output,
-            self.batch,
-            self.plan.output_multiplier,
-            encoder,
-            dec,
-            outputs,
-        )
     }
 
     /// What the client needs: parameters, packing, levels, keys to generate, output layout.

@@ -71,12 +71,16 @@ fn check(name: &str, net: Network, depth_levels: usize) {
     let encoder = Encoder::new(params.clone());
     let mut dec = Decryptor::new(sk).expect("dec");
     let cts = model
+        .client_spec()
         .encrypt_input(&encoder, &mut dec, &x)
         .expect("encrypt");
     let (out, _) = model
         .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {})
         .expect("evaluate");
-    let got = model.decrypt_output(&encoder, &dec, &out).expect("decrypt");
+    let got = model
+        .client_spec()
+        .decrypt_output(&encoder, &dec, &out)
+        .expect("decrypt");
     let err = got
         .iter()
         .zip(&want)

@@ -230,6 +230,7 @@ fn lazily_encoded_masks_give_the_same_result() {
     let encoder = Encoder::new(params.clone());
     let mut dec = Decryptor::new(sk).expect("dec");
     let cts = eager
+        .client_spec()
         .encrypt_input(&encoder, &mut dec, &inputs[0])
         .expect("encrypt");
     let never = AtomicBool::new(false);
@@ -239,8 +240,14 @@ fn lazily_encoded_masks_give_the_same_result() {
     let (b, _) = lazy
         .evaluate(&ev, &cts, &never, |_, _, _| {})
         .expect("lazy");
-    let a = eager.decrypt_output(&encoder, &dec, &a).expect("decrypt");
-    let b = lazy.decrypt_output(&encoder, &dec, &b).expect("decrypt");
+    let a = eager
+        .client_spec()
+        .decrypt_output(&encoder, &dec, &a)
+        .expect("decrypt");
+    let b = lazy
+        .client_spec()
+        .decrypt_output(&encoder, &dec, &b)
+        .expect("decrypt");
     // Same masks, same keys, same input: the results differ only by rounding noise.
     let d = a
         .iter()
@@ -269,6 +276,7 @@ fn missing_keys_and_depth_bounds_are_refused_before_any_work() {
     let encoder = Encoder::new(params.clone());
     let mut dec = Decryptor::new(sk).expect("dec");
     let cts = model
+        .client_spec()
         .encrypt_input(&encoder, &mut dec, &inputs[0])
         .expect("encrypt");
     let mut progressed = false;
@@ -344,13 +352,17 @@ fn mnist_relu_converted_runs_encrypted_at_128_bits() {
     for (x, _) in labelled.iter().take(2) {
         let want = plain::run(&converted, x).expect("reference").into_data();
         let cts = model
+            .client_spec()
             .encrypt_input(&encoder, &mut dec, x.data())
             .expect("encrypt");
         let (out, report) = model
             .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {})
             .expect("evaluate");
         assert_eq!(report.depth_used, 13);
-        let got = model.decrypt_output(&encoder, &dec, &out).expect("decrypt");
+        let got = model
+            .client_spec()
+            .decrypt_output(&encoder, &dec, &out)
+            .expect("decrypt");
         let largest = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let err = got
             .iter()

@@ -1,5 +1,6 @@
-//! Encrypted results: their file format, their decryption, the plausibility checks that flag
-//! a result not made for this key, the precision estimate, and the Step 6 classification.
+//! Encrypted results: their file format, their decryption (through [`ClientSpec::decrypt`], the
+//! one decrypt-decode-unpack of the client side), the plausibility checks that flag
+//! a result not made for this key, and the Step 6 classification.
 //!
 //! # File format
 //!
@@ -23,11 +24,10 @@
 use std::sync::Arc;
 
 use cipherinfer_ckks::serialization::{FromBytes, ToBytes};
-use cipherinfer_ckks::{
-    Ciphertext, DecodeErrorCode, Decryptor, Encoder, Parameters, SecretDistribution,
-};
-use cipherinfer_compiler::ClientSpec;
+use cipherinfer_ckks::{Ciphertext, DecodeErrorCode, Decryptor, Encoder, Parameters};
 use cipherinfer_compiler::client::MAX_CIPHERTEXTS;
+pub use cipherinfer_compiler::client::{estimate_precision_bits, noise_floor};
+use cipherinfer_compiler::{ClientSpec, CompileError};
 use cipherinfer_protocol::error::{ErrorCode, Result, ToolError};
 use cipherinfer_protocol::local::{ClassScore, Classification};
 
@@ -141,10 +141,10 @@ pub fn decode_output(
     Ok(cts)
 }
 
-/// The decrypted output values and their error estimate.
+/// The decrypted output values (of the first image of a batch) and their error estimate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decrypted {
-    /// Output values (of the first image of a batch), times the output multiplier.
+    /// Output values, times the output multiplier.
     pub values: Vec<f64>,
     /// The estimated precision in bits (see [`estimate_precision_bits`]).
     pub precision_bits: f64,
@@ -154,47 +154,8 @@ pub struct Decrypted {
     pub measured_noise: f64,
 }
 
-/// Expected Hamming weight of the secret: 2N/3 for uniform ternary, the weight for sparse.
-fn hamming_weight(params: &Parameters) -> f64 {
-    match params.secret_distribution() {
-        SecretDistribution::SparseTernary { hamming_weight } => hamming_weight as f64,
-        _ => 2.0 * params.n() as f64 / 3.0,
-    }
-}
-
-/// The a-priori noise floor of a decrypted slot value of a ciphertext at `scale`, times
-/// `multiplier`: six standard deviations of the rounding noise its last rescale leaves,
-/// `6 · m · sqrt(N/2 · (1 + h)/12) / Δ` (`N` ring degree, `h` Hamming weight of the secret,
-/// `Δ` scale, `m` output multiplier). No correctly evaluated output is more precise than this.
-pub fn noise_floor(params: &Parameters, scale: f64, multiplier: f64) -> f64 {
-    let n = params.n() as f64;
-    let h = hamming_weight(params);
-    6.0 * multiplier * (n / 2.0 * (1.0 + h) / 12.0).sqrt() / scale
-}
-
-/// The precision estimate in bits, `-log2(max(floor, measured))`:
-///
-/// * `floor` = [`noise_floor`] of the output ciphertext's scale (the worst over the result's
-///   ciphertexts), from the ring degree, the secret's Hamming weight and the scale;
-/// * `measured` = `m · max_k |Im z_k|` over every slot `k` of every output ciphertext. The
-///   model's inputs, weights and activations are real, so the message's imaginary parts are
-///   exactly zero and the decoded imaginary parts are pure noise, distributed like the noise
-///   of the real parts (the noise polynomial is real, its slot values are complex with
-///   independent, equally spread parts). Their maximum over all N/2 slots bounds the error of
-///   the few output values from above with high probability. This term accounts for the noise
-///   the whole evaluation accumulated (levels consumed, key switching, amplification by the
-///   weights), which the floor alone does not see.
-pub fn estimate_precision_bits(floor: f64, measured: f64) -> f64 {
-    let err = floor.max(measured);
-    if err.is_finite() && err > 0.0 {
-        -err.log2()
-    } else {
-        f64::NEG_INFINITY
-    }
-}
-
-/// Decrypts output ciphertexts with the client's key, reads the output map, estimates the
-/// precision and flags implausible results: a non-finite value, a value above
+/// Decrypts output ciphertexts with the client's key ([`ClientSpec::decrypt`]: decode, unpack,
+/// precision estimate) and flags implausible results: a non-finite value, a value above
 /// [`MAX_PLAUSIBLE_VALUE`], or an estimated precision below [`MIN_PRECISION_BITS`] (an error
 /// of 1 or more) is `ERROR_DECRYPTION_FAILED`, the signature of a result made for another key
 /// or corrupted in its coefficients.
@@ -204,40 +165,20 @@ pub fn decrypt_output(
     dec: &Decryptor,
     cts: &[Ciphertext],
 ) -> Result<Decrypted> {
-    let map = &spec.output;
-    if cts.len() != map.num_cts {
+    if cts.len() != spec.output.num_cts {
         return Err(malformed(format!(
             "{} ciphertexts, the model's output spans {}",
             cts.len(),
-            map.num_cts
+            spec.output.num_cts
         )));
     }
-    let params = encoder.parameters();
-    let batch = spec.batch_size.max(1);
-    let m = spec.output_multiplier;
-    let mut image = Vec::with_capacity(cts.len());
-    let mut max_imag = 0.0f64;
-    let mut floor = 0.0f64;
-    for ct in cts {
-        let pt = dec
-            .decrypt(ct)
-            .map_err(|e| ToolError::from_ckks(&e, ErrorCode::MalformedCiphertext))?;
-        let z = encoder
-            .decode_complex(&pt)
-            .map_err(|e| ToolError::from_ckks(&e, ErrorCode::MalformedCiphertext))?;
-        for v in &z {
-            // NaN propagates as "worse than anything" through the comparison below.
-            let im = v.im.abs();
-            if im.is_nan() || im > max_imag {
-                max_imag = if im.is_nan() { f64::INFINITY } else { im };
-            }
-        }
-        image.push(z.iter().step_by(batch).map(|v| v.re).collect::<Vec<f64>>());
-        floor = floor.max(noise_floor(params, ct.scale(), m));
-    }
-    let values: Vec<f64> = map.unpack(&image).into_iter().map(|v| v * m).collect();
-    let measured = m * max_imag;
-    let precision_bits = estimate_precision_bits(floor, measured);
+    let out = spec.decrypt(encoder, dec, cts).map_err(|e| match e {
+        CompileError::Ckks(e) => ToolError::from_ckks(&e, ErrorCode::MalformedCiphertext),
+        other => malformed(other),
+    })?;
+    let values = out.images.into_iter().next().unwrap_or_default();
+    let (floor, measured, precision_bits) =
+        (out.noise_floor, out.measured_noise, out.precision_bits);
     let failed = |why: String| {
         Err(ToolError::new(
             ErrorCode::DecryptionFailed,

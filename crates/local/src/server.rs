@@ -350,12 +350,12 @@ pub async fn serve_http_listener(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     refuse_non_loopback(&listener.local_addr()?)?;
-    let app = cipherinfer_remote::transport::router(
+    let app = cipherinfer_transport::router(
         move || handler.clone(),
-        cipherinfer_remote::transport::HttpConfig::default(),
+        cipherinfer_transport::HttpConfig::default(),
         shutdown.clone(),
     );
-    cipherinfer_remote::transport::serve(listener, app, Default::default(), shutdown).await
+    cipherinfer_transport::serve(listener, app, Default::default(), shutdown).await
 }
 
 /// Binds `addr` (refusing any non-loopback address before binding) and serves `handler` over

@@ -10,7 +10,7 @@
 #[path = "../tests/common/fixture.rs"]
 mod fixture;
 
-use cipherinfer_remote::transport::{HttpConfig, router, serve};
+use cipherinfer_transport::{HttpConfig, router, serve};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

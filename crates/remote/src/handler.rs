@@ -113,7 +113,7 @@ pub fn tools() -> Vec<Tool> {
 }
 
 /// The peer address, from the connection info both transports put into the request's HTTP
-/// parts (when the server was started with [`crate::transport::serve`]).
+/// parts (when the server was started with [`cipherinfer_transport::serve`]).
 fn caller(ctx: &RequestContext<RoleServer>) -> Caller {
     ctx.extensions
         .get::<http::request::Parts>()

@@ -1,15 +1,15 @@
 //! The remote (untrusted) half of cipherinfer: an MCP server that computes on ciphertexts only.
 //!
-//! [`transport`] serves any rmcp [`rmcp::ServerHandler`] over Streamable HTTP (`/mcp`) and over
+//! `cipherinfer_transport` serves any rmcp [`rmcp::ServerHandler`] over Streamable HTTP (`/mcp`) and over
 //! the legacy HTTP+SSE transport of protocol 2024-11-05 (`GET /sse` + `POST /messages`).
 
 pub mod handler;
+mod layout;
 pub mod ratelimit;
 pub mod registry;
 pub mod service;
 pub mod store;
 mod threads;
-pub mod transport;
 mod usage;
 
 pub use handler::RemoteHandler;

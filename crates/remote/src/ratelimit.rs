@@ -3,7 +3,7 @@
 //! guesser sticks to one client id or sprays many from one address.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,21 +14,6 @@ const WINDOW: Duration = Duration::from_secs(60);
 
 /// Windows kept before stale ones are swept on the next failure.
 const SWEEP_ABOVE: usize = 10_000;
-
-/// The address a peer counts as for per-address limits: IPv4 as is (also when mapped into
-/// IPv6), IPv6 reduced to its /64 (one host usually holds a whole /64).
-pub(crate) fn peer_key(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
 
 /// What the transport knows about the caller of a tool.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,7 +29,7 @@ impl Caller {
     /// A caller at `addr`.
     pub fn from_ip(addr: IpAddr) -> Self {
         Self {
-            peer: Some(peer_key(addr)),
+            peer: Some(cipherinfer_transport::peer_key(addr)),
             signed: None,
         }
     }

@@ -14,7 +14,7 @@ use crate::handler::RemoteHandler;
 use crate::registry::Registry;
 use crate::service::{Service, ServiceConfig};
 use crate::store::Store;
-use crate::transport::{ConnectionLimits, HttpConfig, router, serve, serve_tls};
+use cipherinfer_transport::{ConnectionLimits, HttpConfig, router, serve, serve_tls};
 
 /// File in the data directory holding the server's Ed25519 identity (its 32-byte seed, mode
 /// 0600), made at first start. Clients pin its public half; keep it across restarts.
@@ -74,7 +74,7 @@ pub struct ServerOptions {
     pub connections: ConnectionLimits,
     /// Interval of the garbage collector.
     pub gc_interval: Duration,
-    /// Serve HTTPS with this configuration (see [`crate::transport::load_tls_config`]);
+    /// Serve HTTPS with this configuration (see [`cipherinfer_transport::load_tls_config`]);
     /// `None` serves plain HTTP, which [`check_bind`] allows on loopback only.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Plain HTTP on a non-loopback address is allowed because a TLS-terminating proxy is the

@@ -1,23 +1,9 @@
 //! Durable state through `object_store`: the local filesystem by default, any store with atomic
 //! conditional puts (S3-compatible) for several replicas.
 //!
-//! Layout (every segment is validated by `cipherinfer-protocol` before it reaches a path, so no
-//! name can climb out of its prefix):
-//!
-//! ```text
-//! clients/<client_id>/record.json                   client record (token hash, key version)
-//! clients/<client_id>/keys/v<version>.bin           evaluation-key bundle
-//! provisioning/<provisioning_id>/meta.json          a Step 0 upload in progress
-//! provisioning/<provisioning_id>/chunk-<index>      its chunks
-//! owners/<session_id>                               the client that created the session
-//! sessions/<client_id>/<session_id>/objects/<file_name>/total    total_chunks of the object
-//! sessions/<client_id>/<session_id>/objects/<file_name>/<index>  one chunk
-//! sessions/<client_id>/<session_id>/results/<result_id>          an output kept by reference
-//! sessions/<client_id>/<session_id>/touched                      last use (Unix milliseconds)
-//! tombstones/sessions/<session_id>                  an expired session removed by GC (JSON)
-//! tombstones/provisioning/<provisioning_id>         an expired Step 0 upload removed by GC
-//! keystore/<segments...>                            operator-placed bundles for `key_uri`
-//! ```
+//! What lives where is owned by the `layout` module, which draws the whole tree; [`path`] and
+//! [`chunk_name`] are re-exported from it for tests and fuzz targets that address the store
+//! directly.
 //!
 //! Chunks are written with create-if-absent, so an acknowledged chunk is never overwritten and a
 //! concurrent re-send of the same index is resolved by comparing bytes.
@@ -28,6 +14,8 @@ use cipherinfer_protocol::{ErrorCode, ToolError};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+pub use crate::layout::{chunk_name, path};
 
 /// What happened to a chunk write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +34,6 @@ pub struct Store {
 
 fn internal(e: impl std::fmt::Display) -> ToolError {
     ToolError::new(ErrorCode::Internal, format!("storage: {e}"))
-}
-
-/// Zero-padded chunk index, so listings sort numerically.
-pub fn chunk_name(index: u32) -> String {
-    format!("{index:05}")
 }
 
 impl Store {
@@ -178,9 +161,4 @@ impl Store {
         }
         Ok(freed)
     }
-}
-
-/// Builds a path from validated segments.
-pub fn path(segments: &[&str]) -> Path {
-    Path::from_iter(segments.iter().copied())
 }

@@ -44,7 +44,7 @@ impl Chunks {
     }
 }
 
-/// A client's staged bytes: session → object key (`objects/<file_name>` or `results/<id>`).
+/// A client's staged bytes: session → object key (`layout::object_key` or `layout::result_key`).
 #[derive(Debug, Default)]
 struct ClientUsage {
     sessions: HashMap<String, HashMap<String, Chunks>>,
@@ -84,16 +84,6 @@ pub(crate) type SeedItem = (String, String, u32, u64);
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     state: Mutex<State>,
-}
-
-/// The object key of a staged ciphertext object.
-pub(crate) fn object_key(file_name: &str) -> String {
-    format!("objects/{file_name}")
-}
-
-/// The object key of a by-reference result.
-pub(crate) fn result_key(result_id: &str) -> String {
-    format!("results/{result_id}")
 }
 
 fn evict_oldest<T>(map: &mut HashMap<String, T>, last_use: impl Fn(&T) -> u64) {
@@ -354,6 +344,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::object_key;
 
     #[test]
     fn chunks_count_once_and_quotas_hold() {

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cipherinfer_remote::transport::{ConnectionLimits, HttpConfig};
+use cipherinfer_transport::{ConnectionLimits, HttpConfig};
 use common::TestServer;
 use rmcp::{
     ServiceExt,

@@ -11,7 +11,7 @@ mod common;
 
 use std::{path::Path, process::Stdio, time::Duration};
 
-use cipherinfer_remote::transport::HttpConfig;
+use cipherinfer_transport::HttpConfig;
 use common::TestServer;
 
 fn python() -> String {

@@ -16,9 +16,9 @@ use axum::{extract::ConnectInfo, routing::get};
 use cipherinfer_remote::{
     Server,
     server::{PlainHttpRefused, check_bind},
-    transport::{
-        HttpConfig, TLS_HANDSHAKE_TIMEOUT, TlsConfigError, load_tls_config, router, serve_tls,
-    },
+};
+use cipherinfer_transport::{
+    HttpConfig, TLS_HANDSHAKE_TIMEOUT, TlsConfigError, load_tls_config, router, serve_tls,
 };
 use common::fixture::Fixture;
 use rmcp::{

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cipherinfer_remote::transport::{ErrorBody, HttpConfig};
+use cipherinfer_transport::{ErrorBody, HttpConfig};
 use common::{TestServer, legacy::LegacyClient};
 use rmcp::{
     ClientHandler, RoleClient, ServiceExt,

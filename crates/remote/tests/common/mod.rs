@@ -7,7 +7,7 @@ pub mod remote;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use cipherinfer_remote::transport::{ConnectionLimits, HttpConfig, router, serve};
+use cipherinfer_transport::{ConnectionLimits, HttpConfig, router, serve};
 use tokio_util::sync::CancellationToken;
 
 use fixture::{Fixture, Stats};

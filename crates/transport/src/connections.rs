@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     future::Future,
     io,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
@@ -37,7 +37,22 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
-use super::SHUTDOWN_GRACE;
+use crate::SHUTDOWN_GRACE;
+
+/// The address a peer counts as for per-address limits: IPv4 as is (also when mapped into
+/// IPv6), IPv6 reduced to its /64 (one host usually holds a whole /64).
+pub fn peer_key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
 
 /// Bounds on connections and on how slowly a peer may send a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +140,7 @@ impl Gate {
 
     /// Admits a connection from `address` into `slot`, unless the address is at its bound.
     fn admit(self: &Arc<Self>, slot: OwnedSemaphorePermit, address: IpAddr) -> Option<Admission> {
-        let address = crate::ratelimit::peer_key(address);
+        let address = peer_key(address);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(address).or_insert(0);
         if self.per_address.is_some_and(|max| *n >= max) {

@@ -1,4 +1,5 @@
-//! MCP over HTTP: Streamable HTTP at `/mcp` (rmcp), the legacy HTTP+SSE transport at
+//! MCP over HTTP for both servers, the untrusted remote one and the trusted local one (which
+//! binds loopback only): Streamable HTTP at `/mcp` (rmcp), the legacy HTTP+SSE transport at
 //! `GET /sse` + `POST /messages` (ours, protocol 2024-11-05) and `GET /healthz`.
 //!
 //! Both transports drive the same [`ServerHandler`] through rmcp's own service loop, so tool
@@ -6,7 +7,7 @@
 //!
 //! ```no_run
 //! # async fn demo<H: rmcp::ServerHandler + Clone>(handler: H) -> std::io::Result<()> {
-//! use cipherinfer_remote::transport::{HttpConfig, router, serve};
+//! use cipherinfer_transport::{HttpConfig, router, serve};
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! let app = router(move || handler.clone(), HttpConfig::default(), shutdown.clone());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
@@ -35,7 +36,7 @@ use rmcp::{
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub use connections::{BodyTimedOut, ConnectionLimits};
+pub use connections::{BodyTimedOut, ConnectionLimits, peer_key};
 pub use error::{ErrorBody, ErrorDetail};
 pub use guard::HostPolicy;
 pub use legacy_sse::StreamClosed;

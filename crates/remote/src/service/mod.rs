@@ -1,0 +1,432 @@
+//! The remote tools' logic, independent of MCP: every method takes the protocol's argument type
+//! and returns its result type or a [`ToolError`] with a machine-readable code.
+//!
+//! [`Service`] is one struct whose methods are grouped by concern, one `impl` block per child
+//! module: `capabilities`, `provisioning` (Step 0 and revocation), `uploads` (staging ciphertext
+//! chunks), `sessions` (lifetimes, quotas, garbage collection), `inference` and `results`. This
+//! module keeps the state, authentication and the helpers they share. Every object path comes
+//! from the crate's `layout` module.
+
+mod capabilities;
+mod inference;
+mod provisioning;
+mod results;
+mod sessions;
+mod uploads;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cipherinfer_ckks::Evaluator;
+use cipherinfer_protocol::integrity::{
+    DEFAULT_MAX_CLOCK_SKEW_MS, IdentityKey, PublicIdentity, ReplayGuard,
+};
+use cipherinfer_protocol::validate::sha256_hex;
+use cipherinfer_protocol::{AuthToken, ErrorCode, Limits, TokenHash, ToolError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::layout::{self, TombstoneKind};
+use crate::ratelimit::{AuthFailures, Caller, FailureKey};
+use crate::registry::{Registry, ServedModel};
+use crate::store::Store;
+use crate::threads::{EvalPools, available_threads};
+use crate::usage::Ledger;
+
+use inference::Counters;
+pub use inference::{InferenceSlot, InferenceStats, ProgressFn};
+pub use sessions::GarbageCollected;
+
+type Result<T> = std::result::Result<T, ToolError>;
+
+/// Server policy: limits, lifetimes, quotas.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Chunk and object limits announced to clients.
+    pub limits: Limits,
+    /// A session expires this long after its last use (upload, inference, fetch).
+    pub session_ttl: Duration,
+    /// An uncommitted Step 0 upload expires after this.
+    pub provisioning_ttl: Duration,
+    /// How long an expired session or Step 0 upload keeps answering `ERROR_EXPIRED` (instead of
+    /// `ERROR_UNKNOWN_SESSION`) after garbage collection removed it.
+    pub tombstone_ttl: Duration,
+    /// Most live sessions per client.
+    pub max_sessions_per_client: usize,
+    /// Most bytes per client over all its sessions: staged chunks and results kept by reference.
+    pub max_bytes_per_client: u64,
+    /// Inferences evaluated at once.
+    pub max_concurrent_inferences: usize,
+    /// How long an inference waits for a free slot before `ERROR_BUSY`.
+    pub queue_timeout: Duration,
+    /// Most threads one evaluation uses; the draft's `omp_threads` hint can only lower it.
+    pub max_eval_threads: usize,
+    /// Hash of the operator's enrollment token; when set, new clients must present it.
+    pub enrollment_token_hash: Option<TokenHash>,
+    /// Failed authentications per client_id and minute before `ERROR_RATE_LIMITED`.
+    pub auth_failures_per_minute: u32,
+    /// Failed authentications and enrollments per peer address and minute before
+    /// `ERROR_RATE_LIMITED` (0: no per-address limit, e.g. behind a proxy that hides addresses).
+    pub auth_failures_per_minute_per_peer: u32,
+    /// Evaluation-key sets kept decoded in memory.
+    pub key_cache_entries: usize,
+    /// Whether every call but `describe_capabilities` must carry a `request_signature` (and
+    /// Step 0 a `bundle_signature`). A client whose identity is pinned must always sign.
+    pub require_signatures: bool,
+    /// Identities the operator registered for client ids before their first provisioning.
+    pub registered_identities: HashMap<String, PublicIdentity>,
+    /// Whether a client_id must be in `registered_identities` to provision (no trust on first
+    /// use).
+    pub require_registered_identity: bool,
+    /// Largest accepted distance between a signed request's timestamp and the server's clock.
+    pub max_clock_skew: Duration,
+    /// Most nonces held in the replay window (beyond it, signed calls get `ERROR_BUSY`).
+    pub max_replay_entries: usize,
+    /// The server's identity, which signs inference results (a fresh one when `None`).
+    pub server_identity: Option<Arc<IdentityKey>>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            session_ttl: Duration::from_secs(3600),
+            provisioning_ttl: Duration::from_secs(3600),
+            tombstone_ttl: Duration::from_secs(24 * 3600),
+            max_sessions_per_client: 16,
+            max_bytes_per_client: 512 * 1024 * 1024,
+            max_concurrent_inferences: 1,
+            queue_timeout: Duration::from_secs(60),
+            max_eval_threads: available_threads(),
+            enrollment_token_hash: None,
+            auth_failures_per_minute: 10,
+            auth_failures_per_minute_per_peer: 100,
+            key_cache_entries: 8,
+            require_signatures: true,
+            registered_identities: HashMap::new(),
+            require_registered_identity: false,
+            max_clock_skew: Duration::from_millis(DEFAULT_MAX_CLOCK_SKEW_MS),
+            max_replay_entries: 1_000_000,
+            server_identity: None,
+        }
+    }
+}
+
+/// What the server keeps about a client (the token only as its hash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ClientRecord {
+    client_id: String,
+    key_version: u32,
+    token_hash: TokenHash,
+    algorithm_id: String,
+    parameter_id: String,
+    bundle_bytes: u64,
+    bundle_sha256: String,
+    relinearization: bool,
+    galois_elements: Vec<u64>,
+    revoked: bool,
+    updated_at: u64,
+    /// The client's identity, pinned at first provisioning.
+    #[serde(default)]
+    identity_key: Option<PublicIdentity>,
+}
+
+/// Left where an expired session or Step 0 upload was removed, so that its owner hears
+/// `ERROR_EXPIRED` rather than `ERROR_UNKNOWN_SESSION` for a while.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Tombstone {
+    client_id: String,
+    /// When the session or upload expired (Unix milliseconds).
+    expired_at_ms: u64,
+    /// When the tombstone stops counting (Unix milliseconds).
+    keep_until_ms: u64,
+}
+
+fn now() -> u64 {
+    now_ms() / 1000
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ToolError {
+    ToolError::new(code, msg)
+}
+
+/// `ERROR_EXPIRED` for a session or Step 0 upload, with `details.expired_at` (Unix seconds).
+fn expired_error(what: &str, expired_at_ms: u64) -> ToolError {
+    err(
+        ErrorCode::Expired,
+        format!("this {what} expired and was removed; start a new one"),
+    )
+    .with_details(serde_json::json!({ "expired_at": expired_at_ms.div_ceil(1000) }))
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|e| err(ErrorCode::Internal, format!("randomness: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+/// The remote server's state and tools.
+pub struct Service {
+    store: Store,
+    registry: Arc<Registry>,
+    config: ServiceConfig,
+    keys: Mutex<VecDeque<(String, u32, Arc<Evaluator>)>>,
+    failures: AuthFailures,
+    ledger: Ledger,
+    pools: EvalPools,
+    inference: Arc<Semaphore>,
+    /// Moving average of evaluation time, for `retry_after_ms` of `ERROR_BUSY` (0: none yet).
+    eval_ms: AtomicU64,
+    counters: Arc<Counters>,
+    replay: Mutex<ReplayGuard>,
+    identity: Arc<IdentityKey>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// A service over a store and compiled models.
+    pub fn new(store: Store, registry: Arc<Registry>, config: ServiceConfig) -> Result<Self> {
+        let permits = config.max_concurrent_inferences.max(1);
+        let identity = match &config.server_identity {
+            Some(k) => k.clone(),
+            None => Arc::new(IdentityKey::generate()?),
+        };
+        let replay = ReplayGuard::new(
+            millis(config.max_clock_skew),
+            now_ms(),
+            config.max_replay_entries,
+        );
+        Ok(Self {
+            replay: Mutex::new(replay),
+            identity,
+            store,
+            registry,
+            pools: EvalPools::new(config.max_eval_threads),
+            config,
+            keys: Mutex::new(VecDeque::new()),
+            failures: AuthFailures::default(),
+            ledger: Ledger::default(),
+            inference: Arc::new(Semaphore::new(permits)),
+            eval_ms: AtomicU64::new(0),
+            counters: Arc::new(Counters::default()),
+        })
+    }
+
+    /// The server's public identity (signs inference results).
+    pub fn server_identity(&self) -> PublicIdentity {
+        self.identity.public()
+    }
+
+    /// The served models.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The policy.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Authentication
+
+    // ------------------------------------------------------------------------------------------
+    // Authentication
+
+    fn rate_limit_check(&self, client_id: Option<&str>, caller: &Caller) -> Result<()> {
+        if let Some(id) = client_id {
+            self.failures.check(
+                &FailureKey::Client(id.to_string()),
+                self.config.auth_failures_per_minute,
+            )?;
+        }
+        if let Some(ip) = caller.peer {
+            self.failures.check(
+                &FailureKey::Peer(ip),
+                self.config.auth_failures_per_minute_per_peer,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn record_failure(&self, client_id: Option<&str>, caller: &Caller) {
+        if let Some(id) = client_id {
+            self.failures.record(FailureKey::Client(id.to_string()));
+        }
+        if let Some(ip) = caller.peer {
+            self.failures.record(FailureKey::Peer(ip));
+        }
+    }
+
+    async fn record(&self, client_id: &str) -> Result<Option<ClientRecord>> {
+        self.store.get_json(&layout::client_record(client_id)).await
+    }
+
+    /// Checks the bearer token of `client_id` (constant time, rate-limited per client id and
+    /// per peer address); returns its record.
+    async fn authenticate(
+        &self,
+        client_id: &str,
+        token: Option<&AuthToken>,
+        caller: &Caller,
+    ) -> Result<ClientRecord> {
+        self.rate_limit_check(Some(client_id), caller)?;
+        let record = self.record(client_id).await?;
+        let verdict = match &record {
+            Some(r) => r.token_hash.verify(token),
+            // Same error as a wrong token: no oracle for which client ids exist.
+            None => Err(err(
+                ErrorCode::Unauthorized,
+                "missing or invalid auth_token for this client_id",
+            )),
+        };
+        match (verdict, record) {
+            (Ok(()), Some(r)) => {
+                if r.revoked {
+                    return Err(err(
+                        ErrorCode::KeysRevoked,
+                        "the keys of this client were revoked",
+                    ));
+                }
+                self.verify_request(client_id, r.identity_key.as_ref(), caller)?;
+                Ok(r)
+            }
+            (Err(e), _) => {
+                self.record_failure(Some(client_id), caller);
+                Err(e)
+            }
+            (Ok(()), None) => Err(err(ErrorCode::Unauthorized, "unknown client")),
+        }
+    }
+
+    /// Checks the request signature of a call by `client_id`, whose pinned identity is
+    /// `identity`: signed by it, fresh, and never seen before. A client with a pinned identity
+    /// must sign every call; one without may call unsigned only if the server allows it.
+    fn verify_request(
+        &self,
+        client_id: &str,
+        identity: Option<&PublicIdentity>,
+        caller: &Caller,
+    ) -> Result<()> {
+        let outcome = match (&caller.signed, identity) {
+            (Some(signed), Some(id)) => signed.verify(id).and_then(|()| {
+                self.replay
+                    .lock()
+                    .map_err(|_| err(ErrorCode::Internal, "replay window poisoned"))?
+                    .check(
+                        client_id,
+                        &signed.signature.nonce,
+                        signed.signature.timestamp_ms,
+                        now_ms(),
+                    )
+            }),
+            (Some(_), None) => Err(err(
+                ErrorCode::BadSignature,
+                "no identity is pinned for this client_id, so its signature cannot be checked",
+            )),
+            (None, Some(_)) => Err(err(
+                ErrorCode::BadSignature,
+                "this client_id has a pinned identity: every call needs a request_signature",
+            )),
+            (None, None) if self.config.require_signatures => Err(err(
+                ErrorCode::BadSignature,
+                "this server requires a request_signature on every call",
+            )),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = &outcome
+            && e.error_code == ErrorCode::BadSignature
+        {
+            self.record_failure(Some(client_id), caller);
+        }
+        outcome
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Tombstones
+
+    /// The live tombstone of an expired session or Step 0 upload, if any.
+    async fn tombstone(&self, kind: TombstoneKind, id: &str) -> Result<Option<Tombstone>> {
+        Ok(self
+            .store
+            .get_json::<Tombstone>(&layout::tombstone(kind, id))
+            .await?
+            .filter(|t| t.keep_until_ms >= now_ms()))
+    }
+
+    /// Leaves a tombstone for `client_id`'s session or Step 0 upload that expired at
+    /// `expired_at_ms`, kept for the tombstone lifetime.
+    async fn put_tombstone(
+        &self,
+        kind: TombstoneKind,
+        id: &str,
+        client_id: &str,
+        expired_at_ms: u64,
+    ) -> Result<()> {
+        let t = Tombstone {
+            client_id: client_id.to_string(),
+            expired_at_ms,
+            keep_until_ms: now_ms().saturating_add(millis(self.config.tombstone_ttl)),
+        };
+        self.store.put_json(&layout::tombstone(kind, id), &t).await
+    }
+}
+
+/// Refuses a chunk whose bytes do not hash to the digest the caller declared.
+fn check_chunk_digest(declared: Option<&str>, bytes: &[u8]) -> Result<()> {
+    match declared {
+        Some(d) if sha256_hex(bytes) != d => Err(err(
+            ErrorCode::IntegrityMismatch,
+            "the chunk's bytes do not match its chunk_sha256",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a key set covers a model: relinearization if needed, and every Galois element.
+fn check_model_keys(model: &ServedModel, relin: bool, galois: &[u64]) -> Result<()> {
+    let missing: Vec<u64> = model
+        .info
+        .galois_elements
+        .iter()
+        .copied()
+        .filter(|g| galois.binary_search(g).is_err())
+        .collect();
+    if !missing.is_empty() {
+        return Err(err(
+            ErrorCode::InvalidGaloisKey,
+            format!(
+                "{} rotation keys the model needs are missing",
+                missing.len()
+            ),
+        )
+        .with_details(serde_json::json!({ "missing_galois_elements": missing })));
+    }
+    if model.info.relinearization && !relin {
+        return Err(err(
+            ErrorCode::MalformedKeys,
+            "the model needs a relinearization key",
+        ));
+    }
+    Ok(())
+}
