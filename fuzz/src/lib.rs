@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use cipherinfer_ckks::serialization::HEADER_LEN;
 use cipherinfer_ckks::{
     Ciphertext, Decryptor, Encoder, KeyGenerator, Parameters, ParametersLiteral, SecretKey,
+    secret_key_pair,
 };
 
 /// The tiny ring's literal. INSECURE: for fuzzing only.
@@ -40,11 +41,11 @@ pub fn fixture() -> &'static Fixture {
         let params = lit.build_insecure_for_tests().expect("tiny ring");
         let sk = fixed_secret_key(&params);
         let encoder = Encoder::new(params.clone());
-        let mut decryptor = Decryptor::new(sk).expect("decryptor");
+        let (mut encryptor, decryptor) = secret_key_pair(sk).expect("secret key");
         let pt = encoder
             .encode(&[0.5, -0.25], params.max_level(), params.default_scale())
             .expect("encode");
-        let ciphertext = decryptor.encrypt_symmetric(&pt).expect("encrypt");
+        let ciphertext = encryptor.encrypt(&pt).expect("encrypt");
         Fixture {
             params,
             encoder,

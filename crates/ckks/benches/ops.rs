@@ -8,7 +8,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::hint::black_box;
 
 use cipherinfer_ckks::{
-    Decryptor, Encoder, Encryptor, Evaluator, KeyGenerator, LinearTransform, Polynomial, Preset,
+    Encoder, Encryptor, Evaluator, KeyGenerator, LinearTransform, Polynomial, Preset,
+    secret_key_pair,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -47,9 +48,9 @@ fn bench_preset(c: &mut Criterion, preset: Preset) {
     g.bench_function("encrypt_pk", |b| {
         b.iter(|| enc.encrypt(black_box(&pt)).expect("e"))
     });
-    let mut dec = Decryptor::new(sk).expect("decryptor");
+    let (mut sym, dec) = secret_key_pair(sk).expect("secret key");
     g.bench_function("encrypt_sk_seeded", |b| {
-        b.iter(|| dec.encrypt_symmetric(black_box(&pt)).expect("e"))
+        b.iter(|| sym.encrypt(black_box(&pt)).expect("e"))
     });
     g.bench_function("decrypt_decode", |b| {
         b.iter(|| {

@@ -10,7 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Instant;
 
 use cipherinfer_ckks::{
-    Decryptor, Encoder, Evaluator, KeyGenerator, LinearTransform, Preset, Result,
+    Encoder, Evaluator, KeyGenerator, LinearTransform, Preset, Result, secret_key_pair,
 };
 
 fn main() -> Result<()> {
@@ -48,9 +48,8 @@ fn main() -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     let encoder = Encoder::new(params.clone());
-    let mut dec = Decryptor::new(sk)?;
-    let ct =
-        dec.encrypt_symmetric(&encoder.encode(&x, params.max_level(), params.default_scale())?)?;
+    let (mut sym, dec) = secret_key_pair(sk)?;
+    let ct = sym.encrypt(&encoder.encode(&x, params.max_level(), params.default_scale())?)?;
 
     // Server side: sees only the ciphertext and public keys.
     let t1 = Instant::now();

@@ -70,11 +70,22 @@ fn pt_indices(pt: &Plaintext) -> Vec<usize> {
     (0..=pt.level).collect()
 }
 
-/// Encrypts with the secret key, producing seeded ciphertexts (half size on the wire), and
-/// decrypts. Lives only where the secret key lives.
-pub struct Decryptor {
-    sk: SecretKey,
+/// Encrypts with the secret key, producing seeded ciphertexts (half size on the wire). Lives
+/// only where the secret key lives; [`Decryptor`] is the other role of the same key.
+pub struct SymmetricEncryptor {
+    sk: Arc<SecretKey>,
     rng: ChaCha20Rng,
+}
+
+impl fmt::Debug for SymmetricEncryptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SymmetricEncryptor").finish_non_exhaustive()
+    }
+}
+
+/// Decrypts with the secret key. Lives only where the secret key lives.
+pub struct Decryptor {
+    sk: Arc<SecretKey>,
 }
 
 impl fmt::Debug for Decryptor {
@@ -83,10 +94,23 @@ impl fmt::Debug for Decryptor {
     }
 }
 
-impl Decryptor {
-    /// A decryptor (and symmetric encryptor) owning the secret key.
-    pub fn new(sk: SecretKey) -> Result<Self> {
-        Ok(Self { sk, rng: os_rng()? })
+/// The two roles of one secret key: a [`SymmetricEncryptor`] and a [`Decryptor`] sharing it
+/// (zeroized when both are dropped).
+pub fn secret_key_pair(sk: SecretKey) -> Result<(SymmetricEncryptor, Decryptor)> {
+    let sk = Arc::new(sk);
+    Ok((
+        SymmetricEncryptor::new(Arc::clone(&sk))?,
+        Decryptor::new(sk)?,
+    ))
+}
+
+impl SymmetricEncryptor {
+    /// A symmetric encryptor with the secret key, with an OS-seeded generator for its errors.
+    pub fn new(sk: impl Into<Arc<SecretKey>>) -> Result<Self> {
+        Ok(Self {
+            sk: sk.into(),
+            rng: os_rng()?,
+        })
     }
 
     /// The parameters.
@@ -94,13 +118,8 @@ impl Decryptor {
         &self.sk.params
     }
 
-    /// The secret key.
-    pub fn secret_key(&self) -> &SecretKey {
-        &self.sk
-    }
-
     /// Symmetric encryption `(-a·s + e + m, a)` with `a` expanded from a fresh seed.
-    pub fn encrypt_symmetric(&mut self, pt: &Plaintext) -> Result<Ciphertext> {
+    pub fn encrypt(&mut self, pt: &Plaintext) -> Result<Ciphertext> {
         let params = self.sk.params.clone();
         check_params(&params, &pt.params)?;
         let idx = pt_indices(pt);
@@ -119,6 +138,23 @@ impl Decryptor {
             scale: pt.scale,
             seed: Some(seed),
         })
+    }
+}
+
+impl Decryptor {
+    /// A decryptor with the secret key.
+    pub fn new(sk: impl Into<Arc<SecretKey>>) -> Result<Self> {
+        Ok(Self { sk: sk.into() })
+    }
+
+    /// The parameters.
+    pub fn parameters(&self) -> &Arc<Parameters> {
+        &self.sk.params
+    }
+
+    /// The secret key.
+    pub fn secret_key(&self) -> &SecretKey {
+        &self.sk
     }
 
     /// Decrypts to a plaintext: `c_0 + c_1·s (+ c_2·s²)`.

@@ -8,15 +8,15 @@
 //! forms with bounded, conformance-checked decoding).
 //!
 //! ```
-//! use cipherinfer_ckks::{Preset, KeyGenerator, Encoder, Decryptor, Evaluator};
+//! use cipherinfer_ckks::{Encoder, Evaluator, KeyGenerator, Preset, secret_key_pair};
 //! let params = Preset::Pn13Depth4.build()?;
 //! let mut kg = KeyGenerator::new(params.clone())?;
 //! let sk = kg.secret_key();
 //! let keys = kg.evaluation_keys(&sk, true, &[1], false)?;
 //! let encoder = Encoder::new(params.clone());
-//! let mut dec = Decryptor::new(sk)?;
+//! let (mut sym, dec) = secret_key_pair(sk)?;
 //! let pt = encoder.encode(&[1.0, 2.0, 3.0], params.max_level(), params.default_scale())?;
-//! let ct = dec.encrypt_symmetric(&pt)?;
+//! let ct = sym.encrypt(&pt)?;
 //! let ev = Evaluator::new(keys);
 //! let sq = ev.mul_rescale(&ct, &ct)?;
 //! let rot = ev.rotate(&sq, 1)?;
@@ -41,7 +41,7 @@ pub mod serialization;
 
 pub use ciphertext::{Ciphertext, ExtendedPlaintext, Plaintext};
 pub use encoder::Encoder;
-pub use encryption::{Decryptor, Encryptor};
+pub use encryption::{Decryptor, Encryptor, SymmetricEncryptor, secret_key_pair};
 pub use error::{DecodeErrorCode, Error, Result};
 pub use evaluator::{Decomposition, Evaluator, ExtendedRotations};
 pub use keys::{EvaluationKeys, GaloisKey, KeyGenerator, PublicKey, RelinearizationKey, SecretKey};

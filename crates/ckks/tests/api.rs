@@ -166,10 +166,10 @@ fn presets_offer_their_documented_depth() {
         let keys = kg.evaluation_keys(&sk, true, &[], false).expect("keys");
         let ev = Evaluator::new(keys);
         let enc = Encoder::new(params.clone());
-        let mut dec = cipherinfer_ckks::Decryptor::new(sk).expect("dec");
+        let (mut sym, dec) = cipherinfer_ckks::secret_key_pair(sk).expect("secret key");
         let v = random_vec(params.slots(), 8, 1.0);
-        let mut ct = dec
-            .encrypt_symmetric(&enc.encode(&v, depth, params.default_scale()).expect("enc"))
+        let mut ct = sym
+            .encrypt(&enc.encode(&v, depth, params.default_scale()).expect("enc"))
             .expect("enc");
         let one = ct.clone();
         let mut want = v.clone();

@@ -22,7 +22,7 @@ fn encode_decode_and_encrypt_decrypt_precision() {
             "encode/decode {bits:.1} bits, n={}",
             params.n()
         );
-        let ct = c.dec.encrypt_symmetric(&pt).expect("sym");
+        let ct = c.sym.encrypt(&pt).expect("sym");
         assert!(ct.is_seeded());
         let bits = precision_bits(&c.decrypt(&ct), &v);
         assert!(bits > 25.0, "symmetric {bits:.1} bits");
@@ -37,7 +37,7 @@ fn encode_decode_and_encrypt_decrypt_precision() {
                 .encoder
                 .encode_complex(&z, level, params.default_scale())
                 .expect("enc");
-            let ct = c.dec.encrypt_symmetric(&pt).expect("enc");
+            let ct = c.sym.encrypt(&pt).expect("enc");
             let got = c
                 .encoder
                 .decode_complex(&c.dec.decrypt(&ct).expect("d"))

@@ -71,7 +71,7 @@ fn conjugation_and_slot_sums() {
         .encoder
         .encode_complex(&z, params.max_level(), params.default_scale())
         .expect("enc");
-    let ct = c.dec.encrypt_symmetric(&pt).expect("enc");
+    let ct = c.sym.encrypt(&pt).expect("enc");
     let cj = c.ev.conjugate(&ct).expect("conj");
     let got = c
         .encoder

@@ -12,7 +12,7 @@ use cipherinfer_ckks::serialization::{
 use cipherinfer_ckks::{
     Ciphertext, DecodeErrorCode, Decryptor, Encoder, Encryptor, Error, EvaluationKeys, Evaluator,
     GaloisKey, KeyGenerator, Parameters, ParametersLiteral, Plaintext, Preset, PublicKey,
-    RelinearizationKey, SecretKey,
+    RelinearizationKey, SecretKey, SymmetricEncryptor, secret_key_pair,
 };
 use proptest::prelude::*;
 
@@ -72,6 +72,7 @@ fn bits_of(p: u64) -> u32 {
 struct Setup {
     params: Arc<Parameters>,
     encoder: Encoder,
+    sym: SymmetricEncryptor,
     dec: Decryptor,
     pk: PublicKey,
     relin: RelinearizationKey,
@@ -86,9 +87,11 @@ fn setup(params: Arc<Parameters>, steps: &[i64]) -> Setup {
     let relin = kg.relinearization_key(&sk).expect("relin");
     let rot1 = kg.galois_key(&sk, params.galois_element(1)).expect("rot1");
     let keys = kg.evaluation_keys(&sk, true, steps, true).expect("keys");
+    let (sym, dec) = secret_key_pair(sk).expect("secret key");
     Setup {
         encoder: Encoder::new(params.clone()),
-        dec: Decryptor::new(sk).expect("dec"),
+        sym,
+        dec,
         pk,
         relin,
         rot1,
@@ -103,7 +106,7 @@ impl Setup {
             .encoder
             .encode(v, level, self.params.default_scale())
             .expect("encode");
-        self.dec.encrypt_symmetric(&pt).expect("encrypt")
+        self.sym.encrypt(&pt).expect("encrypt")
     }
     fn encrypt_full(&self, v: &[f64], level: usize) -> Ciphertext {
         let pt = self

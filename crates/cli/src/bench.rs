@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use cipherinfer_ckks::serialization::ToBytes;
-use cipherinfer_ckks::{Decryptor, Encoder, Evaluator, KeyGenerator, Preset};
+use cipherinfer_ckks::{Encoder, Evaluator, KeyGenerator, Preset, secret_key_pair};
 use cipherinfer_compiler::{Network, compile, compile_model_batch, select_parameters};
 use cipherinfer_model::convert::{ConvertOptions, convert_and_evaluate};
 use cipherinfer_model::{Manifest, SampleSet, Tensor, onnx, plain};
@@ -156,7 +156,7 @@ fn run(
     let key_bytes = keys.to_bytes().len();
     let ev = Evaluator::new(keys);
     let encoder = Encoder::new(params.clone());
-    let mut dec = Decryptor::new(sk)?;
+    let (mut sym, dec) = secret_key_pair(sk)?;
 
     let mut eval_ms = Vec::new();
     let mut enc_ms = Vec::new();
@@ -168,7 +168,7 @@ fn run(
     for chunk in inputs[..images].chunks(batch) {
         let xs: Vec<&[f64]> = chunk.iter().map(|(x, _)| x.as_slice()).collect();
         let t = Instant::now();
-        let cts = spec.encrypt_batch(&encoder, &mut dec, &xs)?;
+        let cts = spec.encrypt_batch(&encoder, &mut sym, &xs)?;
         enc_ms.push(t.elapsed().as_secs_f64() * 1e3);
         in_bytes = cts.iter().map(|c| c.to_bytes().len()).sum();
         let t = Instant::now();

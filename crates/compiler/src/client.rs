@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use cipherinfer_ckks::{
     Ciphertext, Decryptor, Encoder, Parameters, ParametersLiteral, SecretDistribution,
+    SymmetricEncryptor,
 };
 use serde::{Deserialize, Serialize};
 
@@ -132,17 +133,17 @@ impl ClientSpec {
     pub fn encrypt_input(
         &self,
         encoder: &Encoder,
-        dec: &mut Decryptor,
+        enc: &mut SymmetricEncryptor,
         input: &[f64],
     ) -> Result<Vec<Ciphertext>> {
-        self.encrypt_batch(encoder, dec, &[input])
+        self.encrypt_batch(encoder, enc, &[input])
     }
 
     /// Packs up to `batch_size` inputs into one ciphertext set and encrypts it.
     pub fn encrypt_batch(
         &self,
         encoder: &Encoder,
-        dec: &mut Decryptor,
+        enc: &mut SymmetricEncryptor,
         inputs: &[&[f64]],
     ) -> Result<Vec<Ciphertext>> {
         pack_and_encrypt(
@@ -151,7 +152,7 @@ impl ClientSpec {
             self.input_level,
             self.input_scale,
             encoder,
-            dec,
+            enc,
             inputs,
         )
     }
@@ -204,7 +205,7 @@ pub(crate) fn pack_and_encrypt(
     level: usize,
     scale: f64,
     encoder: &Encoder,
-    dec: &mut Decryptor,
+    enc: &mut SymmetricEncryptor,
     inputs: &[&[f64]],
 ) -> Result<Vec<Ciphertext>> {
     if inputs.is_empty() || inputs.len() > batch {
@@ -226,7 +227,7 @@ pub(crate) fn pack_and_encrypt(
     cts.iter()
         .map(|v| {
             let pt = encoder.encode(v, level, scale)?;
-            Ok(dec.encrypt_symmetric(&pt)?)
+            Ok(enc.encrypt(&pt)?)
         })
         .collect()
 }

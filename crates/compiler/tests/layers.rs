@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use cipherinfer_ckks::{Decryptor, Encoder, Evaluator, KeyGenerator, ParametersLiteral};
+use cipherinfer_ckks::{Encoder, Evaluator, KeyGenerator, ParametersLiteral, secret_key_pair};
 use cipherinfer_compiler::{HeModel, Layer, Network, compile};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -69,10 +69,10 @@ fn check(name: &str, net: Network, depth_levels: usize) {
         .expect("keys");
     let ev = Evaluator::new(keys);
     let encoder = Encoder::new(params.clone());
-    let mut dec = Decryptor::new(sk).expect("dec");
+    let (mut sym, dec) = secret_key_pair(sk).expect("secret key");
     let cts = model
         .client_spec()
-        .encrypt_input(&encoder, &mut dec, &x)
+        .encrypt_input(&encoder, &mut sym, &x)
         .expect("encrypt");
     let (out, _) = model
         .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {})

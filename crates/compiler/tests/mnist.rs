@@ -4,7 +4,9 @@
 
 use std::sync::atomic::AtomicBool;
 
-use cipherinfer_ckks::{Decryptor, Encoder, Evaluator, KeyGenerator, Preset};
+use cipherinfer_ckks::{
+    Encoder, Evaluator, KeyGenerator, Preset, SymmetricEncryptor, secret_key_pair,
+};
 use cipherinfer_compiler::compile_model;
 use cipherinfer_model::{Manifest, onnx, plain};
 
@@ -67,12 +69,12 @@ fn run(name: &str, encrypted_images: usize) {
         .expect("keys");
     let ev = Evaluator::new(keys);
     let encoder = Encoder::new(params.clone());
-    let mut dec = Decryptor::new(sk).expect("dec");
+    let (mut sym, dec) = secret_key_pair(sk).expect("secret key");
     let mut agree = 0;
     let mut worst: f64 = 0.0;
     let mut largest: f64 = 0.0;
     for ((x, _), want) in inputs.iter().zip(&reference).take(encrypted_images) {
-        let cts = spec.encrypt_input(&encoder, &mut dec, x).expect("encrypt");
+        let cts = spec.encrypt_input(&encoder, &mut sym, x).expect("encrypt");
         let (out, report) = model
             .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {})
             .expect("evaluate");
@@ -183,12 +185,12 @@ fn batch_mode_runs_four_images_in_one_ciphertext_set() {
         .expect("keys");
     let ev = Evaluator::new(keys);
     let encoder = Encoder::new(params.clone());
-    let mut dec = Decryptor::new(sk).expect("dec");
+    let (mut sym, dec) = secret_key_pair(sk).expect("secret key");
     // A full batch of four, then a partial batch of three (the fourth image slot stays empty).
     for chunk in inputs.chunks(4) {
         let xs: Vec<&[f64]> = chunk.iter().map(Vec::as_slice).collect();
         let cts = spec
-            .encrypt_batch(&encoder, &mut dec, &xs)
+            .encrypt_batch(&encoder, &mut sym, &xs)
             .expect("encrypt");
         let (out, _) = model
             .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {})
@@ -209,7 +211,7 @@ fn batch_mode_runs_four_images_in_one_ciphertext_set() {
     }
     // More images than the batch holds is an input error.
     let five: Vec<&[f64]> = std::iter::repeat_n(inputs[0].as_slice(), 5).collect();
-    assert!(spec.encrypt_batch(&encoder, &mut dec, &five).is_err());
+    assert!(spec.encrypt_batch(&encoder, &mut sym, &five).is_err());
 }
 
 #[test]
@@ -228,10 +230,10 @@ fn lazily_encoded_masks_give_the_same_result() {
         .expect("keys");
     let ev = Evaluator::new(keys);
     let encoder = Encoder::new(params.clone());
-    let mut dec = Decryptor::new(sk).expect("dec");
+    let (mut sym, dec) = secret_key_pair(sk).expect("secret key");
     let cts = eager
         .client_spec()
-        .encrypt_input(&encoder, &mut dec, &inputs[0])
+        .encrypt_input(&encoder, &mut sym, &inputs[0])
         .expect("encrypt");
     let never = AtomicBool::new(false);
     let (a, _) = eager
@@ -274,10 +276,10 @@ fn missing_keys_and_depth_bounds_are_refused_before_any_work() {
     );
     let no_relin = Evaluator::new(kg.evaluation_keys(&sk, false, &steps, false).expect("keys"));
     let encoder = Encoder::new(params.clone());
-    let mut dec = Decryptor::new(sk).expect("dec");
+    let mut sym = SymmetricEncryptor::new(sk).expect("secret key");
     let cts = model
         .client_spec()
-        .encrypt_input(&encoder, &mut dec, &inputs[0])
+        .encrypt_input(&encoder, &mut sym, &inputs[0])
         .expect("encrypt");
     let mut progressed = false;
     let err = model
@@ -348,12 +350,12 @@ fn mnist_relu_converted_runs_encrypted_at_128_bits() {
         .expect("keys");
     let ev = Evaluator::new(keys);
     let encoder = Encoder::new(params);
-    let mut dec = Decryptor::new(sk).expect("dec");
+    let (mut sym, dec) = secret_key_pair(sk).expect("secret key");
     for (x, _) in labelled.iter().take(2) {
         let want = plain::run(&converted, x).expect("reference").into_data();
         let cts = model
             .client_spec()
-            .encrypt_input(&encoder, &mut dec, x.data())
+            .encrypt_input(&encoder, &mut sym, x.data())
             .expect("encrypt");
         let (out, report) = model
             .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {})

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use cipherinfer_ckks::{Decryptor, Encoder, Evaluator, KeyGenerator, ParametersLiteral};
+use cipherinfer_ckks::{Encoder, Evaluator, KeyGenerator, ParametersLiteral, secret_key_pair};
 use cipherinfer_compiler::{HeModel, Layer, Network, compile};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -124,13 +124,13 @@ fn encrypted_execution_matches_cleartext_with_the_derived_keys() {
             .expect("keys");
         let ev = Evaluator::new(keys);
         let encoder = Encoder::new(params.clone());
-        let mut dec = Decryptor::new(sk).expect("dec");
+        let (mut sym, dec) = secret_key_pair(sk).expect("secret key");
         let x = image(77);
         let packed = plan.input.pack(&x, params.slots()).expect("pack");
         let cts: Vec<_> = packed
             .iter()
             .map(|v| {
-                dec.encrypt_symmetric(
+                sym.encrypt(
                     &encoder
                         .encode(v, model.input_level(), model.input_scale())
                         .expect("enc"),

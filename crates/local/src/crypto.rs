@@ -263,7 +263,7 @@ impl LocalCrypto {
         let encoder = cipherinfer_ckks::Encoder::new(loaded.params.clone());
         let cts = loaded
             .spec
-            .encrypt_input(&encoder, &mut loaded.decryptor, &x)
+            .encrypt_input(&encoder, &mut loaded.encryptor, &x)
             .map_err(|e| match e {
                 cipherinfer_compiler::CompileError::Ckks(c) => {
                     ToolError::from_ckks(&c, ErrorCode::Internal)

@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cipherinfer_ckks::{Decryptor, Parameters, SecretKey};
+use cipherinfer_ckks::{Decryptor, Parameters, SecretKey, SymmetricEncryptor, secret_key_pair};
 use cipherinfer_compiler::{ClientSpec, Shape};
 use cipherinfer_model::manifest::InputSpec;
 use cipherinfer_protocol::error::{ErrorCode, Result, ToolError};
@@ -156,7 +156,9 @@ pub struct LoadedClient {
     pub params: Arc<Parameters>,
     /// The preprocessing.
     pub input: InputSpec,
-    /// Decryptor and symmetric encryptor holding the secret key.
+    /// Encrypts inputs with the secret key (seeded ciphertexts).
+    pub encryptor: SymmetricEncryptor,
+    /// Decrypts results with the secret key.
     pub decryptor: Decryptor,
 }
 
@@ -463,13 +465,14 @@ impl KeyStore {
         let sk = SecretKey::import_bytes(&params, &bytes, limit)
             .map_err(|e| corrupt(client_id, SECRET_KEY_FILE, e))?;
         drop(bytes);
-        let decryptor =
-            Decryptor::new(sk).map_err(|e| ToolError::new(ErrorCode::Internal, e.to_string()))?;
+        let (encryptor, decryptor) =
+            secret_key_pair(sk).map_err(|e| ToolError::new(ErrorCode::Internal, e.to_string()))?;
         Ok(LoadedClient {
             record,
             spec,
             params,
             input,
+            encryptor,
             decryptor,
         })
     }

@@ -103,59 +103,132 @@ fn invalid(msg: impl Into<String>) -> ToolError {
     ToolError::new(ErrorCode::InvalidParameters, msg)
 }
 
-/// Draft 7.1 extended request parameters. Every field is optional; a field that is present is
-/// validated and must agree with the provisioned key set and the model.
-///
-/// `special_prime_count`, `key_switching_digits` and `secret_hamming_weight` are cipherinfer
-/// extensions that make the block describe a CKKS parameter set completely (so its parameter
-/// id can be recomputed).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ExtendedParameters {
-    /// Underlying scheme: "CKKS", "BFV" or "BGV".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheme_context: Option<SchemeContext>,
-    /// Ring degree N, a power of two in 1024..=32768.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub poly_modulus_degree: Option<u32>,
-    /// CKKS encoding scale (e.g. 1099511627776 = 2^40); a power of two for this implementation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scale: Option<f64>,
-    /// The ordered RNS prime chain: ciphertext primes q_0..q_L, then the special
-    /// (key-switching) primes. Values may exceed 2^53: parse them as 64-bit integers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub coeff_modulus: Option<Vec<u64>>,
-    /// How many trailing primes of `coeff_modulus` are special primes (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub special_prime_count: Option<u32>,
-    /// Number of key-switching digits (dnum); default ceil((L+1) / special_prime_count).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_switching_digits: Option<u32>,
-    /// Hamming weight of a sparse ternary secret; absent for a uniform ternary secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_hamming_weight: Option<u32>,
-    /// Targeted bit security: 128, 192 or 256. Below 128 is refused (ERROR_WEAK_PARAMETERS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_level: Option<u32>,
-    /// Client's upper bound on the multiplicative depth; evaluation aborts early with
-    /// ERROR_DEPTH_EXCEEDED if the model needs more.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_multiplication_depth: Option<u32>,
-    /// How input values are mapped to slots, e.g. "chw_blocks"; must equal the model's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_packing_format: Option<String>,
-    /// Independent samples packed per ciphertext, 1..=slot_count.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch_size: Option<u32>,
-    /// Slots used per ciphertext: N/2 for CKKS (N for BFV/BGV) or a power-of-two divisor.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slot_count: Option<u32>,
-    /// Rotation step (decimal string, negative = right) to the Galois element of its key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub galois_key_mappings: Option<BTreeMap<String, u64>>,
-    /// Hint for evaluation parallelism (1..=1024); never changes the result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub omp_threads: Option<u32>,
+/// Declares a struct whose fields are its own followed by the draft 7.1 extended parameters,
+/// which are written out only here, and the conversions `extended_parameters()` and
+/// `with_extended_parameters()` between the struct and an [`ExtendedParameters`] block. Every
+/// type that carries the 7.1 fields at its top level (the block itself, `remote_inference_cnn`'s
+/// arguments) is declared with it, so the fields, their documentation and their JSON Schema
+/// cannot drift apart.
+macro_rules! with_extended_parameters {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($(#[$fmeta])* $fvis $field: $ty,)*
+            /// Underlying scheme: "CKKS", "BFV" or "BGV".
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub scheme_context: Option<$crate::params::SchemeContext>,
+            /// Ring degree N, a power of two in 1024..=32768.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub poly_modulus_degree: Option<u32>,
+            /// CKKS encoding scale (e.g. 1099511627776 = 2^40); a power of two for this
+            /// implementation.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub scale: Option<f64>,
+            /// The ordered RNS prime chain: ciphertext primes q_0..q_L, then the special
+            /// (key-switching) primes. Values may exceed 2^53: parse them as 64-bit integers.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub coeff_modulus: Option<Vec<u64>>,
+            /// Extension: how many trailing primes of `coeff_modulus` are special primes
+            /// (default 1).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub special_prime_count: Option<u32>,
+            /// Extension: number of key-switching digits (dnum); default
+            /// ceil((L+1) / special_prime_count).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub key_switching_digits: Option<u32>,
+            /// Extension: Hamming weight of a sparse ternary secret; absent for a uniform
+            /// ternary secret.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub secret_hamming_weight: Option<u32>,
+            /// Targeted bit security: 128, 192 or 256. Below 128 is refused
+            /// (ERROR_WEAK_PARAMETERS).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub security_level: Option<u32>,
+            /// Client's upper bound on the multiplicative depth; evaluation aborts early with
+            /// ERROR_DEPTH_EXCEEDED if the model needs more.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub max_multiplication_depth: Option<u32>,
+            /// How input values are mapped to slots, e.g. "chw_blocks"; must equal the model's.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub input_packing_format: Option<String>,
+            /// Independent samples packed per ciphertext, 1..=slot_count.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub batch_size: Option<u32>,
+            /// Slots used per ciphertext: N/2 for CKKS (N for BFV/BGV) or a power-of-two
+            /// divisor.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub slot_count: Option<u32>,
+            /// Rotation step (decimal string, negative = right) to the Galois element of its
+            /// key.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub galois_key_mappings: Option<std::collections::BTreeMap<String, u64>>,
+            /// Hint for evaluation parallelism (1..=1024); never changes the result.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub omp_threads: Option<u32>,
+        }
+
+        impl $name {
+            /// The draft 7.1 block carried by this value.
+            pub fn extended_parameters(&self) -> $crate::params::ExtendedParameters {
+                $crate::params::ExtendedParameters {
+                    scheme_context: self.scheme_context,
+                    poly_modulus_degree: self.poly_modulus_degree,
+                    scale: self.scale,
+                    coeff_modulus: self.coeff_modulus.clone(),
+                    special_prime_count: self.special_prime_count,
+                    key_switching_digits: self.key_switching_digits,
+                    secret_hamming_weight: self.secret_hamming_weight,
+                    security_level: self.security_level,
+                    max_multiplication_depth: self.max_multiplication_depth,
+                    input_packing_format: self.input_packing_format.clone(),
+                    batch_size: self.batch_size,
+                    slot_count: self.slot_count,
+                    galois_key_mappings: self.galois_key_mappings.clone(),
+                    omp_threads: self.omp_threads,
+                }
+            }
+
+            /// This value with its draft 7.1 fields replaced by the block `p`.
+            pub fn with_extended_parameters(
+                mut self,
+                p: $crate::params::ExtendedParameters,
+            ) -> Self {
+                self.scheme_context = p.scheme_context;
+                self.poly_modulus_degree = p.poly_modulus_degree;
+                self.scale = p.scale;
+                self.coeff_modulus = p.coeff_modulus;
+                self.special_prime_count = p.special_prime_count;
+                self.key_switching_digits = p.key_switching_digits;
+                self.secret_hamming_weight = p.secret_hamming_weight;
+                self.security_level = p.security_level;
+                self.max_multiplication_depth = p.max_multiplication_depth;
+                self.input_packing_format = p.input_packing_format;
+                self.batch_size = p.batch_size;
+                self.slot_count = p.slot_count;
+                self.galois_key_mappings = p.galois_key_mappings;
+                self.omp_threads = p.omp_threads;
+                self
+            }
+        }
+    };
+}
+pub(crate) use with_extended_parameters;
+
+with_extended_parameters! {
+    /// Draft 7.1 extended request parameters. Every field is optional; a field that is present
+    /// is validated and must agree with the provisioned key set and the model.
+    ///
+    /// `special_prime_count`, `key_switching_digits` and `secret_hamming_weight` are
+    /// cipherinfer extensions that make the block describe a CKKS parameter set completely (so
+    /// its parameter id can be recomputed).
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ExtendedParameters {}
 }
 
 impl ExtendedParameters {

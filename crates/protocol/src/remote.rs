@@ -11,7 +11,7 @@ use crate::algorithm::AlgorithmId;
 use crate::auth::AuthToken;
 use crate::error::{ErrorCode, Result, ToolError};
 use crate::integrity::{BundleSignature, PublicIdentity, ResultSignature};
-use crate::params::{ExtendedParameters, InferenceTelemetry};
+use crate::params::{ExtendedParameters, InferenceTelemetry, with_extended_parameters};
 use crate::validate::{
     Limits, validate_client_id, validate_file_name, validate_model_name, validate_session_id,
     validate_sha256_hex,
@@ -446,119 +446,40 @@ pub struct UploadChunkAck {
 // Steps 3-4: inference
 // ----------------------------------------------------------------------------------------------
 
-/// Arguments of `remote_inference_cnn` (draft 6.3 Figure 4 plus the 7.1 block at top level).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RemoteInferenceArgs {
-    /// Client identifier; resolves to the client's provisioned evaluation keys.
-    pub client_id: String,
-    /// Session whose staged ciphertext objects are evaluated.
-    pub session_id: String,
-    /// Bearer token from Step 0 (or an Authorization: Bearer header).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth_token: Option<AuthToken>,
-    /// Served model to run; the server's default model when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Pins the key set: fails with ERROR_KEYS_REVOKED if it is no longer the active one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_ref: Option<String>,
-    /// If given, must equal the key set's Algorithm ID (else ERROR_PARAMETER_MISMATCH).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub algorithm_id: Option<String>,
-    /// Largest output (decoded bytes) to return inline; larger outputs come by result_ref.
-    /// 0 forces by-reference. Capped by the server's max_inline_result_bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_inline_bytes: Option<u64>,
-    /// Draft 7.1 scheme_context: "CKKS", "BFV" or "BGV".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheme_context: Option<crate::params::SchemeContext>,
-    /// Draft 7.1 poly_modulus_degree N.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub poly_modulus_degree: Option<u32>,
-    /// Draft 7.1 scale.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scale: Option<f64>,
-    /// Draft 7.1 coeff_modulus: ciphertext primes then special primes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub coeff_modulus: Option<Vec<u64>>,
-    /// Extension: trailing special primes in coeff_modulus (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub special_prime_count: Option<u32>,
-    /// Extension: key-switching digits (dnum).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_switching_digits: Option<u32>,
-    /// Extension: Hamming weight of a sparse secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_hamming_weight: Option<u32>,
-    /// Draft 7.1 security_level in bits (128, 192, 256).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_level: Option<u32>,
-    /// Draft 7.1 max_multiplication_depth.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_multiplication_depth: Option<u32>,
-    /// Draft 7.1 input_packing_format.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_packing_format: Option<String>,
-    /// Draft 7.1 batch_size.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch_size: Option<u32>,
-    /// Draft 7.1 slot_count.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slot_count: Option<u32>,
-    /// Draft 7.1 galois_key_mappings: rotation step (decimal string) to Galois element.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub galois_key_mappings: Option<BTreeMap<String, u64>>,
-    /// Draft 7.1/6.3 omp_threads: parallelism hint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub omp_threads: Option<u32>,
-    /// SHA-256 (64 lower-case hex digits) of every staged input object, by file name: the
-    /// server evaluates only if the staged objects are exactly these (else
-    /// ERROR_INTEGRITY_MISMATCH). Covered by the request signature.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_sha256: Option<BTreeMap<String, String>>,
+with_extended_parameters! {
+    /// Arguments of `remote_inference_cnn` (draft 6.3 Figure 4 plus the 7.1 block at top level).
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct RemoteInferenceArgs {
+        /// Client identifier; resolves to the client's provisioned evaluation keys.
+        pub client_id: String,
+        /// Session whose staged ciphertext objects are evaluated.
+        pub session_id: String,
+        /// Bearer token from Step 0 (or an Authorization: Bearer header).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub auth_token: Option<AuthToken>,
+        /// Served model to run; the server's default model when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub model: Option<String>,
+        /// Pins the key set: fails with ERROR_KEYS_REVOKED if it is no longer the active one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub key_ref: Option<String>,
+        /// If given, must equal the key set's Algorithm ID (else ERROR_PARAMETER_MISMATCH).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub algorithm_id: Option<String>,
+        /// Largest output (decoded bytes) to return inline; larger outputs come by result_ref.
+        /// 0 forces by-reference. Capped by the server's max_inline_result_bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub max_inline_bytes: Option<u64>,
+        /// SHA-256 (64 lower-case hex digits) of every staged input object, by file name: the
+        /// server evaluates only if the staged objects are exactly these (else
+        /// ERROR_INTEGRITY_MISMATCH). Covered by the request signature.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub input_sha256: Option<BTreeMap<String, String>>,
+    }
 }
 
 impl RemoteInferenceArgs {
-    /// The draft 7.1 block carried by these arguments.
-    pub fn extended_parameters(&self) -> ExtendedParameters {
-        ExtendedParameters {
-            scheme_context: self.scheme_context,
-            poly_modulus_degree: self.poly_modulus_degree,
-            scale: self.scale,
-            coeff_modulus: self.coeff_modulus.clone(),
-            special_prime_count: self.special_prime_count,
-            key_switching_digits: self.key_switching_digits,
-            secret_hamming_weight: self.secret_hamming_weight,
-            security_level: self.security_level,
-            max_multiplication_depth: self.max_multiplication_depth,
-            input_packing_format: self.input_packing_format.clone(),
-            batch_size: self.batch_size,
-            slot_count: self.slot_count,
-            galois_key_mappings: self.galois_key_mappings.clone(),
-            omp_threads: self.omp_threads,
-        }
-    }
-
-    /// Sets the 7.1 fields from a block.
-    pub fn with_extended_parameters(mut self, p: ExtendedParameters) -> Self {
-        self.scheme_context = p.scheme_context;
-        self.poly_modulus_degree = p.poly_modulus_degree;
-        self.scale = p.scale;
-        self.coeff_modulus = p.coeff_modulus;
-        self.special_prime_count = p.special_prime_count;
-        self.key_switching_digits = p.key_switching_digits;
-        self.secret_hamming_weight = p.secret_hamming_weight;
-        self.security_level = p.security_level;
-        self.max_multiplication_depth = p.max_multiplication_depth;
-        self.input_packing_format = p.input_packing_format;
-        self.batch_size = p.batch_size;
-        self.slot_count = p.slot_count;
-        self.galois_key_mappings = p.galois_key_mappings;
-        self.omp_threads = p.omp_threads;
-        self
-    }
-
     /// Validates identifiers, selectors and the 7.1 block (model-independent checks);
     /// returns the parsed Algorithm ID if one was given.
     pub fn validate(&self) -> Result<Option<AlgorithmId>> {

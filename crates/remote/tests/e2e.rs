@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use cipherinfer_ckks::serialization::{FromBytes, ToBytes};
-use cipherinfer_ckks::{Ciphertext, Decryptor, Encoder, KeyGenerator};
+use cipherinfer_ckks::{Ciphertext, Encoder, KeyGenerator, secret_key_pair};
 use cipherinfer_compiler::ClientSpec;
 use cipherinfer_model::{Manifest, onnx, plain};
 use cipherinfer_protocol::validate::{encode_base64, sha256_hex};
@@ -130,9 +130,9 @@ async fn step0_upload_inference_and_errors_over_http() {
         .swap_remove(0);
     let want = plain::run(&ir, &x).expect("reference").into_data();
     let encoder = Encoder::new(params.clone());
-    let mut dec = Decryptor::new(sk).expect("dec");
+    let (mut sym, dec) = secret_key_pair(sk).expect("secret key");
     let cts = spec
-        .encrypt_input(&encoder, &mut dec, x.data())
+        .encrypt_input(&encoder, &mut sym, x.data())
         .expect("encrypt");
     let ct_bytes = cts[0].to_bytes();
     let parts = chunks(&ct_bytes, 3);

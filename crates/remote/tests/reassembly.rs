@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 
 use cipherinfer_ckks::serialization::{FromBytes, ToBytes};
-use cipherinfer_ckks::{Ciphertext, Decryptor, Encoder, EvaluationKeys, KeyGenerator};
+use cipherinfer_ckks::{Ciphertext, Encoder, EvaluationKeys, KeyGenerator, SymmetricEncryptor};
 use cipherinfer_protocol::ErrorCode;
 use cipherinfer_remote::store::{chunk_name, path};
 use cipherinfer_remote::{Registry, Store};
@@ -139,7 +139,7 @@ fn shared() -> &'static Shared {
         let served = registry.get(MODEL).unwrap();
         let params = served.params().clone();
         let mut kg = KeyGenerator::new(params.clone()).unwrap();
-        let mut decryptor = Decryptor::new(kg.secret_key()).unwrap();
+        let mut encryptor = SymmetricEncryptor::new(kg.secret_key()).unwrap();
         let pt = Encoder::new(params.clone())
             .encode(
                 &[0.25, -1.5, 3.0],
@@ -151,7 +151,7 @@ fn shared() -> &'static Shared {
             algorithm_id: served.info.algorithm_id.to_string(),
             parameter_id: served.info.parameter_id.clone(),
             bundle: EvaluationKeys::new(params).to_bytes(),
-            ciphertext: decryptor.encrypt_symmetric(&pt).unwrap().to_bytes(),
+            ciphertext: encryptor.encrypt(&pt).unwrap().to_bytes(),
             registry,
         }
     })

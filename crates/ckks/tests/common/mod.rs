@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cipherinfer_ckks::{
     Ciphertext, Complex64, Decryptor, Encoder, EvaluationKeys, Evaluator, KeyGenerator, Parameters,
-    ParametersLiteral, Preset, PublicKey,
+    ParametersLiteral, Preset, PublicKey, SymmetricEncryptor, secret_key_pair,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -33,6 +33,7 @@ pub fn param_sets() -> Vec<Arc<Parameters>> {
 pub struct Ctx {
     pub params: Arc<Parameters>,
     pub encoder: Encoder,
+    pub sym: SymmetricEncryptor,
     pub dec: Decryptor,
     pub pk: PublicKey,
     pub ev: Evaluator,
@@ -43,9 +44,11 @@ pub fn ctx(params: Arc<Parameters>, steps: &[i64], conj: bool) -> Ctx {
     let sk = kg.secret_key();
     let pk = kg.public_key(&sk).expect("pk");
     let keys: EvaluationKeys = kg.evaluation_keys(&sk, true, steps, conj).expect("keys");
+    let (sym, dec) = secret_key_pair(sk).expect("secret key");
     Ctx {
         encoder: Encoder::new(params.clone()),
-        dec: Decryptor::new(sk).expect("dec"),
+        sym,
+        dec,
         pk,
         ev: Evaluator::new(keys),
         params,
@@ -74,7 +77,7 @@ impl Ctx {
             .encoder
             .encode(v, self.params.max_level(), self.params.default_scale())
             .expect("encode");
-        self.dec.encrypt_symmetric(&pt).expect("encrypt")
+        self.sym.encrypt(&pt).expect("encrypt")
     }
     pub fn decrypt(&self, ct: &Ciphertext) -> Vec<f64> {
         self.encoder

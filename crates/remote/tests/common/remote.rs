@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cipherinfer_ckks::serialization::ToBytes;
-use cipherinfer_ckks::{Decryptor, Encoder, KeyGenerator, Parameters};
+use cipherinfer_ckks::{Decryptor, Encoder, KeyGenerator, Parameters, secret_key_pair};
 use cipherinfer_compiler::ClientSpec;
 use cipherinfer_model::{Manifest, plain};
 use cipherinfer_protocol::integrity::{
@@ -103,9 +103,9 @@ pub fn material() -> &'static Material {
             .swap_remove(0);
         let want = plain::run(&ir, &x).expect("reference").into_data();
         let encoder = Encoder::new(params.clone());
-        let mut decryptor = Decryptor::new(sk).expect("decryptor");
+        let (mut encryptor, decryptor) = secret_key_pair(sk).expect("secret key");
         let cts = spec
-            .encrypt_input(&encoder, &mut decryptor, x.data())
+            .encrypt_input(&encoder, &mut encryptor, x.data())
             .expect("encrypt");
         assert_eq!(cts.len(), 1, "the test model takes one input ciphertext");
         Material {
