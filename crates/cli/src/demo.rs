@@ -17,7 +17,7 @@ use cipherinfer_remote::{Server, ServerOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::BoxErr;
-use crate::client::{LocalServer, parent_dirs};
+use crate::client::LocalServer;
 
 /// Options of `cipherinfer demo`.
 #[derive(clap::Args, Debug)]
@@ -181,25 +181,9 @@ async fn classify_samples(
     // The trusted side exactly as `cipherinfer classify` runs it: this binary's `local`
     // command as a child MCP server over stdio, which alone reads the secret keys.
     let key_root = dir.join("keys");
-    let images: Vec<PathBuf> = models
-        .iter()
-        .map(|name| {
-            let entry = manifest.model(name)?;
-            let dataset = manifest.dataset(&entry.dataset)?;
-            Ok(dataset
-                .images
-                .iter()
-                .take(args.images)
-                .map(|i| manifest.dir().join(&i.file))
-                .collect::<Vec<_>>())
-        })
-        .collect::<Result<Vec<_>, BoxErr>>()?
-        .concat();
-    let images = images
-        .iter()
-        .map(std::path::absolute)
-        .collect::<Result<Vec<_>, _>>()?;
-    let local = LocalServer::spawn(&key_root, &parent_dirs(&images)).await?;
+    // Every shipped sample image lies below the manifest's directory.
+    let samples = std::path::absolute(manifest.dir())?;
+    let local = LocalServer::spawn(&key_root, &[samples]).await?;
     let remote = match RemoteClient::connect(url).await {
         Ok(r) => r,
         Err(e) => {
