@@ -14,6 +14,7 @@ use crate::params::Parameters;
 use crate::ring;
 
 /// Encodes and decodes slot vectors at any level and scale.
+#[derive(Clone)]
 pub struct Encoder {
     params: Arc<Parameters>,
     rot_group: Vec<usize>,

@@ -45,7 +45,9 @@ pub use encryption::{Decryptor, Encryptor, SymmetricEncryptor, secret_key_pair};
 pub use error::{DecodeErrorCode, Error, Result};
 pub use evaluator::{Decomposition, Evaluator, ExtendedRotations};
 pub use keys::{EvaluationKeys, GaloisKey, KeyGenerator, PublicKey, RelinearizationKey, SecretKey};
-pub use linear::{EncodedLinearTransform, LinearTransform};
+pub use linear::{
+    Diagonals, EncodedLinearTransform, LinearTransform, MaskEncoding, bsgs_rotation_steps,
+};
 pub use num_complex::Complex64;
 pub use params::{Parameters, ParametersLiteral, Preset, SecretDistribution, SecurityLevel};
 pub use polynomial::{Basis, Polynomial};

@@ -1,39 +1,100 @@
-//! Linear transforms on the slot vector by the diagonal method with baby-step/giant-step.
+//! Linear transforms on slot vectors by the diagonal method with baby-step/giant-step (BSGS).
 //!
-//! A transform is data: its non-zero generalized diagonals (`diag_k[i] = M[i][(i + k) mod n]`,
-//! `n` = slots) and a baby-step size `n1`. It reports the rotation keys it needs, so key
-//! generation makes exactly those. Cost of one application: one plaintext multiplication per
-//! diagonal, `|baby steps|` hoisted rotations (one decomposition) plus `|giant steps|` ordinary
-//! rotations — about 2·sqrt(#diagonals) rotations — and one rescale (one level).
+//! A transform maps `inputs` ciphertexts to `outputs` ciphertexts. Block `(o, i)` — the part of
+//! output `o` that depends on input `i` — is given by its non-zero generalized diagonals
+//! `diag_k[s] = M_{o,i}[s][(s + k) mod n]` over `n` slots. With baby-step size `n1`, diagonal
+//! `k = j·n1 + b` is evaluated as `rot(Σ_b rot(diag_k, −j·n1) ⊙ rot(x, b), j·n1)`.
+//!
+//! Cost of one application: per input, one decomposition and one key inner product per distinct
+//! baby step (shared by every output and giant step: double hoisting); per (output, giant step),
+//! two multiply-accumulates in Q ∪ P per diagonal, one division by P and one ordinary rotation;
+//! one rescale per output (one level).
+//!
+//! **Batch mode.** A transform defined over `n` slots, encoded for parameters with `B·n` slots,
+//! acts on `B` interleaved vectors — vector `b`'s slot `s` at slot `s·B + b` — each exactly as
+//! the transform says. Rotating the full vector by `k·B` rotates every vector by `k`, and the
+//! masks are the diagonals with each value repeated `B` times, so the rotation keys are the
+//! transform's steps times `B`.
+//!
+//! Masks are encoded ahead of time ([`MaskEncoding::Ahead`]) or, when they would not fit in
+//! memory, each time the transform runs ([`MaskEncoding::OnUse`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
 
 use crate::ciphertext::{Ciphertext, ExtendedPlaintext};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::evaluator::Evaluator;
+use crate::params::Parameters;
 
-/// A slot-vector linear map given by its non-zero diagonals.
+/// Non-zero diagonals of one block: diagonal index `k` -> values (one per slot).
+pub type Diagonals = BTreeMap<usize, Vec<f64>>;
+
+/// A linear map from `inputs` to `outputs` slot vectors, given block by block by diagonals.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinearTransform {
     slots: usize,
-    diagonals: BTreeMap<usize, Vec<f64>>,
+    inputs: usize,
+    outputs: usize,
+    /// (output, input) -> diagonals.
+    blocks: BTreeMap<(usize, usize), Diagonals>,
     baby_steps: usize,
 }
 
-/// A [`LinearTransform`] with its diagonals pre-rotated and encoded at a level and scale.
-#[derive(Clone, Debug)]
+/// When the masks of an [`EncodedLinearTransform`] are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaskEncoding {
+    /// All at once by [`LinearTransform::encode_with`]: fastest, takes
+    /// [`LinearTransform::encoded_bytes`] of memory.
+    Ahead,
+    /// On every application: the memory of the diagonals only, slower per application.
+    OnUse,
+}
+
+enum Mask {
+    /// Encoded over Q ∪ P at the transform's level.
+    Ready(ExtendedPlaintext),
+    /// The diagonal already rotated by its giant step, over the transform's own slots.
+    Deferred(Vec<f64>),
+}
+
+/// Per input, the (baby rotation, mask) terms of one (output, giant step) group.
+type GroupParts = Vec<(usize, Vec<(i64, Mask)>)>;
+
+/// A [`LinearTransform`] with its diagonals pre-rotated (and, with [`MaskEncoding::Ahead`],
+/// encoded) at a level and scale for one parameter set.
 pub struct EncodedLinearTransform {
     level: usize,
     scale: f64,
-    baby_steps: usize,
-    /// giant step index j -> [(baby step i, plaintext of rot(diag_{j·n1+i}, -j·n1))], encoded
-    /// over Q ∪ P for double hoisting.
-    groups: BTreeMap<usize, Vec<(usize, ExtendedPlaintext)>>,
+    inputs: usize,
+    outputs: usize,
+    batch: usize,
+    /// Rotation of giant step `j` is `j · giant_unit` (baby-step size times the batch).
+    giant_unit: usize,
+    /// (output, giant step) -> per input, the baby-step terms.
+    groups: BTreeMap<(usize, usize), GroupParts>,
+    /// Set for [`MaskEncoding::OnUse`].
+    encoder: Option<Encoder>,
+}
+
+impl std::fmt::Debug for EncodedLinearTransform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedLinearTransform")
+            .field("level", &self.level)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .field("batch", &self.batch)
+            .field("groups", &self.groups.len())
+            .field("masks_on_use", &self.encoder.is_some())
+            .finish()
+    }
 }
 
 impl EncodedLinearTransform {
-    /// Level the diagonals were encoded at (the ciphertext must be at this level).
+    /// Level the diagonals were encoded at (the ciphertexts must be at this level).
     pub fn level(&self) -> usize {
         self.level
     }
@@ -41,55 +102,110 @@ impl EncodedLinearTransform {
     pub fn scale(&self) -> f64 {
         self.scale
     }
+    /// Number of input ciphertexts.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+    /// Number of output ciphertexts.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+    /// Vectors interleaved in each ciphertext (1 unless the parameters have more slots than the
+    /// transform).
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
 }
 
-fn split(k: usize, n1: usize) -> (usize, usize) {
-    (k / n1, k % n1)
+/// The rotation steps a BSGS evaluation of diagonals `keys` with baby-step size `baby_steps`
+/// needs: the non-zero baby steps `k mod n1` and giant steps `⌊k / n1⌋·n1`. Their count is the
+/// number of rotations one application performs per input.
+pub fn bsgs_rotation_steps(
+    keys: impl IntoIterator<Item = usize>,
+    baby_steps: usize,
+) -> BTreeSet<usize> {
+    let n1 = baby_steps.max(1);
+    let mut out = BTreeSet::new();
+    for k in keys {
+        if k % n1 != 0 {
+            out.insert(k % n1);
+        }
+        if k / n1 != 0 {
+            out.insert(k / n1 * n1);
+        }
+    }
+    out
 }
 
-fn count_rotations(keys: &BTreeSet<usize>, n1: usize) -> usize {
-    let babies: BTreeSet<usize> = keys.iter().map(|&k| k % n1).filter(|&i| i != 0).collect();
-    let giants: BTreeSet<usize> = keys.iter().map(|&k| k / n1).filter(|&j| j != 0).collect();
-    babies.len() + giants.len()
+fn check_diagonals(slots: usize, diagonals: &Diagonals) -> Result<()> {
+    for (&k, d) in diagonals {
+        if k >= slots || d.len() != slots {
+            return Err(Error::Encoding(format!(
+                "diagonal {k} must have index < {slots} and length {slots} (has {})",
+                d.len()
+            )));
+        }
+        if d.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Encoding(format!(
+                "diagonal {k} has a non-finite entry"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl LinearTransform {
-    /// A transform from diagonals `k -> diag_k` (each of length `slots`, `k < slots`), with the
-    /// baby-step size chosen to minimise the number of rotations.
-    pub fn new(slots: usize, diagonals: BTreeMap<usize, Vec<f64>>) -> Result<Self> {
+    /// A one-input, one-output transform from diagonals `k -> diag_k` (each of length `slots`,
+    /// `k < slots`), with the baby-step size chosen to minimise the number of rotations.
+    pub fn new(slots: usize, diagonals: Diagonals) -> Result<Self> {
+        Self::from_blocks(slots, 1, 1, BTreeMap::from([((0, 0), diagonals)]))
+    }
+
+    /// A transform from `inputs` to `outputs` vectors of `slots` slots, block `(o, i)` given by
+    /// its diagonals; the baby-step size minimises the number of rotations.
+    pub fn from_blocks(
+        slots: usize,
+        inputs: usize,
+        outputs: usize,
+        blocks: BTreeMap<(usize, usize), Diagonals>,
+    ) -> Result<Self> {
         if !slots.is_power_of_two() {
             return Err(Error::Encoding(format!(
                 "slot count {slots} is not a power of two"
             )));
         }
-        for (&k, d) in &diagonals {
-            if k >= slots || d.len() != slots {
-                return Err(Error::Encoding(format!(
-                    "diagonal {k} must have index < {slots} and length {slots} (has {})",
-                    d.len()
-                )));
-            }
-            if d.iter().any(|x| !x.is_finite()) {
-                return Err(Error::Encoding(format!(
-                    "diagonal {k} has a non-finite entry"
-                )));
-            }
+        if inputs == 0 || outputs == 0 {
+            return Err(Error::Encoding(
+                "a linear transform needs at least one input and one output".into(),
+            ));
         }
-        let keys: BTreeSet<usize> = diagonals.keys().copied().collect();
+        for (&(o, i), diagonals) in &blocks {
+            if o >= outputs || i >= inputs {
+                return Err(Error::Encoding(format!(
+                    "block ({o}, {i}) outside {outputs} outputs × {inputs} inputs"
+                )));
+            }
+            check_diagonals(slots, diagonals)?;
+        }
+        let mut lt = Self {
+            slots,
+            inputs,
+            outputs,
+            blocks,
+            baby_steps: 1,
+        };
+        let keys = lt.diagonal_indices();
         let mut best = (usize::MAX, 1usize);
         let mut n1 = 1usize;
         while n1 <= slots {
-            let c = count_rotations(&keys, n1);
+            let c = bsgs_rotation_steps(keys.iter().copied(), n1).len();
             if c < best.0 {
                 best = (c, n1);
             }
             n1 <<= 1;
         }
-        Ok(Self {
-            slots,
-            diagonals,
-            baby_steps: best.1,
-        })
+        lt.baby_steps = best.1;
+        Ok(lt)
     }
 
     /// The transform of an `m × n` matrix (`m, n ≤ slots`) acting on the first `n` slots and
@@ -103,7 +219,7 @@ impl LinearTransform {
                 "matrix must be rectangular with 1..={slots} rows and columns"
             )));
         }
-        let mut diagonals: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+        let mut diagonals = Diagonals::new();
         for (i, row) in matrix.iter().enumerate() {
             for (j, &x) in row.iter().enumerate() {
                 if x != 0.0 {
@@ -115,7 +231,8 @@ impl LinearTransform {
         Self::new(slots, diagonals)
     }
 
-    /// Overrides the baby-step size (a power of two ≤ slots).
+    /// Overrides the baby-step size (a power of two ≤ slots), e.g. to share rotation keys with
+    /// other transforms.
     pub fn with_baby_steps(mut self, n1: usize) -> Result<Self> {
         if !n1.is_power_of_two() || n1 > self.slots {
             return Err(Error::Encoding(format!("baby-step size {n1} invalid")));
@@ -129,42 +246,73 @@ impl LinearTransform {
         self.baby_steps
     }
 
-    /// Number of non-zero diagonals.
+    /// Slots of the vectors the transform acts on.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Number of non-zero diagonals over all blocks.
     pub fn num_diagonals(&self) -> usize {
-        self.diagonals.len()
+        self.blocks.values().map(BTreeMap::len).sum()
     }
 
-    /// Rotation steps whose keys an evaluation needs (baby steps, then giant steps).
-    ///
-    /// Evaluation cost: one decomposition, one key inner product per non-zero diagonal (no
-    /// NTT), one division by P per giant step, one ordinary rotation per giant step.
+    /// Diagonal indices used by any block.
+    pub fn diagonal_indices(&self) -> BTreeSet<usize> {
+        self.blocks
+            .values()
+            .flat_map(|d| d.keys().copied())
+            .collect()
+    }
+
+    /// Rotation steps whose keys an evaluation needs over the transform's own slots (times the
+    /// batch in batch mode; see [`EncodedLinearTransform::batch`]).
     pub fn rotation_steps(&self) -> Vec<i64> {
-        let n1 = self.baby_steps;
-        let babies: BTreeSet<usize> = self
-            .diagonals
-            .keys()
-            .map(|&k| k % n1)
-            .filter(|&i| i != 0)
-            .collect();
-        let giants: BTreeSet<usize> = self
-            .diagonals
-            .keys()
-            .map(|&k| k / n1 * n1)
-            .filter(|&j| j != 0)
-            .collect();
-        babies.into_iter().chain(giants).map(|s| s as i64).collect()
+        bsgs_rotation_steps(self.diagonal_indices(), self.baby_steps)
+            .into_iter()
+            .map(|s| s as i64)
+            .collect()
     }
 
-    /// The plaintext result `M·v` (reference for tests and for a cleartext executor).
-    pub fn apply_plain(&self, v: &[f64]) -> Vec<f64> {
+    /// The plaintext result (reference for tests and for a cleartext executor): `out[o] =
+    /// Σ_i M_{o,i} · inputs[i]`.
+    pub fn apply_plain_blocks(&self, inputs: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
         let n = self.slots;
-        let mut out = vec![0.0; n];
-        for (&k, d) in &self.diagonals {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o += d[i] * v.get((i + k) % n).copied().unwrap_or(0.0);
+        if inputs.len() != self.inputs || inputs.iter().any(|v| v.len() > n) {
+            return Err(Error::Encoding(format!(
+                "expected {} input vectors of at most {n} values",
+                self.inputs
+            )));
+        }
+        let mut out = vec![vec![0.0; n]; self.outputs];
+        for (&(o, i), diagonals) in &self.blocks {
+            let v = &inputs[i];
+            for (&k, d) in diagonals {
+                for (s, acc) in out[o].iter_mut().enumerate() {
+                    *acc += d[s] * v.get((s + k) % n).copied().unwrap_or(0.0);
+                }
             }
         }
-        out
+        Ok(out)
+    }
+
+    /// [`LinearTransform::apply_plain_blocks`] for a one-input, one-output transform (an input
+    /// shorter than the slot count is zero-padded).
+    pub fn apply_plain(&self, v: &[f64]) -> Result<Vec<f64>> {
+        if self.outputs != 1 {
+            return Err(Error::Encoding(format!(
+                "transform has {} outputs; use apply_plain_blocks",
+                self.outputs
+            )));
+        }
+        let mut out = self.apply_plain_blocks(&[v.to_vec()])?;
+        Ok(out.swap_remove(0))
+    }
+
+    /// Bytes the masks take when encoded ahead of time at `level` under `params`.
+    pub fn encoded_bytes(&self, params: &Parameters, level: usize) -> usize {
+        let residues = level + 1 + params.p_primes().len();
+        self.num_diagonals()
+            .saturating_mul(residues.saturating_mul(params.n()).saturating_mul(8))
     }
 
     /// Pre-rotates and encodes the diagonals at `level` and `scale` (use the prime q_level as
@@ -175,69 +323,192 @@ impl LinearTransform {
         level: usize,
         scale: f64,
     ) -> Result<EncodedLinearTransform> {
-        if encoder.slots() != self.slots {
+        self.encode_with(encoder, level, scale, MaskEncoding::Ahead)
+    }
+
+    /// [`LinearTransform::encode`] with a choice of when the masks are encoded. The encoder's
+    /// slot count must be a multiple `B` of the transform's (batch mode with `B` vectors).
+    pub fn encode_with(
+        &self,
+        encoder: &Encoder,
+        level: usize,
+        scale: f64,
+        masks: MaskEncoding,
+    ) -> Result<EncodedLinearTransform> {
+        let params = encoder.parameters();
+        let full = encoder.slots();
+        if !full.is_multiple_of(self.slots) {
             return Err(Error::Encoding(format!(
-                "transform has {} slots, parameters have {}",
-                self.slots,
-                encoder.slots()
+                "transform has {} slots, parameters have {full}",
+                self.slots
             )));
         }
+        if level > params.max_level() || level == 0 {
+            return Err(Error::Encoding(format!(
+                "a linear transform is encoded at a level in 1..={} (got {level})",
+                params.max_level()
+            )));
+        }
+        let batch = full / self.slots;
         let n = self.slots;
         let n1 = self.baby_steps;
-        let mut groups: BTreeMap<usize, Vec<(usize, ExtendedPlaintext)>> = BTreeMap::new();
-        for (&k, d) in &self.diagonals {
-            let (j, i) = split(k, n1);
-            let shift = j * n1;
-            // rot(d, -shift)[t] = d[(t - shift) mod n]
-            let rotated: Vec<f64> = (0..n).map(|t| d[(t + n - shift % n) % n]).collect();
-            let pt = encoder.encode_extended(&rotated, level, scale)?;
-            groups.entry(j).or_default().push((i, pt));
+        // (output, giant step, input, baby rotation, rotated diagonal)
+        let mut flat: Vec<(usize, usize, usize, i64, Vec<f64>)> = Vec::new();
+        for (&(o, i), diagonals) in &self.blocks {
+            for (&k, d) in diagonals {
+                let (j, b) = (k / n1, k % n1);
+                let shift = (j * n1) % n;
+                // rot(d, -shift)[t] = d[(t - shift) mod n]
+                let rotated: Vec<f64> = (0..n).map(|t| d[(t + n - shift) % n]).collect();
+                flat.push((o, j, i, (b * batch) as i64, rotated));
+            }
+        }
+        let encoded: Vec<Mask> = flat
+            .par_iter_mut()
+            .map(|(.., rotated)| match masks {
+                MaskEncoding::OnUse => Ok(Mask::Deferred(std::mem::take(rotated))),
+                MaskEncoding::Ahead => Ok(Mask::Ready(encoder.encode_extended(
+                    &dilate(rotated, batch),
+                    level,
+                    scale,
+                )?)),
+            })
+            .collect::<Result<_>>()?;
+        let mut groups: BTreeMap<(usize, usize), GroupParts> = BTreeMap::new();
+        for ((o, j, i, b, _), mask) in flat.into_iter().zip(encoded) {
+            let parts = groups.entry((o, j)).or_default();
+            match parts.last_mut() {
+                Some((last, terms)) if *last == i => terms.push((b, mask)),
+                _ => parts.push((i, vec![(b, mask)])),
+            }
         }
         Ok(EncodedLinearTransform {
             level,
             scale,
-            baby_steps: n1,
+            inputs: self.inputs,
+            outputs: self.outputs,
+            batch,
+            giant_unit: n1 * batch,
             groups,
+            encoder: (masks == MaskEncoding::OnUse).then(|| encoder.clone()),
         })
     }
 }
 
+/// Repeats every value `batch` times: slot `i·batch + b` holds `v[i]`.
+pub fn dilate(v: &[f64], batch: usize) -> Vec<f64> {
+    if batch == 1 {
+        return v.to_vec();
+    }
+    v.iter()
+        .flat_map(|&x| std::iter::repeat_n(x, batch))
+        .collect()
+}
+
 impl Evaluator {
-    /// Applies an encoded linear transform and rescales once: the result is one level lower
-    /// with scale `ct.scale · lt.scale / q_level`.
+    /// Applies an encoded one-input, one-output linear transform and rescales once: the result
+    /// is one level lower with scale `ct.scale · lt.scale / q_level`.
     pub fn linear_transform(
         &self,
         ct: &Ciphertext,
         lt: &EncodedLinearTransform,
     ) -> Result<Ciphertext> {
-        if ct.level() != lt.level {
+        let mut out = self.linear_transform_blocks(std::slice::from_ref(ct), lt, None)?;
+        match (out.pop(), out.is_empty()) {
+            (Some(r), true) => Ok(r),
+            _ => Err(Error::Encoding(format!(
+                "transform has {} outputs; use linear_transform_blocks",
+                lt.outputs
+            ))),
+        }
+    }
+
+    /// Applies an encoded linear transform to `inputs` (all at the transform's level and one
+    /// scale) and rescales each output once. Setting `cancel` stops the evaluation between
+    /// groups with [`Error::Cancelled`].
+    pub fn linear_transform_blocks(
+        &self,
+        inputs: &[Ciphertext],
+        lt: &EncodedLinearTransform,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Vec<Ciphertext>> {
+        if inputs.len() != lt.inputs {
+            return Err(Error::Encoding(format!(
+                "transform takes {} input ciphertexts, got {}",
+                lt.inputs,
+                inputs.len()
+            )));
+        }
+        if let Some(ct) = inputs.iter().find(|c| c.level() != lt.level) {
             return Err(Error::LevelMismatch {
                 left: ct.level(),
                 right: lt.level,
             });
         }
-        // One decomposition serves every baby step of every group (double hoisting).
-        let dec = self.decompose(ct)?;
-        let mut total: Option<Ciphertext> = None;
-        for (&j, items) in &lt.groups {
-            let terms: Vec<(i64, &ExtendedPlaintext)> =
-                items.iter().map(|(i, pt)| (*i as i64, pt)).collect();
-            let inner = self.rotate_and_combine(ct, Some(&dec), &terms)?;
-            let moved = self.rotate(&inner, (j * lt.baby_steps) as i64)?;
-            match total.as_mut() {
-                None => total = Some(moved),
+        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+        // Per input: one decomposition and, per baby step, one key inner product, shared by
+        // every output and giant step.
+        let mut babies: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); inputs.len()];
+        for parts in lt.groups.values() {
+            for (i, terms) in parts {
+                babies[*i].extend(terms.iter().map(|(b, _)| *b));
+            }
+        }
+        let rots = inputs
+            .iter()
+            .zip(&babies)
+            .map(|(c, b)| self.rotations_extended(c, None, &b.iter().copied().collect::<Vec<_>>()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut outs: Vec<Option<Ciphertext>> = vec![None; lt.outputs];
+        for (&(o, j), parts) in &lt.groups {
+            if cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let mut inner: Option<Ciphertext> = None;
+            for (i, terms) in parts {
+                let deferred: Vec<Option<ExtendedPlaintext>> = match &lt.encoder {
+                    Some(enc) => terms
+                        .par_iter()
+                        .map(|(_, m)| match m {
+                            Mask::Deferred(d) => Ok(Some(enc.encode_extended(
+                                &dilate(d, lt.batch),
+                                lt.level,
+                                lt.scale,
+                            )?)),
+                            Mask::Ready(_) => Ok(None),
+                        })
+                        .collect::<Result<_>>()?,
+                    None => Vec::new(),
+                };
+                let refs = terms
+                    .iter()
+                    .enumerate()
+                    .map(|(t, (b, m))| match (m, deferred.get(t)) {
+                        (Mask::Ready(pt), _) | (Mask::Deferred(_), Some(Some(pt))) => Ok((*b, pt)),
+                        (Mask::Deferred(_), _) => {
+                            Err(Error::Encoding("a deferred mask was not encoded".into()))
+                        }
+                    })
+                    .collect::<Result<Vec<(i64, &ExtendedPlaintext)>>>()?;
+                let part = self.combine_rotations(&rots[*i], &refs)?;
+                match inner.as_mut() {
+                    None => inner = Some(part),
+                    Some(acc) => self.add_assign(acc, &part)?,
+                }
+            }
+            let Some(inner) = inner else { continue };
+            let moved = self.rotate(&inner, (j * lt.giant_unit) as i64)?;
+            match outs[o].as_mut() {
+                None => outs[o] = Some(moved),
                 Some(acc) => self.add_assign(acc, &moved)?,
             }
         }
-        let total = match total {
-            Some(t) => t,
-            // No diagonals: the zero map.
-            None => self.mul_integer(&self.mul_plain_zero(ct, lt.scale)?, 0)?,
-        };
-        self.rescale(&total)
-    }
-
-    fn mul_plain_zero(&self, ct: &Ciphertext, scale: f64) -> Result<Ciphertext> {
-        self.mul_const(ct, 0.0, scale)
+        outs.into_iter()
+            .map(|acc| match acc {
+                Some(acc) => self.rescale(&acc),
+                // A block row without diagonals: the zero vector, at the same level and scale.
+                None => self.rescale(&self.mul_const(&inputs[0], 0.0, lt.scale)?),
+            })
+            .collect()
     }
 }

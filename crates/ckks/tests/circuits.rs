@@ -3,7 +3,10 @@
 mod common;
 use common::*;
 
-use cipherinfer_ckks::{LinearTransform, Polynomial};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+
+use cipherinfer_ckks::{Error, LinearTransform, MaskEncoding, Polynomial};
 
 #[test]
 fn linear_transform_equals_plaintext_matrix_vector_product() {
@@ -32,7 +35,7 @@ fn linear_transform_equals_plaintext_matrix_vector_product() {
                 (out.scale() / ct.scale() - 1.0).abs() < 1e-9,
                 "scale preserved"
             );
-            let want = lt.apply_plain(&v);
+            let want = lt.apply_plain(&v).expect("plain");
             let bits = precision_bits(&c.decrypt(&out), &want);
             eprintln!(
                 "n={} {name}: {} diagonals, {} rotations, {bits:.1} bits",
@@ -47,10 +50,148 @@ fn linear_transform_equals_plaintext_matrix_vector_product() {
             .iter()
             .map(|r| r.iter().zip(&v).map(|(a, b)| a * b).sum())
             .collect();
-        let reference = dense.apply_plain(&v);
+        let reference = dense.apply_plain(&v).expect("plain");
         assert!(precision_bits(&reference[..24], &direct) > 40.0);
         assert!(reference[24..].iter().all(|&x| x == 0.0));
     }
+}
+
+/// A 2-input, 3-output block transform over a quarter of the slots, run on four interleaved
+/// vectors at once (batch mode), with masks encoded ahead and on use: every output of every
+/// vector matches the plaintext product, and both encodings give the same ciphertext values.
+#[test]
+fn block_transform_in_batch_mode_equals_plaintext_blocks() {
+    for params in param_sets() {
+        let batch = 4;
+        let slots = params.slots() / batch;
+        let mut blocks = BTreeMap::new();
+        for (t, (o, i, k)) in [
+            (0, 0, 0usize),
+            (0, 1, 3),
+            (1, 0, 1),
+            (1, 1, 9),
+            (1, 1, slots - 2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let d: &mut BTreeMap<usize, Vec<f64>> = blocks.entry((o, i)).or_default();
+            d.insert(k, random_vec(slots, 400 + t as u64, 1.0));
+        }
+        // Output 2 has no block: it must come out as zeros.
+        let lt = LinearTransform::from_blocks(slots, 2, 3, blocks).expect("blocks");
+        let steps: Vec<i64> = lt
+            .rotation_steps()
+            .iter()
+            .map(|s| s * batch as i64)
+            .collect();
+        let mut c = ctx(params.clone(), &steps, false);
+        let vectors: Vec<Vec<Vec<f64>>> = (0..batch)
+            .map(|b| {
+                (0..2)
+                    .map(|i| random_vec(slots, 500 + 10 * b as u64 + i, 1.0))
+                    .collect()
+            })
+            .collect();
+        // Input i interleaves vector b's slot s at s·batch + b.
+        let cts: Vec<_> = (0..2)
+            .map(|i| {
+                let mut v = vec![0.0; params.slots()];
+                for (b, vs) in vectors.iter().enumerate() {
+                    for (s, x) in vs[i].iter().enumerate() {
+                        v[s * batch + b] = *x;
+                    }
+                }
+                c.encrypt(&v)
+            })
+            .collect();
+        let level = cts[0].level();
+        let q = params.q_primes()[level] as f64;
+        let mut results = Vec::new();
+        for masks in [MaskEncoding::Ahead, MaskEncoding::OnUse] {
+            let enc = lt.encode_with(&c.encoder, level, q, masks).expect("encode");
+            assert_eq!((enc.inputs(), enc.outputs(), enc.batch()), (2, 3, batch));
+            let out =
+                c.ev.linear_transform_blocks(&cts, &enc, None)
+                    .expect("apply");
+            assert_eq!(out.len(), 3);
+            let decrypted: Vec<Vec<f64>> = out.iter().map(|ct| c.decrypt(ct)).collect();
+            for (b, vs) in vectors.iter().enumerate() {
+                let want = lt.apply_plain_blocks(vs).expect("plain");
+                for (o, w) in want.iter().enumerate() {
+                    let got: Vec<f64> = (0..slots).map(|s| decrypted[o][s * batch + b]).collect();
+                    let bits = precision_bits(&got, w);
+                    assert!(
+                        bits > 17.0,
+                        "{masks:?} vector {b} output {o}: {bits:.1} bits"
+                    );
+                }
+            }
+            assert!(want_zero(&decrypted[2]), "output without blocks is zero");
+            results.push(decrypted);
+        }
+        let bits = precision_bits(&results[0][1], &results[1][1]);
+        assert!(bits > 20.0, "ahead vs on-use: {bits:.1} bits");
+    }
+}
+
+fn want_zero(v: &[f64]) -> bool {
+    v.iter().all(|x| x.abs() < 1e-4)
+}
+
+/// Malformed transforms and mismatched inputs are typed errors, and a set cancel flag stops
+/// the evaluation.
+#[test]
+fn block_transform_rejects_bad_shapes_levels_and_stops_on_cancel() {
+    let params = small_insecure();
+    let slots = params.slots();
+    let diag = |k: usize| BTreeMap::from([(k, vec![1.0; slots])]);
+    assert!(
+        LinearTransform::from_blocks(slots, 1, 1, BTreeMap::from([((1, 0), diag(0))])).is_err()
+    );
+    assert!(LinearTransform::from_blocks(slots, 0, 1, BTreeMap::new()).is_err());
+    assert!(
+        LinearTransform::new(slots, diag(slots)).is_err(),
+        "index out of range"
+    );
+    assert!(LinearTransform::new(slots, BTreeMap::from([(1, vec![f64::NAN; slots])])).is_err());
+    assert!(LinearTransform::new(slots, BTreeMap::from([(1, vec![1.0; slots - 1])])).is_err());
+    assert!(
+        LinearTransform::new(slots - 1, diag(0)).is_err(),
+        "not a power of two"
+    );
+    let lt = LinearTransform::from_blocks(
+        slots,
+        2,
+        1,
+        BTreeMap::from([((0, 0), diag(1)), ((0, 1), diag(2))]),
+    )
+    .expect("transform");
+    assert!(lt.apply_plain(&[1.0]).is_err(), "two inputs, one given");
+    let mut c = ctx(params.clone(), &lt.rotation_steps(), false);
+    let ct = c.encrypt(&random_vec(slots, 7, 1.0));
+    let level = ct.level();
+    let enc = lt
+        .encode(&c.encoder, level, params.q_primes()[level] as f64)
+        .expect("encode");
+    assert!(
+        c.ev.linear_transform_blocks(std::slice::from_ref(&ct), &enc, None)
+            .is_err()
+    );
+    assert!(
+        c.ev.linear_transform(&ct, &enc).is_err(),
+        "1 → 1 entry point on a 2-input transform"
+    );
+    let lower = c.ev.drop_to_level(&ct, level - 1).expect("drop");
+    assert!(matches!(
+        c.ev.linear_transform_blocks(&[lower.clone(), lower], &enc, None),
+        Err(Error::LevelMismatch { .. })
+    ));
+    let cancel = AtomicBool::new(true);
+    assert!(matches!(
+        c.ev.linear_transform_blocks(&[ct.clone(), ct], &enc, Some(&cancel)),
+        Err(Error::Cancelled)
+    ));
 }
 
 #[test]

@@ -1,14 +1,16 @@
-//! `cipherinfer bench model`: encrypted inference benchmark of a shipped model — per-image
-//! server latency with a per-step breakdown, client encrypt/decrypt time, evaluation-key and
-//! ciphertext bytes as uploaded, and accuracy and argmax agreement against the cleartext plan.
-//! JSON on stdout, a summary on stderr.
+//! `cipherinfer bench model`: encrypted inference benchmark of a shipped model or a model
+//! package — per-image server latency with a per-step breakdown, client encrypt/decrypt time,
+//! evaluation-key and ciphertext bytes as uploaded, accuracy and argmax agreement against the
+//! cleartext plan and against the network as given (before any ReLU/MaxPool approximation),
+//! and peak memory. JSON on stdout, a summary on stderr.
 //!
-//! `cipherinfer bench model [--model mnist-cnn] [--images 100 | --all] [--threads 2]
-//! [--samples FILE] [--batch B] [--params auto|PRESET] [--degree D]` (FILE: a sample set in the
+//! `cipherinfer bench model [--model NAME|DIR] [--images N|DIR | --all] [--threads 2]
+//! [--samples FILE] [--batch B] [--params auto|PRESET] [--degree D]`: NAME a shipped model, DIR
+//! a model package (its `test/` images by default); `--images DIR` a folder of images with a
+//! `labels.txt` of `FILE LABEL` lines (LABEL a class index or name); FILE a sample set in the
 //! shipped format, e.g. the full test set written by `bench/export_full_test_set.py`; B images
 //! per ciphertext set in batch mode; PRESET e.g. `PN13_DEPTH5`, default `auto`: the smallest
-//! 128-bit set that fits; D: the degree of the ReLU polynomials when the model needs
-//! conversion, like mnist-relu).
+//! 128-bit set that fits; D: the degree of the ReLU polynomials when the model needs conversion.
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -16,8 +18,8 @@ use std::time::Instant;
 use cipherinfer_ckks::serialization::ToBytes;
 use cipherinfer_ckks::{Encoder, Evaluator, KeyGenerator, Preset, secret_key_pair};
 use cipherinfer_compiler::{Network, compile, compile_model_batch, select_parameters};
-use cipherinfer_model::convert::{ConvertOptions, convert_and_evaluate};
-use cipherinfer_model::{Manifest, SampleSet, Tensor, onnx, plain};
+use cipherinfer_model::convert::{ConvertOptions, convert};
+use cipherinfer_model::{Manifest, Model, ModelPackage, SampleSet, Tensor, onnx, plain};
 
 use crate::BoxErr;
 
@@ -35,12 +37,13 @@ fn median(v: &mut [f64]) -> f64 {
 /// Options of `cipherinfer bench model`.
 #[derive(clap::Args, Debug)]
 pub struct ModelBenchArgs {
-    /// Shipped model to run.
+    /// Shipped model (name) or model package (directory) to run.
     #[arg(long, default_value = "mnist-cnn")]
     model: String,
-    /// Number of images from the sample set.
-    #[arg(long, default_value_t = 100)]
-    images: usize,
+    /// Images: the first N of the sample set (or the package's test images), or a directory of
+    /// images with a labels.txt.
+    #[arg(long, default_value = "100")]
+    images: String,
     /// Every image of the sample set.
     #[arg(long)]
     all: bool,
@@ -63,16 +66,21 @@ pub struct ModelBenchArgs {
 
 /// Runs `cipherinfer bench model`.
 pub fn model_bench(a: ModelBenchArgs) -> Result<(), BoxErr> {
-    let images = if a.all { usize::MAX } else { a.images };
+    let (count, images_dir) = match a.images.parse::<usize>() {
+        _ if a.all => (usize::MAX, None),
+        Ok(n) => (n, None),
+        Err(_) => (usize::MAX, Some(std::path::PathBuf::from(&a.images))),
+    };
     let opts = Opts {
         batch: a.batch,
         params: a.params,
         degree: a.degree,
     };
+    let input = BenchInput::load(&a.model, images_dir.as_deref(), a.samples.as_deref())?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads)
         .build()?;
-    pool.install(|| run(&a.model, images, a.threads, a.samples.as_deref(), &opts))
+    pool.install(|| run(input, count, a.threads, &opts))
 }
 
 struct Opts {
@@ -81,43 +89,147 @@ struct Opts {
     degree: usize,
 }
 
-fn run(
-    name: &str,
-    images: usize,
-    threads: usize,
-    samples_file: Option<&str>,
-    opts: &Opts,
-) -> Result<(), BoxErr> {
-    let manifest = Manifest::shipped()?;
-    let entry = manifest.model(name)?.clone();
-    let mut ir = onnx::import(&manifest.read_model(name)?.bytes)?;
-    let samples = match samples_file {
-        Some(path) => SampleSet::parse(&std::fs::read(path)?, std::path::Path::new(path))?,
-        None => manifest.load_samples(&entry.dataset)?,
-    };
-    let inputs: Vec<(Vec<f64>, u8)> = plain::sample_inputs(&samples, &entry.input)?
+/// What a benchmark runs: the network as given, labelled images and calibration inputs.
+struct BenchInput {
+    name: String,
+    ir: Model,
+    labelled: Vec<(Tensor, usize)>,
+    calibration: Vec<Tensor>,
+}
+
+impl BenchInput {
+    fn load(
+        model: &str,
+        images_dir: Option<&std::path::Path>,
+        samples_file: Option<&str>,
+    ) -> Result<Self, BoxErr> {
+        let path = std::path::Path::new(model);
+        if ModelPackage::is_package(path) {
+            if samples_file.is_some() {
+                return Err("--samples is for shipped models; give a package --images DIR".into());
+            }
+            let package = ModelPackage::load(path).map_err(|e| format!("{e} [{}]", e.code()))?;
+            let labelled: Vec<(Tensor, usize)> = match images_dir {
+                Some(dir) => package.load_labelled_images(dir),
+                None => Ok(package.test.clone()),
+            }
+            .map_err(|e| format!("{e} [{}]", e.code()))?
+            .into_iter()
+            .map(|t| (t.input, t.label))
+            .collect();
+            if labelled.is_empty() {
+                return Err(format!(
+                    "model package {} has no test images: give --images DIR (images and labels.txt)",
+                    path.display()
+                )
+                .into());
+            }
+            return Ok(Self {
+                name: package.card.name.clone(),
+                calibration: package.calibration_inputs(),
+                ir: package.model,
+                labelled,
+            });
+        }
+        let manifest = Manifest::shipped()?;
+        let entry = manifest.model(model)?.clone();
+        let ir = onnx::import(&manifest.read_model(model)?.bytes)?;
+        let labelled: Vec<(Tensor, usize)> = match (images_dir, samples_file) {
+            (Some(dir), _) => {
+                let card = cipherinfer_model::ModelCard {
+                    format_version: cipherinfer_model::package::CARD_FORMAT,
+                    name: model.to_string(),
+                    description: None,
+                    labels: entry.classes.clone(),
+                    input: cipherinfer_model::package::CardInput {
+                        channels: entry.input.shape.get(1).copied().unwrap_or(1),
+                        height: entry.input.shape.get(2).copied().unwrap_or(1),
+                        width: entry.input.shape.get(3).copied().unwrap_or(1),
+                        mean: entry.input.mean.clone(),
+                        std: entry.input.std.clone(),
+                    },
+                    calibration: None,
+                    test: None,
+                };
+                cipherinfer_model::package::load_labelled_images(dir, &card, &entry.input)
+                    .map_err(|e| format!("{e} [{}]", e.code()))?
+                    .into_iter()
+                    .map(|t| (t.input, t.label))
+                    .collect()
+            }
+            (None, Some(file)) => {
+                let set = SampleSet::parse(&std::fs::read(file)?, std::path::Path::new(file))?;
+                labelled_samples(&set, &entry.input)?
+            }
+            (None, None) => {
+                labelled_samples(&manifest.load_samples(&entry.dataset)?, &entry.input)?
+            }
+        };
+        let calibration = labelled_samples(&manifest.load_samples(&entry.dataset)?, &entry.input)?
+            .into_iter()
+            .take(ConvertOptions::default().calibration_images)
+            .map(|(t, _)| t)
+            .collect();
+        Ok(Self {
+            name: model.to_string(),
+            ir,
+            labelled,
+            calibration,
+        })
+    }
+}
+
+fn labelled_samples(
+    set: &SampleSet,
+    spec: &cipherinfer_model::InputSpec,
+) -> Result<Vec<(Tensor, usize)>, BoxErr> {
+    Ok(plain::sample_inputs(set, spec)?
         .into_iter()
-        .map(|(t, l)| (t.into_data(), l))
+        .map(|(t, l)| (t, usize::from(l)))
+        .collect())
+}
+
+fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<(), BoxErr> {
+    let BenchInput {
+        name,
+        ir: original,
+        labelled,
+        calibration,
+    } = input;
+    let name = name.as_str();
+    let images = images.min(labelled.len());
+    let inputs: Vec<(Vec<f64>, usize)> = labelled[..images]
+        .iter()
+        .map(|(t, l)| (t.data().to_vec(), *l))
         .collect();
-    let images = images.min(inputs.len());
+    let mut ir = original.clone();
     let mut conversion_json = serde_json::Value::Null;
     if !ir.is_he_friendly() {
-        let labelled: Vec<(Tensor, u8)> = plain::sample_inputs(&samples, &entry.input)?;
+        if calibration.is_empty() {
+            return Err("the network needs calibration images to be converted".into());
+        }
         let options = ConvertOptions {
             degree: opts.degree,
             ..ConvertOptions::default()
         };
-        let conversion = convert_and_evaluate(&ir, &labelled, &options)?;
+        let conversion = convert(&ir, &calibration, &options)?;
         eprintln!("{}", conversion.report);
         conversion_json = serde_json::json!({
             "degree": opts.degree,
-            "accuracy_before": conversion.report.accuracy_before,
-            "accuracy_after": conversion.report.accuracy_after,
-            "evaluated_images": conversion.report.evaluated_images,
+            "calibration_images": calibration.len().min(options.calibration_images),
         });
         ir = conversion.model;
     }
-    let calibration: Vec<Vec<f64>> = inputs.iter().take(200).map(|(x, _)| x.clone()).collect();
+    // The network as given, in cleartext: what the user's own runtime would answer.
+    let original_argmax: Vec<usize> = labelled[..images]
+        .iter()
+        .map(|(t, _)| Ok(argmax(plain::run(&original, t)?.data())))
+        .collect::<Result<_, BoxErr>>()?;
+    let calibration: Vec<Vec<f64>> = calibration
+        .iter()
+        .take(ConvertOptions::default().calibration_images)
+        .map(|t| t.data().to_vec())
+        .collect();
     let params = match opts.params.as_str() {
         "auto" => {
             // The smallest 128-bit set whose ring offers the plan's depth with `batch` images.
@@ -163,6 +275,8 @@ fn run(
     let mut dec_ms = Vec::new();
     let mut per_step: Vec<Vec<f64>> = vec![Vec::new(); plan.steps.len()];
     let (mut agree, mut correct_enc, mut correct_plain) = (0usize, 0usize, 0usize);
+    let (mut agree_original, mut correct_original) = (0usize, 0usize);
+    let mut done = 0usize;
     let (mut in_bytes, mut out_bytes) = (0usize, 0usize);
     let mut worst: f64 = 0.0;
     for chunk in inputs[..images].chunks(batch) {
@@ -183,14 +297,18 @@ fn run(
         dec_ms.push(t.elapsed().as_secs_f64() * 1e3);
         for ((x, label), got) in chunk.iter().zip(&got_all) {
             let want = plan.execute_cleartext(x)?;
+            let given = original_argmax[done];
+            done += 1;
+            agree_original += usize::from(argmax(got) == given);
+            correct_original += usize::from(given == *label);
             worst = got
                 .iter()
                 .zip(&want)
                 .map(|(a, b)| (a - b).abs())
                 .fold(worst, f64::max);
             agree += usize::from(argmax(got) == argmax(&want));
-            correct_enc += usize::from(argmax(got) == *label as usize);
-            correct_plain += usize::from(argmax(&want) == *label as usize);
+            correct_enc += usize::from(argmax(got) == *label);
+            correct_plain += usize::from(argmax(&want) == *label);
         }
     }
     let total_eval_s: f64 = eval_ms.iter().sum::<f64>() / 1e3;
@@ -223,19 +341,32 @@ fn run(
         "encrypted_accuracy": correct_enc as f64 / images as f64,
         "cleartext_accuracy": correct_plain as f64 / images as f64,
         "argmax_agreement": agree as f64 / images as f64,
+        "original_network_accuracy": correct_original as f64 / images as f64,
+        "agreement_with_original_network": agree_original as f64 / images as f64,
+        "peak_memory_bytes": peak_memory_bytes(),
         "max_abs_logit_error": worst,
         "compile_s": compile_s,
         "keygen_s": keygen_s,
     });
     eprintln!(
-        "{name}: {images} images, batch {batch}, {threads} thread(s): {:.1} images/s; server {:.1} ms median per evaluation ({mean:.1} mean); keys {:.2} MB; input {:.1} KB; encrypted accuracy {:.2}%, argmax agreement {:.2}%",
+        "{name}: {images} images, batch {batch}, {threads} thread(s): {:.1} images/s; server {:.1} ms median per evaluation ({mean:.1} mean); keys {:.2} MB; input {:.1} KB; encrypted accuracy {:.2}% (network as given: {:.2}%), argmax agreement {:.2}% with the compiled plan, {:.2}% with the network as given",
         images as f64 / total_eval_s,
         median(&mut eval_ms),
         key_bytes as f64 / 1e6,
         in_bytes as f64 / 1e3,
         100.0 * correct_enc as f64 / images as f64,
-        100.0 * agree as f64 / images as f64
+        100.0 * correct_original as f64 / images as f64,
+        100.0 * agree as f64 / images as f64,
+        100.0 * agree_original as f64 / images as f64
     );
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), if known.
+fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

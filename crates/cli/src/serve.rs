@@ -35,7 +35,9 @@ pub struct ServeArgs {
     /// Directory of the local object store (keys, staged chunks, results).
     #[arg(long, default_value = "cipherinfer-data")]
     data_dir: PathBuf,
-    /// Served models, the first is the default (repeat or comma-separate).
+    /// Served models, the first is the default (repeat or comma-separate): a shipped model's
+    /// name (mnist-cnn, fashion-cnn, mnist-relu) or a model package directory (model.json +
+    /// model.onnx; served under the card's name).
     #[arg(long, value_delimiter = ',', default_values_t = ["mnist-cnn".to_string(), "fashion-cnn".to_string()])]
     model: Vec<String>,
     /// Accepted Host header values (default: loopback names). Repeat for several.

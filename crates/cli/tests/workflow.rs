@@ -238,6 +238,173 @@ fn classify_through_the_real_binaries() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Writes a model package of the shipped `model` under `dir`: the user's card (their own name
+/// and class names) and their ONNX file, with `calibration` sample images.
+fn write_package(dir: &Path, model: &str, name: &str, calibration: &[(PathBuf, usize)]) {
+    let manifest = Manifest::shipped().unwrap();
+    std::fs::create_dir_all(dir.join("calibration")).unwrap();
+    std::fs::write(
+        dir.join("model.onnx"),
+        manifest.read_model(model).unwrap().bytes,
+    )
+    .unwrap();
+    let card = serde_json::json!({
+        "format_version": 1,
+        "name": name,
+        "labels": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
+        "input": {"channels": 1, "height": 28, "width": 28, "mean": [0.1307], "std": [0.3081]}
+    });
+    std::fs::write(dir.join("model.json"), card.to_string()).unwrap();
+    for (i, (path, _)) in calibration.iter().enumerate() {
+        std::fs::copy(path, dir.join("calibration").join(format!("{i}.png"))).unwrap();
+    }
+}
+
+/// Bring your own model: a package directory is served by `serve --model DIR` under its card's
+/// name beside a shipped model, and `classify --model NAME` answers with the card's class names
+/// and the cleartext network's predictions. A bad package stops `serve` with its code.
+#[test]
+fn a_model_package_is_served_and_classified() {
+    let dir = temp("package");
+    let package = dir.join("my-digits");
+    let mnist = samples("mnist-cnn", 4);
+    write_package(&package, "mnist-cnn", "my-digits", &mnist[..2]);
+    let models = format!("mnist-cnn,{}", package.display());
+    let remote = Remote::start(&dir.join("server"), &models, &[]);
+    let mut args = vec![
+        "classify",
+        "--remote",
+        &remote.url,
+        "--json",
+        "--model",
+        "my-digits",
+    ];
+    let paths: Vec<String> = mnist
+        .iter()
+        .map(|(p, _)| p.to_string_lossy().into_owned())
+        .collect();
+    args.extend(paths.iter().map(String::as_str));
+    let run = cipherinfer(&args, &dir.join("keys"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let names = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    ];
+    for (r, (path, want)) in results(&run.stdout).iter().zip(&mnist) {
+        assert_eq!(r["model"], "my-digits", "{r}");
+        assert_eq!(r["class_index"], *want, "{}: {r}", path.display());
+        assert_eq!(r["label"], names[*want], "{r}");
+    }
+    drop(remote);
+
+    // A card that disagrees with its network: serve refuses to start and says why.
+    let bad = dir.join("bad");
+    write_package(&bad, "mnist-cnn", "bad", &[]);
+    let card = std::fs::read_to_string(bad.join("model.json")).unwrap();
+    std::fs::write(
+        bad.join("model.json"),
+        card.replace("\"nine\"", "\"nine\", \"ten\""),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--bind", "127.0.0.1:0", "--model"])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.join("server-bad"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("card_label_mismatch"), "{stderr}");
+    assert!(stderr.contains("11 labels"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shipped colour package (3×32×32 RGB, a conventional Conv-BN-ReLU-MaxPool CNN exported by
+/// stock PyTorch): `serve --model DIR` converts and compiles it, `classify` answers with the
+/// network's own predictions on its test images, and `bench model --model DIR` measures it.
+#[test]
+fn the_colour_package_runs_end_to_end() {
+    // Canonical: the local server refuses image paths with `..`.
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/colour-shapes")
+        .canonicalize()
+        .unwrap();
+    let pkg = cipherinfer_model::ModelPackage::load(&package).unwrap();
+    assert_eq!(pkg.card.input_shape(), (3, 32, 32));
+    assert!(!pkg.model.is_he_friendly(), "ReLU and MaxPool as exported");
+    let cases: Vec<(PathBuf, usize)> = pkg
+        .test
+        .iter()
+        .take(6)
+        .map(|t| {
+            let logits = plain::run(&pkg.model, &t.input).unwrap().into_data();
+            let argmax = logits
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, v)| if *v > logits[b] { i } else { b });
+            (package.join("test").join(&t.file), argmax)
+        })
+        .collect();
+    let dir = temp("colour");
+    let remote = Remote::start(&dir.join("server"), package.to_str().unwrap(), &[]);
+    let mut args = vec![
+        "classify",
+        "--remote",
+        &remote.url,
+        "--json",
+        "--model",
+        "colour-shapes",
+    ];
+    let paths: Vec<String> = cases
+        .iter()
+        .map(|(p, _)| p.to_string_lossy().into_owned())
+        .collect();
+    args.extend(paths.iter().map(String::as_str));
+    let run = cipherinfer(&args, &dir.join("keys"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = results(&run.stdout);
+    assert_eq!(got.len(), cases.len());
+    let agree = got
+        .iter()
+        .zip(&cases)
+        .filter(|(r, (_, want))| r["class_index"] == *want)
+        .count();
+    // Polynomial ReLUs may flip a near tie; the network's answer on nearly every image.
+    assert!(agree + 1 >= cases.len(), "{agree}/{}: {got:?}", cases.len());
+    for r in &got {
+        let i = r["class_index"].as_u64().unwrap() as usize;
+        assert_eq!(r["label"], pkg.card.labels[i], "{r}");
+    }
+    drop(remote);
+
+    let out = Command::new(BIN)
+        .args(["bench", "model", "--images", "2", "--model"])
+        .arg(&package)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["model"], "colour-shapes");
+    assert_eq!(report["images"], 2);
+    for field in [
+        "encrypted_accuracy",
+        "original_network_accuracy",
+        "agreement_with_original_network",
+        "eval_keys_bytes",
+        "peak_memory_bytes",
+    ] {
+        assert!(report[field].is_number(), "{field}: {report}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn keygen_and_provision_commands() {
     let dir = temp("provision");

@@ -2,6 +2,10 @@
 //! input packing, the level and scale to encrypt at, the rotation keys to generate, and where the
 //! outputs are. It travels from the server to the client, so [`ClientSpec::validate`] checks it
 //! like any untrusted input before use.
+//!
+//! It is typed wire data: the protocol's `ModelInfo.client_spec` and `generate_keys`'s
+//! `client_spec` are this struct, and its JSON Schema (derived here, with a mirror of the CKKS
+//! crate's [`ParametersLiteral`], which has no schema of its own) describes them field by field.
 
 use std::sync::Arc;
 
@@ -9,6 +13,7 @@ use cipherinfer_ckks::{
     Ciphertext, Decryptor, Encoder, Parameters, ParametersLiteral, SecretDistribution,
     SymmetricEncryptor,
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompileError, Result};
@@ -19,9 +24,10 @@ use crate::plan::SlotMap;
 pub const MAX_CIPHERTEXTS: usize = 64;
 
 /// The client's view of a compiled model.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ClientSpec {
     /// CKKS parameters (explicit primes).
+    #[schemars(with = "ParametersLiteralSchema")]
     pub parameters: ParametersLiteral,
     /// Hex SHA-256 parameter id, which must match `parameters`.
     pub parameter_id: String,
@@ -52,6 +58,60 @@ pub struct ClientSpec {
 
 fn one() -> usize {
     1
+}
+
+/// The JSON Schema of [`ParametersLiteral`] (the CKKS crate has no schemars dependency): the
+/// same fields with the same serde attributes, so the schema describes exactly the JSON the
+/// literal reads and writes. A test checks both round trips.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    rename = "ParametersLiteral",
+    description = "CKKS parameter set (the CKKS crate's ParametersLiteral): `log_q` (bit sizes) \
+                   or `q` (explicit primes), likewise `log_p` or `p` for the special primes. In a \
+                   client specification it is the canonical literal, with explicit primes."
+)]
+pub(crate) struct ParametersLiteralSchema {
+    /// log2 of the ring degree N.
+    log_n: u32,
+    /// Bit sizes of the ciphertext primes q_0 (base) .. q_L.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    log_q: Vec<u32>,
+    /// Explicit ciphertext primes (alternative to `log_q`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    q: Vec<u64>,
+    /// Bit sizes of the special primes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    log_p: Vec<u32>,
+    /// Explicit special primes (alternative to `log_p`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    p: Vec<u64>,
+    /// log2 of the default encoding scale.
+    log_scale: u32,
+    /// Number of key-switching digits; defaults to ceil((L+1) / #special primes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dnum: Option<usize>,
+    /// Secret key distribution (default uniform ternary).
+    #[serde(default)]
+    secret: SecretDistributionSchema,
+}
+
+/// The JSON Schema of [`SecretDistribution`] (see [`ParametersLiteralSchema`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[schemars(
+    rename = "SecretDistribution",
+    description = "Distribution of the secret key's coefficients."
+)]
+enum SecretDistributionSchema {
+    /// Uniform over {-1, 0, 1}: the distribution the security standard's tables assume.
+    #[default]
+    Ternary,
+    /// Ternary with exactly `hamming_weight` non-zero coefficients (at least 192 when secure).
+    SparseTernary {
+        /// Number of non-zero coefficients.
+        hamming_weight: usize,
+    },
 }
 
 fn bad(msg: impl Into<String>) -> CompileError {
@@ -338,4 +398,100 @@ fn decrypt_and_unpack(
         noise_floor: floor,
         measured_noise: measured,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    /// Every literal reads as the mirror and writes back the same JSON, and the other way round:
+    /// the schema mirror cannot drift from the CKKS crate's serde form unnoticed.
+    #[test]
+    fn the_parameters_schema_mirrors_the_literal() {
+        let full = ParametersLiteral {
+            log_n: 13,
+            log_q: vec![30, 26],
+            q: vec![1_073_643_521, 67_731_457],
+            log_p: vec![58],
+            p: vec![288_230_376_151_130_113],
+            log_scale: 26,
+            dnum: Some(2),
+            secret: SecretDistribution::SparseTernary {
+                hamming_weight: 192,
+            },
+        };
+        let minimal = ParametersLiteral {
+            log_n: 14,
+            log_q: vec![],
+            q: vec![],
+            log_p: vec![],
+            p: vec![],
+            log_scale: 40,
+            dnum: None,
+            secret: SecretDistribution::Ternary,
+        };
+        for lit in [
+            full,
+            minimal,
+            cipherinfer_ckks::Preset::Pn13Depth5.literal(),
+        ] {
+            let json = serde_json::to_value(&lit).unwrap();
+            let mirror: ParametersLiteralSchema = serde_json::from_value(json.clone()).unwrap();
+            let back = serde_json::to_value(&mirror).unwrap();
+            assert_eq!(back, json);
+            let again: ParametersLiteral = serde_json::from_value(back).unwrap();
+            assert_eq!(again, lit);
+        }
+        // Omitted optional fields read the same way on both sides.
+        let sparse = serde_json::json!({"log_n": 12, "log_scale": 30});
+        let lit: ParametersLiteral = serde_json::from_value(sparse.clone()).unwrap();
+        let mirror: ParametersLiteralSchema = serde_json::from_value(sparse).unwrap();
+        assert_eq!(
+            serde_json::to_value(&lit).unwrap(),
+            serde_json::to_value(&mirror).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_client_spec_schema_describes_its_fields() {
+        let schema = serde_json::to_value(schemars::schema_for!(ClientSpec)).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        for f in [
+            "parameters",
+            "parameter_id",
+            "input_shape",
+            "input",
+            "batch_size",
+            "input_level",
+            "input_scale",
+            "rotation_steps",
+            "relinearization",
+            "output",
+            "output_shape",
+            "output_multiplier",
+            "depth",
+        ] {
+            assert!(props.contains_key(f), "{f}");
+        }
+        let mut required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        required.sort_unstable();
+        // batch_size has a default.
+        assert!(!required.contains(&"batch_size"));
+        assert_eq!(required.len(), 12);
+        let defs = &schema["$defs"];
+        let params = &defs["ParametersLiteral"];
+        assert_eq!(params["additionalProperties"], serde_json::json!(false));
+        assert_eq!(
+            params["required"],
+            serde_json::json!(["log_n", "log_scale"])
+        );
+        assert!(defs["SlotMap"]["properties"]["positions"].is_object());
+        assert!(defs["Shape"].is_object());
+    }
 }

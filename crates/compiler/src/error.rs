@@ -43,6 +43,14 @@ pub enum CompileError {
     /// The plan multiplies ciphertexts and no relinearization key was given.
     #[error("missing the relinearization key")]
     MissingRelinearizationKey,
+    /// Replacing ReLU-like activations or MaxPool by polynomials failed.
+    #[error("conversion: {0}")]
+    Conversion(#[from] cipherinfer_model::ConvertError),
+    /// A network that is not HE-friendly came without calibration inputs.
+    #[error(
+        "the network uses {0}, which is approximated by polynomials over the input ranges seen on calibration images; give some (a calibration/ or test/ directory in the model package)"
+    )]
+    NeedsCalibration(String),
 }
 
 impl CompileError {
@@ -57,6 +65,8 @@ impl CompileError {
             CompileError::DepthExceeded { .. } => "depth_exceeded",
             CompileError::MissingRotationKeys { .. } => "invalid_galois_key",
             CompileError::MissingRelinearizationKey => "missing_relinearization_key",
+            CompileError::Conversion(_) => "conversion_failed",
+            CompileError::NeedsCalibration(_) => "needs_calibration",
         }
     }
 }

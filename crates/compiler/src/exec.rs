@@ -9,14 +9,14 @@
 //! (the interleaving is an isomorphism of the slot algebra). The rotation keys are the plan's
 //! steps times `B`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use cipherinfer_ckks::linear::dilate;
 use cipherinfer_ckks::{
-    Ciphertext, Encoder, Evaluator, ExtendedPlaintext, Parameters, Plaintext, Polynomial,
+    Ciphertext, EncodedLinearTransform, Encoder, Evaluator, LinearTransform, MaskEncoding,
+    Parameters, Plaintext, Polynomial,
 };
-use rayon::prelude::*;
 
 use crate::client::ClientSpec;
 use crate::error::{CompileError, Result};
@@ -26,28 +26,11 @@ use crate::plan::{Plan, Step, chebyshev_polynomial, is_pure_square};
 /// them when their step runs (1 GiB).
 pub const DEFAULT_MASK_BUDGET: usize = 1 << 30;
 
-/// A mask of a linear step.
-enum Mask {
-    /// Encoded in Q ∪ P at the step's level.
-    Ready(ExtendedPlaintext),
-    /// The diagonal (already rotated by its giant step, in the plan's slot domain), encoded when
-    /// the step runs.
-    Lazy(Vec<f64>),
-}
-
-/// Per input ciphertext, the (baby step, mask) terms of one (output, giant step) group.
-type GroupParts = Vec<(usize, Vec<(i64, Mask)>)>;
-
+/// A linear step: the BSGS transform, then the bias and the block sums.
 struct EncodedLinear {
-    level: usize,
-    mask_scale: f64,
-    /// Rotation of giant step `j` is `j · giant_unit` (baby-step size times the batch).
-    giant_unit: usize,
-    /// (output ct, giant step j) -> [(input ct, [(baby rotation, mask)])]
-    groups: BTreeMap<(usize, usize), GroupParts>,
+    transform: EncodedLinearTransform,
     bias: Vec<Plaintext>,
     block_sum: Vec<i64>,
-    out_cts: usize,
 }
 
 enum EncodedStep {
@@ -62,13 +45,6 @@ fn poly_step(p: Polynomial, level: &mut usize) -> Result<EncodedStep> {
         CompileError::DoesNotFit("polynomial deeper than the remaining levels".into())
     })?;
     Ok(EncodedStep::Poly(p))
-}
-
-/// Repeats every value `batch` times: slot `i·batch + b` holds `v[i]`.
-fn dilate(v: &[f64], batch: usize) -> Vec<f64> {
-    v.iter()
-        .flat_map(|&x| std::iter::repeat_n(x, batch))
-        .collect()
 }
 
 /// A plan ready to run on ciphertexts under one parameter set.
@@ -135,61 +111,44 @@ impl HeModel {
             )));
         }
         let q = params.q_primes();
-        let p_count = params.p_primes().len();
-        // Bytes of all masks if pre-encoded: each is (level + 1 + |P|) residues of N words.
+        // The BSGS transforms of the linear steps, and the bytes of all their masks if encoded
+        // ahead of time.
         let mut level = depth;
         let mut mask_bytes = 0usize;
+        let mut transforms = Vec::new();
         for step in &plan.steps {
             if let Step::Linear(l) = step {
-                let count: usize = l.diagonals.values().map(|d| d.len()).sum();
-                mask_bytes = mask_bytes
-                    .saturating_add(count.saturating_mul((level + 1 + p_count) * params.n() * 8));
+                let lt = LinearTransform::from_blocks(
+                    plan.slots,
+                    l.in_cts,
+                    l.out_cts,
+                    l.diagonals.clone(),
+                )?
+                .with_baby_steps(l.baby_steps)?;
+                mask_bytes = mask_bytes.saturating_add(lt.encoded_bytes(&params, level));
+                transforms.push(lt);
             }
             level = level.saturating_sub(step.depth());
         }
         let lazy_masks = mask_bytes > budget;
         let encoder = Encoder::new(params.clone());
+        let mut transforms = transforms.into_iter();
         let mut level = depth;
         let mut scale = params.default_scale();
         let mut steps = Vec::with_capacity(plan.steps.len());
         for step in &plan.steps {
             match step {
                 Step::Linear(l) => {
-                    let n1 = l.baby_steps;
                     let mask_scale = q[level] as f64;
-                    let mut flat: Vec<(usize, usize, usize, i64, Vec<f64>)> = Vec::new();
-                    for (&(o, i), diags) in &l.diagonals {
-                        for (&k, d) in diags {
-                            let (j, b) = (k / n1, k % n1);
-                            let shift = j * n1;
-                            let n = d.len();
-                            let rotated: Vec<f64> =
-                                (0..n).map(|t| d[(t + n - shift % n) % n]).collect();
-                            flat.push((o, j, i, (b * batch) as i64, rotated));
-                        }
-                    }
-                    let masks: Vec<Mask> = flat
-                        .par_iter_mut()
-                        .map(|(.., rotated)| {
-                            if lazy_masks {
-                                Ok(Mask::Lazy(std::mem::take(rotated)))
-                            } else {
-                                Ok(Mask::Ready(encoder.encode_extended(
-                                    &dilate(rotated, batch),
-                                    level,
-                                    mask_scale,
-                                )?))
-                            }
-                        })
-                        .collect::<Result<_>>()?;
-                    let mut groups: BTreeMap<(usize, usize), GroupParts> = BTreeMap::new();
-                    for ((o, j, i, b, _), mask) in flat.into_iter().zip(masks) {
-                        let parts = groups.entry((o, j)).or_default();
-                        match parts.last_mut() {
-                            Some((last, terms)) if *last == i => terms.push((b, mask)),
-                            _ => parts.push((i, vec![(b, mask)])),
-                        }
-                    }
+                    let masks = if lazy_masks {
+                        MaskEncoding::OnUse
+                    } else {
+                        MaskEncoding::Ahead
+                    };
+                    let transform = transforms.next().ok_or_else(|| {
+                        CompileError::Input("linear step without its transform".into())
+                    })?;
+                    let transform = transform.encode_with(&encoder, level, mask_scale, masks)?;
                     let out_scale = scale * mask_scale / q[level] as f64;
                     let bias = l
                         .bias
@@ -197,13 +156,9 @@ impl HeModel {
                         .map(|b| encoder.encode(&dilate(b, batch), level - 1, out_scale))
                         .collect::<std::result::Result<Vec<_>, _>>()?;
                     steps.push(EncodedStep::Linear(EncodedLinear {
-                        level,
-                        mask_scale,
-                        giant_unit: n1 * batch,
-                        groups,
+                        transform,
                         bias,
                         block_sum: l.block_sum.iter().map(|&s| (s * batch) as i64).collect(),
-                        out_cts: l.out_cts,
                     }));
                     level -= 1;
                     scale = out_scale;
@@ -410,79 +365,17 @@ impl HeModel {
         inputs: &[Ciphertext],
         cancel: &AtomicBool,
     ) -> Result<Vec<Ciphertext>> {
-        if inputs.iter().any(|c| c.level() != l.level) {
-            return Err(CompileError::Input(
-                "ciphertext level does not match the plan".into(),
-            ));
-        }
-        // Per input ciphertext: one decomposition and, per baby step, one key inner product,
-        // shared by every output ciphertext and giant step.
-        let mut babies: Vec<std::collections::BTreeSet<i64>> =
-            vec![Default::default(); inputs.len()];
-        for parts in l.groups.values() {
-            for (i, terms) in parts {
-                babies[*i].extend(terms.iter().map(|(b, _)| *b));
-            }
-        }
-        let rots = inputs
-            .iter()
-            .zip(&babies)
-            .map(|(c, b)| ev.rotations_extended(c, None, &b.iter().copied().collect::<Vec<_>>()))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let encoder = self.lazy_masks.then(|| Encoder::new(self.params.clone()));
-        let mut outs: Vec<Option<Ciphertext>> = vec![None; l.out_cts];
-        for (&(o, j), parts) in &l.groups {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(CompileError::Cancelled);
-            }
-            let mut inner: Option<Ciphertext> = None;
-            for (i, terms) in parts {
-                let encoded: Vec<Option<ExtendedPlaintext>> = match &encoder {
-                    Some(enc) => terms
-                        .par_iter()
-                        .map(|(_, m)| match m {
-                            Mask::Lazy(d) => Ok(Some(enc.encode_extended(
-                                &dilate(d, self.batch),
-                                l.level,
-                                l.mask_scale,
-                            )?)),
-                            Mask::Ready(_) => Ok(None),
-                        })
-                        .collect::<Result<_>>()?,
-                    None => Vec::new(),
-                };
-                let refs = terms
-                    .iter()
-                    .enumerate()
-                    .map(|(t, (b, m))| match (m, encoded.get(t)) {
-                        (Mask::Ready(pt), _) => Ok((*b, pt)),
-                        (Mask::Lazy(_), Some(Some(pt))) => Ok((*b, pt)),
-                        (Mask::Lazy(_), _) => Err(CompileError::Input(
-                            "a lazily encoded mask was not encoded".into(),
-                        )),
-                    })
-                    .collect::<Result<Vec<(i64, &ExtendedPlaintext)>>>()?;
-                let part = ev.combine_rotations(&rots[*i], &refs)?;
-                match inner.as_mut() {
-                    None => inner = Some(part),
-                    Some(acc) => ev.add_assign(acc, &part)?,
+        let mut result = ev
+            .linear_transform_blocks(inputs, &l.transform, Some(cancel))
+            .map_err(|e| match e {
+                cipherinfer_ckks::Error::Cancelled => CompileError::Cancelled,
+                cipherinfer_ckks::Error::LevelMismatch { .. } => {
+                    CompileError::Input("ciphertext level does not match the plan".into())
                 }
-            }
-            let Some(inner) = inner else { continue };
-            let moved = ev.rotate(&inner, (j * l.giant_unit) as i64)?;
-            match outs[o].as_mut() {
-                None => outs[o] = Some(moved),
-                Some(acc) => ev.add_assign(acc, &moved)?,
-            }
-        }
-        let mut result = Vec::with_capacity(l.out_cts);
-        for (o, acc) in outs.into_iter().enumerate() {
-            let acc = acc.ok_or_else(|| {
-                CompileError::Input(format!("output ciphertext {o} has no terms"))
+                e => CompileError::Ckks(e),
             })?;
-            let mut r = ev.rescale(&acc)?;
-            r = ev.add_plain(&r, &l.bias[o])?;
-            result.push(r);
+        for (r, bias) in result.iter_mut().zip(&l.bias) {
+            *r = ev.add_plain(r, bias)?;
         }
         for &step in &l.block_sum {
             let rot = ev.rotate(&result[0], step)?;

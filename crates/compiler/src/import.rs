@@ -3,12 +3,66 @@
 use std::sync::Arc;
 
 use cipherinfer_ckks::Parameters;
+use cipherinfer_model::convert::{ConversionReport, ConvertOptions, convert};
 use cipherinfer_model::ir::{Model, Op};
+use cipherinfer_model::plain::Tensor;
 
 use crate::error::{CompileError, Result};
 use crate::exec::HeModel;
 use crate::network::{Layer, Network};
 use crate::plan::{CompileOptions, compile_with, output_divisor_for};
+
+/// A network compiled for serving.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The HE-friendly network that runs encrypted (after conversion).
+    pub model: Model,
+    /// Its layer chain.
+    pub network: Network,
+    /// The encrypted executor.
+    pub he: HeModel,
+    /// What the conversion did, when the network was not HE-friendly as given.
+    pub conversion: Option<ConversionReport>,
+}
+
+/// Compiles any supported image classifier for serving: a network with ReLU-like activations or
+/// MaxPool is first converted to polynomials fitted over the input ranges seen on `calibration`
+/// (with `options`); then [`compile_model_auto`] picks the smallest 128-bit parameters.
+pub fn compile_for_serving(
+    ir: &Model,
+    calibration: &[Tensor],
+    options: &ConvertOptions,
+) -> Result<Compiled> {
+    let (model, conversion) = if ir.is_he_friendly() {
+        (ir.clone(), None)
+    } else {
+        if calibration.is_empty() {
+            let kinds: std::collections::BTreeSet<&str> = ir
+                .nodes()
+                .iter()
+                .filter(|n| !n.op.is_he_friendly())
+                .map(|n| n.op.kind())
+                .collect();
+            return Err(CompileError::NeedsCalibration(
+                kinds.into_iter().collect::<Vec<_>>().join(", "),
+            ));
+        }
+        let c = convert(ir, calibration, options)?;
+        (c.model, Some(c.report))
+    };
+    let inputs: Vec<Vec<f64>> = calibration
+        .iter()
+        .take(options.calibration_images.max(1))
+        .map(|t| t.data().to_vec())
+        .collect();
+    let (network, he) = compile_model_auto(&model, &inputs)?;
+    Ok(Compiled {
+        model,
+        network,
+        he,
+        conversion,
+    })
+}
 
 /// Compiles an HE-friendly IR model choosing the parameters: for each ring degree from 2^13 up,
 /// compiles the plan for that slot count and takes the smallest 128-bit parameter set that offers

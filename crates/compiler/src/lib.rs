@@ -17,7 +17,9 @@ pub mod select;
 pub use client::ClientSpec;
 pub use error::{CompileError, Result};
 pub use exec::{EvalReport, HeModel};
-pub use import::{compile_model, compile_model_auto, compile_model_batch};
+pub use import::{
+    Compiled, compile_for_serving, compile_model, compile_model_auto, compile_model_batch,
+};
 pub use network::{Layer, Network, Shape};
 pub use plan::{CompileOptions, Plan, SlotMap, Step, compile, compile_with, output_divisor_for};
 pub use select::{select_literal, select_parameters};

@@ -1,6 +1,7 @@
 //! The network as the compiler sees it: a sequential chain of HE-friendly layers on a CHW tensor
 //! (batch 1), with a plaintext f64 forward pass that is the ground truth for every test.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompileError, Result};
@@ -73,7 +74,7 @@ pub struct Network {
 }
 
 /// Shape of a tensor between layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Shape {
     /// Channels, height, width.
     Chw(usize, usize, usize),

@@ -10,6 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use cipherinfer_ckks::bsgs_rotation_steps;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompileError, Result};
@@ -17,9 +19,9 @@ use crate::linear::LinearOp;
 use crate::network::{Layer, Network, Shape};
 
 /// Geometry of a CHW tensor laid out channel-per-block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Grid {
-    /// Channels, height, width.
+    /// Channels.
     pub c: usize,
     /// Height.
     pub h: usize,
@@ -50,7 +52,7 @@ impl Grid {
 }
 
 /// Where each feature of a tensor is stored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SlotMap {
     /// Number of ciphertexts.
     pub num_cts: usize,
@@ -319,8 +321,7 @@ pub fn output_divisor_for(max_abs: f64, params: &cipherinfer_ckks::Parameters) -
 
 /// Rotation keys a linear step needs with baby-step size `n1`.
 fn step_keys(keys: &BTreeSet<usize>, n1: usize, block_sum: &[usize]) -> BTreeSet<usize> {
-    let mut out: BTreeSet<usize> = keys.iter().map(|&k| k % n1).filter(|&i| i != 0).collect();
-    out.extend(keys.iter().map(|&k| k / n1 * n1).filter(|&j| j != 0));
+    let mut out = bsgs_rotation_steps(keys.iter().copied(), n1);
     out.extend(block_sum.iter().copied());
     out
 }
@@ -336,21 +337,15 @@ fn best_baby_steps(
     let mut best = ((usize::MAX, usize::MAX), 1usize);
     let mut n1 = 1usize;
     while n1 <= slots {
-        let needed = step_keys(keys, n1, block_sum);
-        let new = needed.difference(others).count();
-        let babies = keys
+        let rotations = bsgs_rotation_steps(keys.iter().copied(), n1);
+        let new = rotations
             .iter()
-            .map(|&k| k % n1)
-            .filter(|&i| i != 0)
+            .chain(block_sum)
             .collect::<BTreeSet<_>>()
-            .len();
-        let giants = keys
-            .iter()
-            .map(|&k| k / n1)
-            .filter(|&j| j != 0)
-            .collect::<BTreeSet<_>>()
-            .len();
-        let cost = (new, babies + giants);
+            .into_iter()
+            .filter(|k| !others.contains(k))
+            .count();
+        let cost = (new, rotations.len());
         if cost < best.0 {
             best = (cost, n1);
         }
@@ -401,17 +396,11 @@ impl Plan {
         let mut out = BTreeSet::new();
         for step in &self.steps {
             if let Step::Linear(l) = step {
-                let n1 = l.baby_steps;
-                for diags in l.diagonals.values() {
-                    for &k in diags.keys() {
-                        if k % n1 != 0 {
-                            out.insert((k % n1) as i64);
-                        }
-                        if k / n1 != 0 {
-                            out.insert((k / n1 * n1) as i64);
-                        }
-                    }
-                }
+                out.extend(
+                    bsgs_rotation_steps(l.keys(), l.baby_steps)
+                        .into_iter()
+                        .map(|s| s as i64),
+                );
                 out.extend(l.block_sum.iter().map(|&s| s as i64));
             }
         }

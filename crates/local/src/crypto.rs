@@ -23,7 +23,7 @@ use crate::fsutil::{Confinement, FILE_MODE, read_limited, write_atomic};
 use crate::output::{self, MAX_RESULT_FILE_BYTES};
 use crate::store::{
     ClientRecord, KeyStore, LoadedClient, RECORD_FORMAT, identity_preprocessing, now,
-    parse_client_spec, parse_preprocessing, shape_len,
+    parse_preprocessing, shape_len, validate_client_spec,
 };
 
 /// Largest `inline_max_bytes` honoured: bigger requests are capped so that one tool result
@@ -110,7 +110,8 @@ impl LocalCrypto {
     pub fn generate_keys(&self, a: &GenerateKeysArgs) -> Result<GenerateKeysResult> {
         a.validate()?;
         let started = Instant::now();
-        let (spec, params) = parse_client_spec(&a.client_spec)?;
+        let params = validate_client_spec(&a.client_spec)?;
+        let spec = &a.client_spec;
         let algorithm_id = AlgorithmId::for_ckks(&params)?;
         if !a.overwrite && self.store.exists(&a.client_id)? {
             return Err(ToolError::new(

@@ -102,8 +102,9 @@ pub struct ClientRecord {
     pub client_id: String,
     /// Model the keys are for.
     pub model: String,
-    /// The model's client specification as received (validated on every load).
-    pub client_spec: serde_json::Value,
+    /// The model's client specification as received (validated on every load). Stored in
+    /// its wire form, so records written when it was untyped JSON read the same.
+    pub client_spec: ClientSpec,
     /// Class names by output index.
     pub labels: Vec<String>,
     /// Image preprocessing: the manifest's `InputSpec` JSON.
@@ -180,20 +181,17 @@ pub fn shape_len(shape: &Shape) -> usize {
     }
 }
 
-/// Parses and validates a client specification (untrusted JSON): the parameters are rebuilt
-/// with the 128-bit check, every field is checked against them.
-pub fn parse_client_spec(value: &serde_json::Value) -> Result<(ClientSpec, Arc<Parameters>)> {
-    let spec: ClientSpec = serde_json::from_value(value.clone())
-        .map_err(|e| ToolError::new(ErrorCode::InvalidArgument, format!("client_spec: {e}")))?;
-    let params = spec.validate().map_err(|e| match e {
+/// Validates a client specification (untrusted, already parsed from its typed wire form): the
+/// parameters are rebuilt with the 128-bit check, every field is checked against them.
+pub fn validate_client_spec(spec: &ClientSpec) -> Result<Arc<Parameters>> {
+    spec.validate().map_err(|e| match e {
         cipherinfer_compiler::CompileError::Ckks(c) => {
             let mut t = ToolError::from_ckks(&c, ErrorCode::InvalidParameters);
             t.message = format!("client_spec: {}", t.message);
             t
         }
         other => ToolError::new(ErrorCode::InvalidArgument, other.to_string()),
-    })?;
-    Ok((spec, params))
+    })
 }
 
 /// Parses a preprocessing object (the manifest's `InputSpec`) and checks it against the model
@@ -437,8 +435,9 @@ impl KeyStore {
     /// rebuilt with the security check), preprocessing, labels and the secret key.
     pub fn load(&self, client_id: &str) -> Result<LoadedClient> {
         let record = self.record(client_id)?;
-        let (spec, params) = parse_client_spec(&record.client_spec)
+        let params = validate_client_spec(&record.client_spec)
             .map_err(|e| corrupt(client_id, CLIENT_FILE, e))?;
+        let spec = record.client_spec.clone();
         if params.id_hex() != record.parameter_id {
             return Err(corrupt(client_id, CLIENT_FILE, "parameter id mismatch"));
         }

@@ -10,9 +10,11 @@ use std::os::unix::fs::PermissionsExt;
 use cipherinfer_ckks::serialization::ToBytes;
 use cipherinfer_local::output::encode_output;
 use cipherinfer_local::store::{CLIENT_FILE, EVALUATION_KEYS_FILE, SECRET_KEY_FILE};
-use cipherinfer_protocol::ErrorCode;
-use cipherinfer_protocol::local::{ExportEvaluationKeysArgs, FheDecryptArgs, FheEncryptArgs};
+use cipherinfer_protocol::local::{
+    ExportEvaluationKeysArgs, FheDecryptArgs, FheEncryptArgs, GenerateKeysArgs,
+};
 use cipherinfer_protocol::validate::sha256_hex;
+use cipherinfer_protocol::{ErrorCode, parse_arguments};
 use common::*;
 
 fn encrypt_args(client_id: &str, image: &str, session_dir: &str) -> FheEncryptArgs {
@@ -330,26 +332,36 @@ fn untrusted_client_specs_are_validated() {
     let scratch = Scratch::new("spec");
     let crypto = crypto(&scratch);
     let mut a = keygen_args("s");
-    a.client_spec = serde_json::json!({"foo": 1});
-    fails(crypto.generate_keys(&a), ErrorCode::InvalidArgument);
-    a.client_spec = serde_json::json!([1]);
-    fails(crypto.generate_keys(&a), ErrorCode::InvalidArgument);
+    // The form is checked when the arguments are parsed (a typed ClientSpec).
+    for bad in [serde_json::json!({"foo": 1}), serde_json::json!([1])] {
+        let mut args = serde_json::to_value(&a).unwrap();
+        args["client_spec"] = bad;
+        let err = parse_arguments::<GenerateKeysArgs>(args).unwrap_err();
+        assert_eq!(err.error_code, ErrorCode::InvalidArgument);
+        assert!(err.message.contains("client_spec"), "{}", err.message);
+    }
 
     // The same primes on a ring half the size: far above the 128-bit bound of N = 4096.
     let mut spec = served().info.client_spec.clone();
-    spec["parameters"]["log_n"] = serde_json::json!(12);
+    spec.parameters.log_n = 12;
     a.client_spec = spec;
     fails(crypto.generate_keys(&a), ErrorCode::WeakParameters);
 
     // A parameter id that does not match the parameters.
     let mut spec = served().info.client_spec.clone();
-    spec["parameter_id"] = serde_json::json!("00".repeat(32));
+    spec.parameter_id = "00".repeat(32);
     a.client_spec = spec;
     fails(crypto.generate_keys(&a), ErrorCode::InvalidArgument);
 
     // Rotation steps beyond the slots.
     let mut spec = served().info.client_spec.clone();
-    spec["rotation_steps"] = serde_json::json!([1i64 << 40]);
+    spec.rotation_steps = vec![1i64 << 40];
+    a.client_spec = spec;
+    fails(crypto.generate_keys(&a), ErrorCode::InvalidArgument);
+
+    // An input map that points outside its ciphertexts.
+    let mut spec = served().info.client_spec.clone();
+    spec.input.positions[0][0].0 = spec.input.num_cts;
     a.client_spec = spec;
     fails(crypto.generate_keys(&a), ErrorCode::InvalidArgument);
     assert!(crypto.store().list().unwrap().is_empty());
@@ -409,6 +421,20 @@ fn corrupt_key_store_files_are_refused() {
         crypto.fhe_decrypt(&decrypt_args("dave", &result)),
         ErrorCode::MalformedKeys,
     );
+    // A client_spec of the wrong form is a corrupt record too.
+    v["client_spec"]["parameters"]["log_n"] = serde_json::json!("x");
+    std::fs::write(&record, serde_json::to_vec(&v).unwrap()).unwrap();
+    fails(
+        crypto.fhe_decrypt(&decrypt_args("dave", &result)),
+        ErrorCode::MalformedKeys,
+    );
+    // A record as the untyped store wrote it (client_spec an arbitrary JSON object, keys in
+    // sorted order) still loads.
+    let untyped: serde_json::Value = serde_json::from_slice(&good_record).unwrap();
+    std::fs::write(&record, serde_json::to_vec_pretty(&untyped).unwrap()).unwrap();
+    crypto
+        .fhe_decrypt(&decrypt_args("dave", &result))
+        .expect("a record in the untyped layout loads");
     std::fs::write(&record, &good_record).unwrap();
 
     // A tampered bundle is caught by its recorded SHA-256 before export.

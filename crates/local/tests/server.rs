@@ -107,8 +107,49 @@ async fn tools_over_an_in_memory_transport() {
         assert!(t.output_schema.is_some(), "{} has no output schema", t.name);
         assert_eq!(t.input_schema.get("type"), Some(&json!("object")));
     }
+    // generate_keys describes client_spec field by field (the compiler's ClientSpec).
+    let keygen = tools.iter().find(|t| t.name == "generate_keys").unwrap();
+    let schema = Value::Object((*keygen.input_schema).clone());
+    assert_eq!(
+        schema["properties"]["client_spec"]["$ref"],
+        json!("#/$defs/ClientSpec")
+    );
+    let spec_schema = &schema["$defs"]["ClientSpec"];
+    for f in [
+        "parameters",
+        "rotation_steps",
+        "input",
+        "input_level",
+        "output_shape",
+    ] {
+        assert!(
+            spec_schema["properties"].get(f).is_some(),
+            "{f}: {spec_schema}"
+        );
+    }
+    assert!(
+        schema["$defs"]["ParametersLiteral"]["properties"]
+            .get("log_n")
+            .is_some()
+    );
 
     let info = &served().info;
+    // A client_spec of the wrong form is ERROR_INVALID_ARGUMENT naming the field.
+    let mut bad_spec = serde_json::to_value(&info.client_spec).unwrap();
+    bad_spec["input_level"] = json!("x");
+    for spec in [bad_spec, json!({"foo": 1}), json!([1])] {
+        let v = fails(
+            &peer,
+            "generate_keys",
+            json!({"client_id": "mallory", "model": info.name, "client_spec": spec}),
+            "ERROR_INVALID_ARGUMENT",
+        )
+        .await;
+        assert!(
+            v["message"].as_str().unwrap().contains("client_spec"),
+            "{v}"
+        );
+    }
     let keys = ok(
         &peer,
         "generate_keys",

@@ -2,6 +2,9 @@
 //! plaintext reference executor, beside the loader of the shipped `models/` directory.
 //!
 //! - [`manifest`]: the shipped manifest, sha256-verified model files, labelled sample sets.
+//! - [`package`]: a user's model as a directory (`model.json` card, `model.onnx`, calibration
+//!   and test images), loaded with limits and checked against the graph.
+//! - [`image`]: PNG/JPEG → normalized CHW input, bounded (shared by client and server).
 //! - [`ir`]: the model IR, a DAG of typed layers on CHW tensors with shapes checked at build time,
 //!   multiplicative-depth accounting, BatchNorm folding and a JSON form.
 //! - [`onnx`]: a bounded protobuf decoder for PyTorch-exported ONNX and its translation to the IR.
@@ -24,9 +27,11 @@
 //! ```
 
 pub mod convert;
+pub mod image;
 pub mod ir;
 pub mod manifest;
 pub mod onnx;
+pub mod package;
 pub mod plain;
 
 pub use convert::{ConversionReport, ConvertError, ConvertOptions, FitMethod};
@@ -37,4 +42,5 @@ pub use manifest::{
     Training, VerifiedModel, shipped_models_dir,
 };
 pub use onnx::OnnxError;
+pub use package::{ModelCard, ModelPackage, PackageError};
 pub use plain::Tensor;

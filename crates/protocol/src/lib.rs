@@ -11,12 +11,14 @@
 //! - [`integrity`]: Ed25519 identities, signed key bundles, requests and results; replay window.
 //! - [`remote`]: remote server tool arguments and results (Step 0, upload, inference, ...).
 //! - [`local`]: local server tool arguments and results (keygen, encrypt, decrypt, classify).
+//! - [`client_spec`]: the model's client specification (the compiler's [`ClientSpec`]), typed.
 //!
 //! `docs/protocol.md` is the normative description of the wire format.
 
 pub mod algorithm;
 pub mod auth;
 pub mod canonical;
+pub mod client_spec;
 pub mod error;
 pub mod integrity;
 pub mod local;
@@ -27,6 +29,7 @@ pub mod validate;
 pub use algorithm::{AlgorithmId, Scheme};
 pub use auth::{AuthToken, TokenHash};
 pub use canonical::{canonical_call_bytes, canonical_json};
+pub use client_spec::ClientSpec;
 pub use error::{ErrorCode, Result, ToolError, parse_arguments};
 pub use params::{ExtendedParameters, InferenceTelemetry, SchemeContext};
 pub use validate::Limits;

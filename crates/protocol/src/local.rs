@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::AlgorithmId;
+use crate::client_spec::ClientSpec;
 use crate::error::{ErrorCode, Result, ToolError};
 use crate::params::ExtendedParameters;
 use crate::validate::{validate_client_id, validate_file_name, validate_model_name};
@@ -83,9 +84,10 @@ pub struct GenerateKeysArgs {
     pub client_id: String,
     /// Model name the keys are for.
     pub model: String,
-    /// The model's client specification (ModelInfo.client_spec): parameters, rotation steps,
-    /// relinearization, packing.
-    pub client_spec: serde_json::Value,
+    /// The model's client specification, as `ModelInfo.client_spec` gives it: parameters,
+    /// rotation steps, relinearization, packing. Untrusted: validated before any key is made.
+    #[serde(deserialize_with = "crate::client_spec::deserialize")]
+    pub client_spec: ClientSpec,
     /// Replace an existing key set of this client (default false: refuse).
     #[serde(default)]
     pub overwrite: bool,
@@ -101,16 +103,12 @@ pub struct GenerateKeysArgs {
 }
 
 impl GenerateKeysArgs {
-    /// Validates identifiers.
+    /// Validates identifiers, labels and the form of the preprocessing. The client
+    /// specification's contents are checked against its parameters by the local server
+    /// (`ClientSpec::validate`).
     pub fn validate(&self) -> Result<()> {
         validate_client_id(&self.client_id)?;
         validate_model_name(&self.model)?;
-        if !self.client_spec.is_object() {
-            return Err(ToolError::new(
-                ErrorCode::InvalidArgument,
-                "client_spec must be an object",
-            ));
-        }
         if let Some(labels) = &self.labels {
             if labels.is_empty() || labels.len() > MAX_LABELS {
                 return Err(ToolError::new(

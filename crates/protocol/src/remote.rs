@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::algorithm::AlgorithmId;
 use crate::auth::AuthToken;
+use crate::client_spec::ClientSpec;
 use crate::error::{ErrorCode, Result, ToolError};
 use crate::integrity::{BundleSignature, PublicIdentity, ResultSignature};
 use crate::params::{ExtendedParameters, InferenceTelemetry, with_extended_parameters};
@@ -694,7 +695,9 @@ pub struct ModelInfo {
     pub input_objects: Vec<String>,
     /// What the client needs to encode, encrypt and decode for this model (the compiler's
     /// client specification: parameters, slot maps, input level and scale, output map).
-    pub client_spec: serde_json::Value,
+    /// Untrusted: clients validate it (`ClientSpec::validate`) before use.
+    #[serde(deserialize_with = "crate::client_spec::deserialize")]
+    pub client_spec: ClientSpec,
     /// Image preprocessing the local server applies (resize, channels, normalization).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocessing: Option<serde_json::Value>,

@@ -527,7 +527,22 @@ fn generate_keys_labels_and_preprocessing_are_checked() {
     let mut a = GenerateKeysArgs {
         client_id: "c".into(),
         model: "mnist-cnn".into(),
-        client_spec: json!({}),
+        // Its contents are the local server's to check (ClientSpec::validate), not validate()'s.
+        client_spec: serde_json::from_value(json!({
+            "parameters": {"log_n": 13, "log_scale": 26},
+            "parameter_id": "",
+            "input_shape": [1, 1, 1],
+            "input": {"num_cts": 1, "positions": [[[0, 0]]], "grid": null},
+            "input_level": 0,
+            "input_scale": 1.0,
+            "rotation_steps": [],
+            "relinearization": false,
+            "output": {"num_cts": 1, "positions": [[[0, 0]]], "grid": null},
+            "output_shape": {"Vector": 1},
+            "output_multiplier": 1.0,
+            "depth": 0
+        }))
+        .expect("client spec"),
         overwrite: false,
         labels: Some(vec!["cat".into(), "dog".into()]),
         preprocessing: Some(json!({"mean": [0.5], "std": [0.5]})),

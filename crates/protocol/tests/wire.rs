@@ -2,13 +2,15 @@
 //! tool's arguments, and the draft's example messages.
 
 use cipherinfer_ckks::Preset;
+use cipherinfer_compiler::plan::Grid;
+use cipherinfer_compiler::{Shape, SlotMap};
 use cipherinfer_protocol::auth::AuthToken;
 use cipherinfer_protocol::error::parse_arguments;
 use cipherinfer_protocol::local::*;
 use cipherinfer_protocol::params::{ExtendedParameters, InferenceTelemetry};
 use cipherinfer_protocol::remote::*;
 use cipherinfer_protocol::validate::Limits;
-use cipherinfer_protocol::{AlgorithmId, ErrorCode, ToolError};
+use cipherinfer_protocol::{AlgorithmId, ClientSpec, ErrorCode, ToolError};
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -163,6 +165,46 @@ fn alg() -> AlgorithmId {
 }
 
 const PID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A small client specification (never validated here: the wire form is what matters).
+fn client_spec() -> ClientSpec {
+    ClientSpec {
+        parameters: Preset::Pn13Depth5.literal(),
+        parameter_id: PID.into(),
+        input_shape: (1, 2, 2),
+        input: SlotMap {
+            num_cts: 1,
+            positions: vec![
+                vec![(0, 0), (0, 4)],
+                vec![(0, 1)],
+                vec![(0, 2)],
+                vec![(0, 3)],
+            ],
+            grid: Some(Grid {
+                c: 1,
+                h: 2,
+                w: 2,
+                block: 4,
+                row_stride: 2,
+                col_stride: 1,
+                channels_per_ct: 1024,
+            }),
+        },
+        batch_size: 1,
+        input_level: 5,
+        input_scale: 67108864.0,
+        rotation_steps: vec![1, -28],
+        relinearization: true,
+        output: SlotMap {
+            num_cts: 1,
+            positions: vec![vec![(0, 0)], vec![(0, 1)]],
+            grid: None,
+        },
+        output_shape: Shape::Vector(2),
+        output_multiplier: 0.25,
+        depth: 5,
+    }
+}
 
 fn telemetry() -> InferenceTelemetry {
     InferenceTelemetry {
@@ -379,7 +421,7 @@ fn every_type_round_trips() {
             galois_elements: vec![5, 25],
             relinearization: true,
             input_objects: vec!["enc_input_ic0.bin".into()],
-            client_spec: json!({"depth": 5}),
+            client_spec: client_spec(),
             preprocessing: Some(json!({"resize": [28, 28]})),
         }],
     });
@@ -411,7 +453,7 @@ fn every_type_round_trips() {
     round_trip(&GenerateKeysArgs {
         client_id: "c".into(),
         model: "mnist-cnn".into(),
-        client_spec: json!({"depth": 5}),
+        client_spec: client_spec(),
         overwrite: false,
         labels: None,
         preprocessing: None,
@@ -419,7 +461,7 @@ fn every_type_round_trips() {
     round_trip(&GenerateKeysArgs {
         client_id: "c".into(),
         model: "mnist-cnn".into(),
-        client_spec: json!({"depth": 5}),
+        client_spec: client_spec(),
         overwrite: true,
         labels: Some(vec!["zero".into(), "one".into()]),
         preprocessing: Some(json!({"mean": [0.5], "std": [0.25]})),
@@ -901,4 +943,153 @@ fn local_paths_and_urls() {
         args.validate().expect_err("top_k").error_code,
         ErrorCode::InvalidArgument
     );
+}
+
+/// The client specification travels typed, with the JSON it always had: field names as in the
+/// compiler, tuples and shapes as arrays, the output shape externally tagged.
+#[test]
+fn the_client_spec_wire_form_is_pinned() {
+    let spec = client_spec();
+    let v = round_trip(&spec);
+    let want = json!({
+        "parameters": {
+            "log_n": 13,
+            "log_q": [30, 26, 26, 26, 26, 26],
+            "log_p": [58],
+            "log_scale": 26,
+            "dnum": 3,
+            "secret": {"kind": "ternary"}
+        },
+        "parameter_id": PID,
+        "input_shape": [1, 2, 2],
+        "input": {
+            "num_cts": 1,
+            "positions": [[[0, 0], [0, 4]], [[0, 1]], [[0, 2]], [[0, 3]]],
+            "grid": {"c": 1, "h": 2, "w": 2, "block": 4, "row_stride": 2, "col_stride": 1,
+                     "channels_per_ct": 1024}
+        },
+        "batch_size": 1,
+        "input_level": 5,
+        "input_scale": 67108864.0,
+        "rotation_steps": [1, -28],
+        "relinearization": true,
+        "output": {"num_cts": 1, "positions": [[[0, 0]], [[0, 1]]], "grid": null},
+        "output_shape": {"Vector": 2},
+        "output_multiplier": 0.25,
+        "depth": 5
+    });
+    assert_eq!(v, want);
+    // A specification written before batching (no batch_size) still reads, as batch 1.
+    let mut old = want.clone();
+    old.as_object_mut().expect("object").remove("batch_size");
+    let back: ClientSpec = serde_json::from_value(old).expect("no batch_size");
+    assert_eq!(back, spec);
+    // Unknown fields inside the parameters are refused (the literal denies them).
+    let mut extra = want;
+    extra["parameters"]["log_k"] = json!(3);
+    assert!(serde_json::from_value::<ClientSpec>(extra).is_err());
+}
+
+/// A client_spec of the wrong form is ERROR_INVALID_ARGUMENT naming the field, never a
+/// JSON-RPC or internal error.
+#[test]
+fn a_malformed_client_spec_is_an_invalid_argument_naming_the_field() {
+    let good = serde_json::to_value(client_spec()).expect("spec");
+    let args = |spec: Value| json!({"client_id": "c", "model": "mnist-cnn", "client_spec": spec});
+    let parsed: GenerateKeysArgs = parse_arguments(args(good.clone())).expect("good spec");
+    assert_eq!(parsed.client_spec, client_spec());
+    let mut wrong_type = good.clone();
+    wrong_type["input_level"] = json!("x");
+    let mut missing = good.clone();
+    missing
+        .as_object_mut()
+        .expect("object")
+        .remove("rotation_steps");
+    let mut bad_shape = good.clone();
+    bad_shape["output_shape"] = json!([10]);
+    let mut bad_position = good.clone();
+    bad_position["input"]["positions"][0][0] = json!([0, 1, 2]);
+    for bad in [
+        wrong_type,
+        missing,
+        bad_shape,
+        bad_position,
+        json!({"foo": 1}),
+        json!([1]),
+        json!(null),
+        json!("spec"),
+    ] {
+        let err = parse_arguments::<GenerateKeysArgs>(args(bad.clone())).expect_err("refused");
+        assert_eq!(err.error_code, ErrorCode::InvalidArgument, "{bad}");
+        assert!(err.message.contains("client_spec"), "{}", err.message);
+    }
+    let err = parse_arguments::<GenerateKeysArgs>(json!({"client_id": "c", "model": "m"}))
+        .expect_err("missing");
+    assert_eq!(err.error_code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("client_spec"), "{}", err.message);
+
+    // The same check on the client side, reading a server's ModelInfo.
+    let mut info = serde_json::to_value(model_info()).expect("info");
+    info["client_spec"]["depth"] = json!(-1);
+    let err = serde_json::from_value::<ModelInfo>(info).expect_err("refused");
+    assert!(err.to_string().contains("client_spec"), "{err}");
+}
+
+fn model_info() -> ModelInfo {
+    let params = Preset::Pn13Depth5.build().expect("preset");
+    ModelInfo {
+        name: "mnist-cnn".into(),
+        description: "MNIST digits".into(),
+        input_shape: vec![1, 2, 2],
+        output_shape: vec![2],
+        labels: vec!["a".into(), "b".into()],
+        algorithm_id: alg(),
+        parameter_id: PID.into(),
+        parameters: ExtendedParameters::from_ckks(&params),
+        multiplicative_depth: 5,
+        rotation_steps: vec![1, -28],
+        galois_elements: vec![5, 25],
+        relinearization: true,
+        input_objects: vec!["input-0.ct".into()],
+        client_spec: client_spec(),
+        preprocessing: None,
+    }
+}
+
+/// The tool schemas describe the client specification field by field (not as any object).
+#[test]
+fn the_client_spec_schema_is_typed() {
+    let check = |schema: &Value, what: &str| {
+        let defs = &schema["$defs"];
+        let spec = &defs["ClientSpec"];
+        for f in [
+            "parameters",
+            "parameter_id",
+            "input_shape",
+            "input",
+            "input_level",
+            "input_scale",
+            "rotation_steps",
+            "relinearization",
+            "output",
+            "output_shape",
+            "output_multiplier",
+            "depth",
+            "batch_size",
+        ] {
+            assert!(spec["properties"].get(f).is_some(), "{what}: {f}");
+        }
+        for d in ["ParametersLiteral", "SlotMap", "Shape"] {
+            assert!(defs.get(d).is_some(), "{what}: {d}");
+        }
+        assert!(defs["ParametersLiteral"]["properties"]["q"].is_object());
+    };
+    let args = schema_of::<GenerateKeysArgs>();
+    assert_eq!(
+        args["properties"]["client_spec"]["$ref"],
+        json!("#/$defs/ClientSpec")
+    );
+    check(&args, "GenerateKeysArgs");
+    check(&schema_of::<ModelInfo>(), "ModelInfo");
+    check(&schema_of::<Capabilities>(), "Capabilities");
 }

@@ -14,7 +14,7 @@ mod usage;
 
 pub use handler::RemoteHandler;
 pub use ratelimit::Caller;
-pub use registry::Registry;
+pub use registry::{ModelSource, Registry};
 pub use service::{GarbageCollected, InferenceSlot, InferenceStats, Service, ServiceConfig};
 pub use store::Store;
 pub mod server;

@@ -1,14 +1,137 @@
-//! The models a server evaluates, compiled once at start-up from the shipped ONNX files.
+//! The models a server evaluates, compiled once at start-up: shipped models by name, and model
+//! packages (a user's ONNX network with its `model.json` card) by directory. A network with ReLU
+//! or MaxPool is converted to polynomials over the ranges its calibration images reach.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cipherinfer_ckks::Parameters;
-use cipherinfer_compiler::{HeModel, Shape, compile_model_auto};
-use cipherinfer_model::{Manifest, plain};
+use cipherinfer_compiler::{Compiled, HeModel, Shape, compile_for_serving};
+use cipherinfer_model::convert::ConvertOptions;
+use cipherinfer_model::manifest::InputSpec;
+use cipherinfer_model::{Manifest, ModelPackage, plain};
 use cipherinfer_protocol::AlgorithmId;
 use cipherinfer_protocol::params::ExtendedParameters;
 use cipherinfer_protocol::remote::ModelInfo;
+
+type BoxErr = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a served model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A model shipped with cipherinfer, by name (`mnist-cnn`).
+    Shipped(String),
+    /// A model package directory (`model.json` + `model.onnx`).
+    Package(PathBuf),
+}
+
+impl ModelSource {
+    /// A `--model` value: a directory holding `model.json` (or any value with a path
+    /// separator) is a package, anything else a shipped model's name.
+    pub fn parse(value: &str) -> Self {
+        let path = Path::new(value);
+        if value.contains(std::path::MAIN_SEPARATOR)
+            || value.contains('/')
+            || ModelPackage::is_package(path)
+        {
+            Self::Package(path.to_path_buf())
+        } else {
+            Self::Shipped(value.to_string())
+        }
+    }
+}
+
+/// What a model needs to be served, whatever its source.
+struct Prepared {
+    name: String,
+    description: String,
+    labels: Vec<String>,
+    input: InputSpec,
+    compiled: Compiled,
+}
+
+fn prepare_shipped(manifest: &Manifest, name: &str) -> Result<Prepared, BoxErr> {
+    let entry = manifest.model(name)?.clone();
+    let ir = cipherinfer_model::onnx::import(&manifest.read_model(name)?.bytes)?;
+    let samples = manifest.load_samples(&entry.dataset)?;
+    let options = ConvertOptions::default();
+    let calibration: Vec<_> = plain::sample_inputs(&samples, &entry.input)?
+        .into_iter()
+        .take(options.calibration_images)
+        .map(|(t, _)| t)
+        .collect();
+    Ok(Prepared {
+        name: name.to_string(),
+        description: entry.description.clone(),
+        labels: entry.classes.clone(),
+        input: entry.input.clone(),
+        compiled: compile_for_serving(&ir, &calibration, &options)?,
+    })
+}
+
+fn prepare_package(dir: &Path) -> Result<Prepared, BoxErr> {
+    let package = ModelPackage::load(dir).map_err(|e| format!("{} [{}]", e, e.code()))?;
+    let compiled = compile_for_serving(
+        &package.model,
+        &package.calibration_inputs(),
+        &ConvertOptions::default(),
+    )
+    .map_err(|e| format!("model package {}: {e} [{}]", dir.display(), e.code()))?;
+    Ok(Prepared {
+        name: package.card.name.clone(),
+        description: package.card.description.clone().unwrap_or_default(),
+        labels: package.card.labels.clone(),
+        input: package.input_spec(),
+        compiled,
+    })
+}
+
+fn served(p: Prepared) -> Result<ServedModel, BoxErr> {
+    let model = p.compiled.he;
+    let spec = model.client_spec();
+    let params = model.parameters().clone();
+    let algorithm_id = AlgorithmId::for_ckks(&params)?;
+    let mut parameters = ExtendedParameters::from_ckks(&params);
+    parameters.max_multiplication_depth = Some(u32::try_from(model.depth())?);
+    parameters.input_packing_format =
+        Some(cipherinfer_protocol::params::PACKING_CHW_BLOCKS.to_string());
+    parameters.batch_size = Some(u32::try_from(spec.batch_size)?);
+    let (c, h, w) = spec.input_shape;
+    let info = ModelInfo {
+        name: p.name,
+        description: p.description,
+        input_shape: vec![u32::try_from(c)?, u32::try_from(h)?, u32::try_from(w)?],
+        output_shape: match spec.output_shape {
+            Shape::Chw(c, h, w) => vec![c, h, w],
+            Shape::Vector(n) => vec![n],
+        }
+        .into_iter()
+        .map(u32::try_from)
+        .collect::<Result<_, _>>()?,
+        labels: p.labels,
+        algorithm_id,
+        parameter_id: params.id_hex(),
+        parameters,
+        multiplicative_depth: u32::try_from(model.depth())?,
+        rotation_steps: spec.rotation_steps.clone(),
+        galois_elements: {
+            let mut g: Vec<u64> = spec
+                .rotation_steps
+                .iter()
+                .map(|&s| params.galois_element(s))
+                .collect();
+            g.sort_unstable();
+            g.dedup();
+            g
+        },
+        relinearization: spec.relinearization,
+        input_objects: (0..spec.input.num_cts).map(input_object_name).collect(),
+        client_spec: spec,
+        preprocessing: Some(serde_json::to_value(&p.input)?),
+    };
+    Ok(ServedModel { model, info })
+}
 
 /// One served model: the encrypted executor and what clients are told about it.
 pub struct ServedModel {
@@ -47,73 +170,38 @@ pub struct Registry {
 
 impl Registry {
     /// Compiles the named shipped models (the first is the default). Calibration for each
-    /// model's output range uses the first 200 shipped samples of its dataset.
-    pub fn shipped(names: &[String]) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let manifest = Manifest::shipped()?;
+    /// model's output range (and, for a ReLU/MaxPool network, its activation ranges) uses the
+    /// first 200 shipped samples of its dataset.
+    pub fn shipped(names: &[String]) -> Result<Self, BoxErr> {
+        let sources: Vec<ModelSource> = names.iter().cloned().map(ModelSource::Shipped).collect();
+        Self::load(&sources)
+    }
+
+    /// Compiles the models of `sources` (the first is the default). Two models of one name are
+    /// refused.
+    pub fn load(sources: &[ModelSource]) -> Result<Self, BoxErr> {
+        let mut manifest = None;
         let mut models = BTreeMap::new();
-        for name in names {
-            let entry = manifest.model(name)?.clone();
-            let ir = cipherinfer_model::onnx::import(&manifest.read_model(name)?.bytes)?;
-            if !ir.is_he_friendly() {
-                return Err(format!(
-                    "model {name} needs conversion (ReLU/MaxPool); serve an HE-friendly model"
-                )
-                .into());
-            }
-            let samples = manifest.load_samples(&entry.dataset)?;
-            let calibration: Vec<Vec<f64>> = plain::sample_inputs(&samples, &entry.input)?
-                .into_iter()
-                .take(200)
-                .map(|(t, _)| t.into_data())
-                .collect();
-            let (_, model) = compile_model_auto(&ir, &calibration)?;
-            let spec = model.client_spec();
-            let params = model.parameters().clone();
-            let algorithm_id = AlgorithmId::for_ckks(&params)?;
-            let mut parameters = ExtendedParameters::from_ckks(&params);
-            parameters.max_multiplication_depth = Some(u32::try_from(model.depth())?);
-            parameters.input_packing_format =
-                Some(cipherinfer_protocol::params::PACKING_CHW_BLOCKS.to_string());
-            parameters.batch_size = Some(u32::try_from(spec.batch_size)?);
-            let (c, h, w) = spec.input_shape;
-            let info = ModelInfo {
-                name: name.clone(),
-                description: entry.description.clone(),
-                input_shape: vec![u32::try_from(c)?, u32::try_from(h)?, u32::try_from(w)?],
-                output_shape: match spec.output_shape {
-                    Shape::Chw(c, h, w) => vec![c, h, w],
-                    Shape::Vector(n) => vec![n],
+        let mut default_model = None;
+        for source in sources {
+            let prepared = match source {
+                ModelSource::Shipped(name) => {
+                    if manifest.is_none() {
+                        manifest = Some(Manifest::shipped()?);
+                    }
+                    let m = manifest.as_ref().ok_or("manifest")?;
+                    prepare_shipped(m, name)?
                 }
-                .into_iter()
-                .map(u32::try_from)
-                .collect::<Result<_, _>>()?,
-                labels: entry.classes.clone(),
-                algorithm_id,
-                parameter_id: params.id_hex(),
-                parameters,
-                multiplicative_depth: u32::try_from(model.depth())?,
-                rotation_steps: spec.rotation_steps.clone(),
-                galois_elements: {
-                    let mut g: Vec<u64> = spec
-                        .rotation_steps
-                        .iter()
-                        .map(|&s| params.galois_element(s))
-                        .collect();
-                    g.sort_unstable();
-                    g.dedup();
-                    g
-                },
-                relinearization: spec.relinearization,
-                input_objects: (0..spec.input.num_cts).map(input_object_name).collect(),
-                client_spec: serde_json::to_value(&spec)?,
-                preprocessing: Some(serde_json::to_value(&entry.input)?),
+                ModelSource::Package(dir) => prepare_package(dir)?,
             };
-            models.insert(name.clone(), ServedModel { model, info });
+            let name = prepared.name.clone();
+            if models.contains_key(&name) {
+                return Err(format!("two served models are named {name}").into());
+            }
+            default_model.get_or_insert_with(|| name.clone());
+            models.insert(name, served(prepared)?);
         }
-        let default_model = names
-            .first()
-            .cloned()
-            .ok_or("at least one model must be served")?;
+        let default_model = default_model.ok_or("at least one model must be served")?;
         Ok(Self {
             models,
             default_model,

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::RemoteHandler;
-use crate::registry::Registry;
+use crate::registry::{ModelSource, Registry};
 use crate::service::{Service, ServiceConfig};
 use crate::store::Store;
 use cipherinfer_transport::{ConnectionLimits, HttpConfig, router, serve, serve_tls};
@@ -64,7 +64,8 @@ pub struct ServerOptions {
     pub bind: SocketAddr,
     /// Root of the local object store.
     pub data_dir: PathBuf,
-    /// Served models (shipped names); the first is the default.
+    /// Served models: shipped names or model package directories (`ModelSource::parse`); the
+    /// first is the default.
     pub models: Vec<String>,
     /// Tool policy.
     pub service: ServiceConfig,
@@ -143,7 +144,12 @@ pub struct Server {
 impl Server {
     /// Opens the store and compiles the models (a second or two per model).
     pub fn build(options: ServerOptions) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let registry = Arc::new(Registry::shipped(&options.models)?);
+        let sources: Vec<ModelSource> = options
+            .models
+            .iter()
+            .map(|m| ModelSource::parse(m))
+            .collect();
+        let registry = Arc::new(Registry::load(&sources)?);
         Self::with_registry(options, registry)
     }
 

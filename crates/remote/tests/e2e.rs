@@ -24,13 +24,30 @@ async fn step0_upload_inference_and_errors_over_http() {
     let (peer, mut progress) = connect(&server.url).await;
 
     // Capabilities, and the client's view of the model, validated like any untrusted input.
-    let names: Vec<String> = peer
-        .list_all_tools()
-        .await
-        .expect("tools")
-        .into_iter()
-        .map(|t| t.name.to_string())
-        .collect();
+    let tools = peer.list_all_tools().await.expect("tools");
+    let names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    // The capabilities' output schema describes ModelInfo.client_spec field by field.
+    let describe = tools
+        .iter()
+        .find(|t| t.name == "describe_capabilities")
+        .expect("describe_capabilities");
+    let output = Value::Object((*describe.output_schema.clone().expect("output schema")).clone());
+    assert_eq!(
+        output["$defs"]["ModelInfo"]["properties"]["client_spec"]["$ref"],
+        json!("#/$defs/ClientSpec")
+    );
+    for f in [
+        "parameters",
+        "rotation_steps",
+        "input",
+        "output",
+        "output_shape",
+    ] {
+        assert!(
+            output["$defs"]["ClientSpec"]["properties"].get(f).is_some(),
+            "{f}: {output}"
+        );
+    }
     for t in [
         "provision_keys_begin",
         "upload_ciphertext_chunk",
