@@ -204,6 +204,9 @@ fn print_result(image: &Path, r: &PrivateClassifyResult) {
             ""
         }
     );
+    if let Some(fit) = r.image.as_ref().filter(|f| f.changed()) {
+        println!("    image {}", fit.describe());
+    }
     for s in &c.top_k {
         println!(
             "    {:>3}  {:<16} p = {:.4}  logit = {:+.3}",

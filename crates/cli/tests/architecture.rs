@@ -134,3 +134,31 @@ fn the_binary_variants_link_one_side_each() {
         assert!(both.iter().any(|c| c == side), "default build lacks {side}");
     }
 }
+
+/// Nothing in the crates' sources finds files through the source tree at run time (a copied or
+/// installed binary would break): `CARGO_MANIFEST_DIR` appears only in build scripts and tests.
+#[test]
+fn no_source_tree_lookups_at_run_time() {
+    fn scan(dir: &Path, hits: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                scan(&path, hits);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if text.contains(concat!("CARGO_MANIFEST", "_DIR")) {
+                    hits.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut hits = Vec::new();
+    for entry in std::fs::read_dir(&crates).unwrap() {
+        let src = entry.unwrap().path().join("src");
+        if src.is_dir() {
+            scan(&src, &mut hits);
+        }
+    }
+    assert!(hits.is_empty(), "source-tree lookups in {hits:?}");
+}

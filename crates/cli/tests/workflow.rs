@@ -238,6 +238,20 @@ fn classify_through_the_real_binaries() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `cipherinfer classify --json --model MODEL` of `images` against `url`: one result per image.
+fn classify_json(url: &str, model: &str, images: &[(PathBuf, usize)], keys: &Path) -> Vec<Value> {
+    let mut args: Vec<String> = ["classify", "--remote", url, "--json", "--model", model]
+        .map(String::from)
+        .to_vec();
+    args.extend(images.iter().map(|(p, _)| p.to_string_lossy().into_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = cipherinfer(&args, keys);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = results(&run.stdout);
+    assert_eq!(got.len(), images.len(), "{}", run.stdout);
+    got
+}
+
 /// Writes a model package of the shipped `model` under `dir`: the user's card (their own name
 /// and class names) and their ONNX file, with `calibration` sample images.
 fn write_package(dir: &Path, model: &str, name: &str, calibration: &[(PathBuf, usize)]) {
@@ -271,25 +285,11 @@ fn a_model_package_is_served_and_classified() {
     write_package(&package, "mnist-cnn", "my-digits", &mnist[..2]);
     let models = format!("mnist-cnn,{}", package.display());
     let remote = Remote::start(&dir.join("server"), &models, &[]);
-    let mut args = vec![
-        "classify",
-        "--remote",
-        &remote.url,
-        "--json",
-        "--model",
-        "my-digits",
-    ];
-    let paths: Vec<String> = mnist
-        .iter()
-        .map(|(p, _)| p.to_string_lossy().into_owned())
-        .collect();
-    args.extend(paths.iter().map(String::as_str));
-    let run = cipherinfer(&args, &dir.join("keys"));
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = classify_json(&remote.url, "my-digits", &mnist, &dir.join("keys"));
     let names = [
         "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
     ];
-    for (r, (path, want)) in results(&run.stdout).iter().zip(&mnist) {
+    for (r, (path, want)) in got.iter().zip(&mnist) {
         assert_eq!(r["model"], "my-digits", "{r}");
         assert_eq!(r["class_index"], *want, "{}: {r}", path.display());
         assert_eq!(r["label"], names[*want], "{r}");
@@ -349,23 +349,7 @@ fn the_colour_package_runs_end_to_end() {
         .collect();
     let dir = temp("colour");
     let remote = Remote::start(&dir.join("server"), package.to_str().unwrap(), &[]);
-    let mut args = vec![
-        "classify",
-        "--remote",
-        &remote.url,
-        "--json",
-        "--model",
-        "colour-shapes",
-    ];
-    let paths: Vec<String> = cases
-        .iter()
-        .map(|(p, _)| p.to_string_lossy().into_owned())
-        .collect();
-    args.extend(paths.iter().map(String::as_str));
-    let run = cipherinfer(&args, &dir.join("keys"));
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let got = results(&run.stdout);
-    assert_eq!(got.len(), cases.len());
+    let got = classify_json(&remote.url, "colour-shapes", &cases, &dir.join("keys"));
     let agree = got
         .iter()
         .zip(&cases)
@@ -376,7 +360,33 @@ fn the_colour_package_runs_end_to_end() {
     for r in &got {
         let i = r["class_index"].as_u64().unwrap() as usize;
         assert_eq!(r["label"], pkg.card.labels[i], "{r}");
+        assert_eq!(r["image"]["resized"], false, "{r}");
     }
+    // A larger RGBA photo of the same scene: fitted to 32x32 RGB, and the user is told.
+    let big = dir.join("big.png");
+    let img = image::open(&cases[0].0).unwrap();
+    img.resize_exact(96, 80, image::imageops::FilterType::Nearest)
+        .to_rgba8()
+        .save(&big)
+        .unwrap();
+    let run = cipherinfer(
+        &[
+            "classify",
+            "--remote",
+            &remote.url,
+            "--model",
+            "colour-shapes",
+            big.to_str().unwrap(),
+        ],
+        &dir.join("keys"),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("image resized from 96x80 rgba to 32x32 rgb"),
+        "{}",
+        run.stdout
+    );
     drop(remote);
 
     let out = Command::new(BIN)
@@ -402,6 +412,82 @@ fn the_colour_package_runs_end_to_end() {
     ] {
         assert!(report[field].is_number(), "{field}: {report}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The binary carries its models: a copy of it, run from an empty directory with its home and
+/// cache elsewhere, runs the demo (both shipped models served and classified) and serves the
+/// shipped colour package by name, from the copy of `models/` it wrote into its own cache.
+#[test]
+fn a_copied_binary_works_outside_the_repository() {
+    let dir = temp("off-tree");
+    let bin = dir.join("bin").join("cipherinfer");
+    let (work, home) = (dir.join("work"), dir.join("home"));
+    for d in [bin.parent().unwrap(), &work, &home] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::copy(BIN, &bin).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(&bin)
+            .args(args)
+            .current_dir(&work)
+            .env("HOME", &home)
+            .env("CIPHERINFER_HOME", home.join("ci"))
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("CIPHERINFER_MODELS_DIR")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["demo", "--images", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("2/2 encrypted predictions equal the cleartext model's"),
+        "{stdout}"
+    );
+    let copies: Vec<_> = std::fs::read_dir(home.join("ci/models"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    for file in [
+        "manifest.json",
+        "mnist-cnn.onnx",
+        "colour-shapes/model.json",
+    ] {
+        assert!(copies[0].join(file).is_file(), "{file}");
+    }
+    // The shipped colour package, served by name.
+    let mut server = Command::new(&bin)
+        .args(["serve", "--bind", "127.0.0.1:0", "--model", "colour-shapes"])
+        .arg("--data-dir")
+        .arg(dir.join("server"))
+        .current_dir(&work)
+        .env("HOME", &home)
+        .env("CIPHERINFER_HOME", home.join("ci"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        line.starts_with("cipherinfer remote server listening on "),
+        "{line}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -511,7 +511,7 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
                 )
                 .await;
         }
-        let (classification, bytes_uploaded, mut timings) = outcome?;
+        let (classification, bytes_uploaded, mut timings, image) = outcome?;
         timings.keygen_s = keys.keygen_s;
         timings.provision_s = keys.provision_s;
         timings.total_s = started.elapsed().as_secs_f64();
@@ -526,6 +526,7 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
             bytes_uploaded,
             evaluation_key_bytes: keys.credential.bundle_bytes,
             timings,
+            image,
         })
     }
 
@@ -544,6 +545,7 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
             cipherinfer_protocol::local::Classification,
             u64,
             ClassifyTimings,
+            Option<cipherinfer_protocol::local::ImageFit>,
         ),
         ToolError,
     > {
@@ -690,7 +692,7 @@ impl<'a, L: LocalOps, C: Credentials> Workflow<'a, L, C> {
             })
             .await?;
         timings.decrypt_s = decrypted.decrypt_s;
-        Ok((decrypted.classification, total, timings))
+        Ok((decrypted.classification, total, timings, encrypted.image))
     }
 
     #[allow(clippy::too_many_arguments, reason = "one upload's whole context")]

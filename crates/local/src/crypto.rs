@@ -260,7 +260,11 @@ impl LocalCrypto {
         Self::check_model(&loaded, a.model.as_ref())?;
         let image_path = self.paths.existing_file("image_path", &a.image_path)?;
         let session_dir = self.paths.directory("session_dir", &a.session_dir)?;
-        let x = crate::image::preprocess_file(&image_path, loaded.spec.input_shape, &loaded.input)?;
+        let (x, fit) = crate::image::preprocess_file_fitted(
+            &image_path,
+            loaded.spec.input_shape,
+            &loaded.input,
+        )?;
         let encoder = cipherinfer_ckks::Encoder::new(loaded.params.clone());
         let cts = loaded
             .spec
@@ -309,6 +313,7 @@ impl LocalCrypto {
             chunk_bytes,
             encrypted_payload_b64: inline,
             encrypt_s: started.elapsed().as_secs_f64(),
+            image: Some(fit),
         })
     }
 

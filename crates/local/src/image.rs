@@ -8,6 +8,7 @@ use std::path::Path;
 use cipherinfer_model::image::{self as shared, ImageError};
 use cipherinfer_model::manifest::InputSpec;
 use cipherinfer_protocol::error::{ErrorCode, Result, ToolError};
+use cipherinfer_protocol::local::ImageFit;
 use image::DynamicImage;
 
 pub use cipherinfer_model::image::{
@@ -46,6 +47,29 @@ pub fn preprocess_bytes(
     spec: &InputSpec,
 ) -> Result<Vec<f64>> {
     shared::preprocess_bytes(bytes, shape, spec).map_err(tool_error)
+}
+
+/// [`preprocess_file`], also saying how the image was fitted to the model's input.
+pub fn preprocess_file_fitted(
+    path: &Path,
+    shape: (usize, usize, usize),
+    spec: &InputSpec,
+) -> Result<(Vec<f64>, ImageFit)> {
+    let bytes = read_limited(path, MAX_IMAGE_FILE_BYTES)
+        .map_err(|e| e.into_tool("image_path", ErrorCode::ImageUnreadable))?;
+    let (x, f) = shared::preprocess_bytes_fitted(&bytes, shape, spec).map_err(tool_error)?;
+    Ok((
+        x,
+        ImageFit {
+            original_width: f.original.0,
+            original_height: f.original.1,
+            original_mode: shared::mode_name(f.original_channels).into(),
+            mode: shared::mode_name(f.channels).into(),
+            width: f.size.0,
+            height: f.size.1,
+            resized: f.resized,
+        },
+    ))
 }
 
 /// Reads (at most [`MAX_IMAGE_FILE_BYTES`]) and preprocesses an image file. A missing file is

@@ -281,6 +281,7 @@ impl PrivateClassify for FakeClassify {
                 bytes_uploaded: 0,
                 evaluation_key_bytes: 0,
                 timings: ClassifyTimings::default(),
+                image: None,
             })
         })
     }

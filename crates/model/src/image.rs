@@ -46,6 +46,20 @@ pub struct Fitted {
     pub original_channels: u8,
     /// Whether the image was resized to the model's input.
     pub resized: bool,
+    /// Width and height given to the model.
+    pub size: (u32, u32),
+    /// Channels given to the model (1 grey, 3 RGB).
+    pub channels: u8,
+}
+
+/// Name of a colour mode by channel count: `grey`, `grey+alpha`, `rgb`, `rgba`.
+pub fn mode_name(channels: u8) -> &'static str {
+    match channels {
+        1 => "grey",
+        2 => "grey+alpha",
+        3 => "rgb",
+        _ => "rgba",
+    }
 }
 
 /// Decodes PNG or JPEG bytes with the limits above.
@@ -89,6 +103,8 @@ pub fn to_pixels(
         original: (img.width(), img.height()),
         original_channels: img.color().channel_count(),
         resized: (img.width(), img.height()) != (w32, h32),
+        size: (w32, h32),
+        channels: if c == 3 { 3 } else { 1 },
     };
     let plane = h * w;
     let pixels: Vec<u8> = match c {
@@ -132,6 +148,17 @@ pub fn to_input(
 ) -> Result<Vec<f64>, ImageError> {
     let (pixels, _) = to_pixels(img, shape)?;
     Ok(spec.normalize(&pixels).into_iter().map(f64::from).collect())
+}
+
+/// [`preprocess_bytes`], also saying how the image was fitted.
+pub fn preprocess_bytes_fitted(
+    bytes: &[u8],
+    shape: (usize, usize, usize),
+    spec: &InputSpec,
+) -> Result<(Vec<f64>, Fitted), ImageError> {
+    let (pixels, fitted) = to_pixels(&decode(bytes)?, shape)?;
+    let x = spec.normalize(&pixels).into_iter().map(f64::from).collect();
+    Ok((x, fitted))
 }
 
 /// Decodes `bytes` and converts them to the model input.

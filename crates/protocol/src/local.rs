@@ -311,6 +311,53 @@ pub struct FheEncryptResult {
     pub encrypted_payload_b64: Option<String>,
     /// Seconds spent preprocessing, encoding and encrypting.
     pub encrypt_s: f64,
+    /// How the image was fitted to the model's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageFit>,
+}
+
+/// How an image was fitted to the model's input: its size and colour mode as decoded, and
+/// whether it was converted or resized (bilinear, to exactly the model's height × width, no
+/// cropping).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageFit {
+    /// Width of the image file.
+    pub original_width: u32,
+    /// Height of the image file.
+    pub original_height: u32,
+    /// Colour mode of the file: `grey`, `grey+alpha`, `rgb` or `rgba` (palette images decode
+    /// to `rgb` or `rgba`).
+    pub original_mode: String,
+    /// Colour mode the model takes: `grey` or `rgb` (alpha is dropped).
+    pub mode: String,
+    /// Width given to the model.
+    pub width: u32,
+    /// Height given to the model.
+    pub height: u32,
+    /// Whether the image was resized.
+    pub resized: bool,
+}
+
+impl ImageFit {
+    /// Whether anything was done beyond reading the pixels (a resize or a colour conversion).
+    pub fn changed(&self) -> bool {
+        self.resized || self.original_mode != self.mode
+    }
+
+    /// One line for people, e.g. `resized from 640x480 rgba to 32x32 rgb`.
+    pub fn describe(&self) -> String {
+        let from = format!(
+            "{}x{} {}",
+            self.original_width, self.original_height, self.original_mode
+        );
+        let to = format!("{}x{} {}", self.width, self.height, self.mode);
+        match (self.resized, self.original_mode != self.mode) {
+            (true, _) => format!("resized from {from} to {to}"),
+            (false, true) => format!("converted from {from} to {to}"),
+            (false, false) => format!("{to}, as given"),
+        }
+    }
 }
 
 /// Arguments of `fhe_decrypt` (draft 6.5: `client_id`, `encrypted_logit_path`).
@@ -549,4 +596,7 @@ pub struct PrivateClassifyResult {
     pub evaluation_key_bytes: u64,
     /// Timings.
     pub timings: ClassifyTimings,
+    /// How the image was fitted to the model's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageFit>,
 }

@@ -522,6 +522,15 @@ fn every_type_round_trips() {
         total_bytes: 400_000,
         encrypted_payload_b64: None,
         encrypt_s: 0.1,
+        image: Some(ImageFit {
+            original_width: 640,
+            original_height: 480,
+            original_mode: "rgba".into(),
+            mode: "grey".into(),
+            width: 28,
+            height: 28,
+            resized: true,
+        }),
     });
     round_trip(&FheDecryptArgs {
         client_id: "c".into(),
@@ -560,7 +569,19 @@ fn every_type_round_trips() {
             total_s: 3.0,
             ..Default::default()
         },
+        image: None,
     });
+    let fit = ImageFit {
+        original_width: 28,
+        original_height: 28,
+        original_mode: "rgb".into(),
+        mode: "grey".into(),
+        width: 28,
+        height: 28,
+        resized: false,
+    };
+    assert!(fit.changed());
+    assert_eq!(fit.describe(), "converted from 28x28 rgb to 28x28 grey");
 }
 
 fn schema_of<T: JsonSchema>() -> Value {

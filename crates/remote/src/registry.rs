@@ -190,7 +190,16 @@ impl Registry {
                         manifest = Some(Manifest::shipped()?);
                     }
                     let m = manifest.as_ref().ok_or("manifest")?;
-                    prepare_shipped(m, name)?
+                    let shipped_package = m.dir().join(name);
+                    if m.model(name).is_err()
+                        && cipherinfer_model::package::is_valid_model_name(name)
+                        && ModelPackage::is_package(&shipped_package)
+                    {
+                        // A model package shipped beside the manifest (colour-shapes).
+                        prepare_package(&shipped_package)?
+                    } else {
+                        prepare_shipped(m, name)?
+                    }
                 }
                 ModelSource::Package(dir) => prepare_package(dir)?,
             };

@@ -13,17 +13,6 @@ use super::{
     ModelEntry, ModelError, Result, SampleSet,
 };
 
-/// The repository's `models/` directory, as located when this crate was built.
-pub fn shipped_models_dir() -> PathBuf {
-    // `crates/model` → the repository root, without `..` components (paths built from it pass
-    // the local server's path checks).
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    crate_dir.parent().and_then(Path::parent).map_or_else(
-        || crate_dir.join("../../models"),
-        |root| root.join("models"),
-    )
-}
-
 /// A model file whose bytes matched the manifest's sha256.
 #[derive(Clone)]
 pub struct VerifiedModel {
@@ -63,9 +52,14 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Reads the repository's shipped manifest ([`shipped_models_dir`]).
+    /// Reads the shipped manifest from the copy of `models/` the binary carries
+    /// ([`super::shipped_models_dir`]).
     pub fn shipped() -> Result<Self> {
-        Self::load(shipped_models_dir())
+        let dir = super::shipped_models_dir().map_err(|source| ModelError::Io {
+            path: "the shipped models directory".into(),
+            source,
+        })?;
+        Self::load(dir)
     }
 
     /// Directory the manifest was read from.

@@ -23,16 +23,18 @@ mod error;
 mod loader;
 mod samples;
 mod schema;
+mod shipped;
 #[cfg(test)]
 mod tests;
 
 pub use error::{ModelError, Result};
-pub use loader::{VerifiedModel, sha256_hex, shipped_models_dir};
+pub use loader::{VerifiedModel, sha256_hex};
 pub use samples::SampleSet;
 pub use schema::{
     Accuracy, ActivationBound, DatasetEntry, HeInfo, ImageShape, InputSpec, Manifest, ModelEntry,
     OnnxInfo, OutputSpec, ReferenceLogits, SampleFileEntry, SampleImage, Training,
 };
+pub use shipped::{shipped_digest, shipped_files, shipped_models_dir};
 
 /// File name of the manifest inside a models directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
