@@ -350,11 +350,17 @@ pub async fn classify(args: ClassifyArgs) -> Result<(), ToolError> {
             display.finish();
             let r = r?;
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&r)
-                        .map_err(|e| ToolError::new(ErrorCode::Internal, e.to_string()))?
-                );
+                // One object per image: the image's path, then the result's fields.
+                let internal =
+                    |e: serde_json::Error| ToolError::new(ErrorCode::Internal, e.to_string());
+                let mut object = serde_json::Map::new();
+                object.insert("path".into(), image.to_string_lossy().into_owned().into());
+                if let serde_json::Value::Object(fields) =
+                    serde_json::to_value(&r).map_err(internal)?
+                {
+                    object.extend(fields);
+                }
+                println!("{}", serde_json::to_string(&object).map_err(internal)?);
             } else {
                 print_result(image, &r);
             }

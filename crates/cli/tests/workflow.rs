@@ -249,6 +249,9 @@ fn classify_json(url: &str, model: &str, images: &[(PathBuf, usize)], keys: &Pat
     assert_eq!(run.code, 0, "{}", run.stderr);
     let got = results(&run.stdout);
     assert_eq!(got.len(), images.len(), "{}", run.stdout);
+    for (r, (path, _)) in got.iter().zip(images) {
+        assert_eq!(r["path"], path.to_string_lossy().as_ref(), "{r}");
+    }
     got
 }
 
