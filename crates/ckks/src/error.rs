@@ -9,17 +9,19 @@ pub enum Error {
     /// A parameter set failed validation.
     #[error("invalid parameters: {0}")]
     InvalidParameters(String),
-    /// The parameter set is weaker than 128-bit security.
+    /// The parameter set is weaker than the security level it was built for.
     #[error(
-        "insecure parameters: log2(QP) = {log_qp:.1} bits exceeds the 128-bit bound of {bound} bits for N = {n} (Homomorphic Encryption Security Standard, ternary secret)"
+        "insecure parameters: log2(QP) = {log_qp:.1} bits exceeds the {security_bits}-bit bound of {bound} bits for N = {n} (Homomorphic Encryption Security Standard, ternary secret)"
     )]
     Insecure {
         /// Ring degree.
         n: usize,
         /// Total modulus bits including special primes.
         log_qp: f64,
-        /// Largest allowed total for 128-bit security.
+        /// Largest allowed total at that level.
         bound: u32,
+        /// The level asked for (128, 192 or 256).
+        security_bits: u32,
     },
     /// Two operands, or an operand and the evaluator, use different parameter sets.
     #[error("parameter mismatch: object bound to {found}, expected {expected}")]

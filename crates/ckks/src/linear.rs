@@ -20,6 +20,7 @@
 //! memory, each time the transform runs ([`MaskEncoding::OnUse`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
@@ -52,6 +53,9 @@ pub enum MaskEncoding {
     Ahead,
     /// On every application: the memory of the diagonals only, slower per application.
     OnUse,
+    /// On first use (or by [`EncodedLinearTransform::warm`]) and kept: as fast as
+    /// [`MaskEncoding::Ahead`] once warm, with an encoding step that costs nothing up front.
+    Cached,
 }
 
 enum Mask {
@@ -59,6 +63,8 @@ enum Mask {
     Ready(ExtendedPlaintext),
     /// The diagonal already rotated by its giant step, over the transform's own slots.
     Deferred(Vec<f64>),
+    /// As `Deferred`, with its encoding once made.
+    Cached(Vec<f64>, OnceLock<ExtendedPlaintext>),
 }
 
 /// Per input, the (baby rotation, mask) terms of one (output, giant step) group.
@@ -94,6 +100,46 @@ impl std::fmt::Debug for EncodedLinearTransform {
 }
 
 impl EncodedLinearTransform {
+    fn encode_mask(&self, encoder: &Encoder, d: &[f64]) -> Result<ExtendedPlaintext> {
+        encoder.encode_extended(&dilate(d, self.batch), self.level, self.scale)
+    }
+
+    /// Encodes every [`MaskEncoding::Cached`] mask not encoded yet (in parallel), so the next
+    /// application runs at full speed. Does nothing for the other encodings.
+    pub fn warm(&self) -> Result<()> {
+        let Some(enc) = &self.encoder else {
+            return Ok(());
+        };
+        let cells: Vec<(&Vec<f64>, &OnceLock<ExtendedPlaintext>)> = self
+            .groups
+            .values()
+            .flat_map(|parts| parts.iter().flat_map(|(_, terms)| terms.iter()))
+            .filter_map(|(_, m)| match m {
+                Mask::Cached(d, cell) if cell.get().is_none() => Some((d, cell)),
+                _ => None,
+            })
+            .collect();
+        cells.par_iter().try_for_each(|(d, cell)| {
+            if cell.get().is_none() {
+                let _ = cell.set(self.encode_mask(enc, d)?);
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether every mask is encoded (always, unless [`MaskEncoding::OnUse`] or a cold
+    /// [`MaskEncoding::Cached`]).
+    pub fn is_warm(&self) -> bool {
+        self.groups
+            .values()
+            .flat_map(|parts| parts.iter().flat_map(|(_, terms)| terms.iter()))
+            .all(|(_, m)| match m {
+                Mask::Ready(_) => true,
+                Mask::Deferred(_) => false,
+                Mask::Cached(_, cell) => cell.get().is_some(),
+            })
+    }
+
     /// Level the diagonals were encoded at (the ciphertexts must be at this level).
     pub fn level(&self) -> usize {
         self.level
@@ -367,6 +413,7 @@ impl LinearTransform {
             .par_iter_mut()
             .map(|(.., rotated)| match masks {
                 MaskEncoding::OnUse => Ok(Mask::Deferred(std::mem::take(rotated))),
+                MaskEncoding::Cached => Ok(Mask::Cached(std::mem::take(rotated), OnceLock::new())),
                 MaskEncoding::Ahead => Ok(Mask::Ready(encoder.encode_extended(
                     &dilate(rotated, batch),
                     level,
@@ -390,7 +437,7 @@ impl LinearTransform {
             batch,
             giant_unit: n1 * batch,
             groups,
-            encoder: (masks == MaskEncoding::OnUse).then(|| encoder.clone()),
+            encoder: (masks != MaskEncoding::Ahead).then(|| encoder.clone()),
         })
     }
 }
@@ -470,11 +517,14 @@ impl Evaluator {
                     Some(enc) => terms
                         .par_iter()
                         .map(|(_, m)| match m {
-                            Mask::Deferred(d) => Ok(Some(enc.encode_extended(
-                                &dilate(d, lt.batch),
-                                lt.level,
-                                lt.scale,
-                            )?)),
+                            Mask::Deferred(d) => Ok(Some(lt.encode_mask(enc, d)?)),
+                            Mask::Cached(d, cell) => {
+                                if cell.get().is_none() {
+                                    // Two evaluations racing encode the same mask; one is kept.
+                                    let _ = cell.set(lt.encode_mask(enc, d)?);
+                                }
+                                Ok(None)
+                            }
                             Mask::Ready(_) => Ok(None),
                         })
                         .collect::<Result<_>>()?,
@@ -485,6 +535,10 @@ impl Evaluator {
                     .enumerate()
                     .map(|(t, (b, m))| match (m, deferred.get(t)) {
                         (Mask::Ready(pt), _) | (Mask::Deferred(_), Some(Some(pt))) => Ok((*b, pt)),
+                        (Mask::Cached(_, cell), _) => cell
+                            .get()
+                            .map(|pt| (*b, pt))
+                            .ok_or_else(|| Error::Encoding("a cached mask was not encoded".into())),
                         (Mask::Deferred(_), _) => {
                             Err(Error::Encoding("a deferred mask was not encoded".into()))
                         }

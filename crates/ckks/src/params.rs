@@ -55,28 +55,73 @@ pub struct ParametersLiteral {
     /// Secret key distribution.
     #[serde(default)]
     pub secret: SecretDistribution,
+    /// Targeted bit security, 128 (the default, also when absent), 192 or 256: `build` checks
+    /// log2(QP) against that level's bound of the HE Security Standard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_bits: Option<u32>,
 }
 
-/// Whether a parameter set meets 128-bit security.
+/// The security a parameter set was checked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecurityLevel {
     /// Meets the 128-bit bound of the Homomorphic Encryption Security Standard.
     Bits128,
+    /// Meets the 192-bit bound.
+    Bits192,
+    /// Meets the 256-bit bound.
+    Bits256,
     /// Built through the test-only constructor: NOT secure, for fast tests only.
     InsecureTestOnly,
 }
 
+impl SecurityLevel {
+    /// The secure levels, weakest first.
+    pub const SECURE: [SecurityLevel; 3] = [Self::Bits128, Self::Bits192, Self::Bits256];
+
+    /// The level of a bit count (128, 192 or 256).
+    pub fn from_bits(bits: u32) -> Result<Self> {
+        match bits {
+            128 => Ok(Self::Bits128),
+            192 => Ok(Self::Bits192),
+            256 => Ok(Self::Bits256),
+            _ => Err(Error::InvalidParameters(format!(
+                "security of {bits} bits is not one of 128, 192, 256"
+            ))),
+        }
+    }
+
+    /// Bits of security, or `None` for test-only parameters.
+    pub fn bits(self) -> Option<u32> {
+        match self {
+            Self::Bits128 => Some(128),
+            Self::Bits192 => Some(192),
+            Self::Bits256 => Some(256),
+            Self::InsecureTestOnly => None,
+        }
+    }
+
+    /// Whether the level is one of the secure ones.
+    pub fn is_secure(self) -> bool {
+        self != Self::InsecureTestOnly
+    }
+
+    /// The largest log2(QP) at this level for ring degree 2^`log_n` with a ternary secret (HE
+    /// Security Standard, classical attacks); `None` for an unlisted degree or test-only level.
+    pub fn max_log_qp(self, log_n: u32) -> Option<u32> {
+        let row: [u32; 6] = match self {
+            Self::Bits128 => [27, 54, 109, 218, 438, 881],
+            Self::Bits192 => [19, 37, 75, 152, 305, 611],
+            Self::Bits256 => [14, 29, 58, 118, 237, 476],
+            Self::InsecureTestOnly => return None,
+        };
+        let i = usize::try_from(log_n.checked_sub(10)?).ok()?;
+        row.get(i).copied()
+    }
+}
+
 /// 128-bit security bound on log2(QP) for a ternary secret (HE Security Standard, classical).
 pub fn max_log_qp_128(log_n: u32) -> Option<u32> {
-    match log_n {
-        10 => Some(27),
-        11 => Some(54),
-        12 => Some(109),
-        13 => Some(218),
-        14 => Some(438),
-        15 => Some(881),
-        _ => None,
-    }
+    SecurityLevel::Bits128.max_log_qp(log_n)
 }
 
 /// Named, documented 128-bit presets.
@@ -154,6 +199,7 @@ impl Preset {
             log_scale,
             dnum: Some(dnum),
             secret: SecretDistribution::Ternary,
+            security_bits: None,
         }
     }
 
@@ -164,9 +210,11 @@ impl Preset {
 }
 
 impl ParametersLiteral {
-    /// Validates the literal, enforcing 128-bit security, and builds the shared parameters.
+    /// Validates the literal, enforcing its security level (`security_bits`, 128 when absent),
+    /// and builds the shared parameters.
     pub fn build(&self) -> Result<Arc<Parameters>> {
-        Parameters::new(self, SecurityLevel::Bits128).map(Arc::new)
+        let level = SecurityLevel::from_bits(self.security_bits.unwrap_or(128))?;
+        Parameters::new(self, level).map(Arc::new)
     }
 
     /// Builds parameters WITHOUT the security check, for fast tests with small rings.
@@ -354,7 +402,7 @@ fn resolve_primes(
 
 impl Parameters {
     fn new(lit: &ParametersLiteral, security: SecurityLevel) -> Result<Self> {
-        let secure = security == SecurityLevel::Bits128;
+        let secure = security.is_secure();
         let log_n = lit.log_n;
         let range = if secure { 10..=15 } else { 4..=16 };
         if !range.contains(&log_n) {
@@ -398,12 +446,17 @@ impl Parameters {
             }
         }
         let log_qp: f64 = all.iter().map(|&x| (x as f64).log2()).sum();
-        if secure {
-            let bound = max_log_qp_128(log_n).ok_or_else(|| {
-                Error::InvalidParameters(format!("no 128-bit bound known for log_n = {log_n}"))
+        if let Some(bits) = security.bits() {
+            let bound = security.max_log_qp(log_n).ok_or_else(|| {
+                Error::InvalidParameters(format!("no {bits}-bit bound known for log_n = {log_n}"))
             })?;
             if log_qp > bound as f64 {
-                return Err(Error::Insecure { n, log_qp, bound });
+                return Err(Error::Insecure {
+                    n,
+                    log_qp,
+                    bound,
+                    security_bits: bits,
+                });
             }
         }
         match lit.secret {
@@ -527,6 +580,7 @@ impl Parameters {
             log_scale: lit.log_scale,
             dnum: Some(dnum),
             secret: lit.secret,
+            security_bits: security.bits().filter(|&b| b != 128),
         };
         let id = parameter_id(&canonical, security);
         Ok(Self {
@@ -716,6 +770,8 @@ fn parameter_id(lit: &ParametersLiteral, security: SecurityLevel) -> [u8; 32] {
     h.update([match security {
         SecurityLevel::Bits128 => 0u8,
         SecurityLevel::InsecureTestOnly => 1u8,
+        SecurityLevel::Bits192 => 2u8,
+        SecurityLevel::Bits256 => 3u8,
     }]);
     h.finalize().into()
 }
@@ -797,6 +853,7 @@ mod tests {
             log_scale: 20,
             dnum: None,
             secret: SecretDistribution::Ternary,
+            security_bits: None,
         };
         assert!(small.build().is_err());
         assert!(small.build_insecure_for_tests().is_ok());

@@ -7,7 +7,8 @@ use common::*;
 use std::sync::{Arc, OnceLock};
 
 use cipherinfer_ckks::serialization::{
-    FLAG_SEEDED, FromBytes, HEADER_LEN, ObjectType, ToBytes, peek_header,
+    FLAG_SEEDED, FromBytes, HEADER_LEN, ObjectType, ToBytes, ciphertext_bytes,
+    evaluation_keys_bytes, peek_header,
 };
 use cipherinfer_ckks::{
     Ciphertext, DecodeErrorCode, Decryptor, Encoder, Encryptor, Error, EvaluationKeys, Evaluator,
@@ -282,6 +283,25 @@ fn sizes_at_n_2_14() {
         }
         let decoded = GaloisKey::from_bytes(&params, &rot, rot.len()).expect("decodes");
         assert_eq!(decoded.to_bytes(), rot);
+        // The size formulas a compiler reports before any key exists.
+        let top = params.max_level();
+        assert_eq!(ciphertext_bytes(&params, top, true), sb.len());
+        assert_eq!(ciphertext_bytes(&params, top, false), fb.len());
+        let low = s.encrypt_full(&v, 0).to_bytes().len();
+        assert_eq!(ciphertext_bytes(&params, 0, false), low);
+        let mut bundle = EvaluationKeys::new(params.clone());
+        assert_eq!(
+            evaluation_keys_bytes(&params, 0, false),
+            bundle.to_bytes().len()
+        );
+        bundle
+            .set_relinearization_key(s.relin.clone())
+            .expect("relin");
+        bundle.insert_galois_key(s.rot1.clone()).expect("galois");
+        assert_eq!(
+            evaluation_keys_bytes(&params, 1, true),
+            bundle.to_bytes().len()
+        );
     }
 }
 

@@ -240,8 +240,11 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
                 let Ok(plan) = compile(&net, slots / opts.batch.max(1)) else {
                     continue;
                 };
-                if let Ok(p) = select_parameters(plan.depth(), slots)
-                    && p.log_n() == log_n
+                if let Ok(p) = select_parameters(
+                    plan.depth(),
+                    slots,
+                    cipherinfer_ckks::SecurityLevel::Bits128,
+                ) && p.log_n() == log_n
                 {
                     chosen = Some(p);
                     break;
@@ -253,6 +256,7 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
     };
     let t = Instant::now();
     let (_net, model) = compile_model_batch(&ir, params.clone(), &calibration, opts.batch)?;
+    model.warm()?;
     let compile_s = t.elapsed().as_secs_f64();
     let plan = model.plan();
     let steps = model.rotation_steps();

@@ -7,11 +7,13 @@
 //!   shipped models, a local object store under `./cipherinfer-data`, loopback only.
 //! - `cipherinfer local` runs the local crypto MCP server over stdio.
 //! - `cipherinfer keygen`, `provision` and `classify` are the client.
+//! - `cipherinfer compile DIR` compiles a model package (a user's ONNX network) for serving,
+//!   reports what it costs and writes the compiled model `serve` loads.
 //! - `cipherinfer bench` measures encrypted inference and the server under load.
 //!
 //! Features (both on by default): `server` builds `serve` (the untrusted side: no key store, no
 //! client); `client` builds `local`, `keygen`, `provision` and `classify` (the trusted side: no
-//! server). `demo` and `bench load` need both; `bench model` neither.
+//! server). `demo` and `bench load` need both; `compile` and `bench model` neither.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -23,6 +25,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 #[cfg(feature = "client")]
 mod client;
+mod compile;
 #[cfg(all(feature = "client", feature = "server"))]
 mod demo;
 #[cfg(all(feature = "client", feature = "server"))]
@@ -70,6 +73,10 @@ enum Command {
     /// Run the remote inference MCP server (Streamable HTTP at /mcp, legacy SSE at /sse).
     #[cfg(feature = "server")]
     Serve(serve::ServeArgs),
+    /// Compile a model package (model.json + model.onnx + calibration images) for serving:
+    /// report layers, depth, parameters, keys, bytes, estimated latency and agreement, and write
+    /// the compiled model that `serve --model FILE` loads.
+    Compile(compile::CompileArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -127,6 +134,9 @@ fn main() -> ExitCode {
             Command::Local(args) => client::local(args).await,
             #[cfg(feature = "server")]
             Command::Serve(args) => serve::serve(args).await,
+            Command::Compile(args) => {
+                tokio::task::spawn_blocking(move || compile::compile(args)).await?
+            }
             Command::Bench(BenchCommand::Model(args)) => {
                 tokio::task::spawn_blocking(move || bench::model_bench(args)).await?
             }

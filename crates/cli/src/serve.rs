@@ -36,8 +36,9 @@ pub struct ServeArgs {
     #[arg(long, default_value = "cipherinfer-data")]
     data_dir: PathBuf,
     /// Served models, the first is the default (repeat or comma-separate): a shipped model's
-    /// name (mnist-cnn, fashion-cnn, mnist-relu) or a model package directory (model.json +
-    /// model.onnx; served under the card's name).
+    /// name (mnist-cnn, fashion-cnn, mnist-relu, colour-shapes), a model package directory
+    /// (model.json + model.onnx; served under the card's name) or a compiled model file
+    /// (`cipherinfer compile`; loads without recompiling).
     #[arg(long, value_delimiter = ',', default_values_t = ["mnist-cnn".to_string(), "fashion-cnn".to_string()])]
     model: Vec<String>,
     /// Accepted Host header values (default: loopback names). Repeat for several.

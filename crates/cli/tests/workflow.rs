@@ -25,10 +25,14 @@ struct Run {
 }
 
 fn cipherinfer(args: &[&str], key_dir: &Path) -> Run {
+    let key_dir = key_dir.to_str().unwrap();
+    run_bin(&[args, &["--key-dir", key_dir]].concat())
+}
+
+/// The binary with exactly `args`.
+fn run_bin(args: &[&str]) -> Run {
     let out = Command::new(BIN)
         .args(args)
-        .arg("--key-dir")
-        .arg(key_dir)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -351,7 +355,26 @@ fn the_colour_package_runs_end_to_end() {
         })
         .collect();
     let dir = temp("colour");
-    let remote = Remote::start(&dir.join("server"), package.to_str().unwrap(), &[]);
+    // compile -> serve --model FILE -> classify, the path the README gives.
+    let artifact = dir.join("colour-shapes.cimodel");
+    let compiled = run_bin(&[
+        "compile",
+        package.to_str().unwrap(),
+        "--out",
+        artifact.to_str().unwrap(),
+        "--no-estimate",
+        "--json",
+    ]);
+    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    let report: Value = serde_json::from_str(&compiled.stdout).unwrap();
+    assert_eq!(report["name"], "colour-shapes");
+    assert_eq!(report["parameters"]["security_bits"], 128);
+    assert_eq!(report["agreement"]["images_from"], "test");
+    assert!(
+        report["artifact"]["load_ms"].as_f64().unwrap() < 5_000.0,
+        "{report}"
+    );
+    let remote = Remote::start(&dir.join("server"), artifact.to_str().unwrap(), &[]);
     let got = classify_json(&remote.url, "colour-shapes", &cases, &dir.join("keys"));
     let agree = got
         .iter()
@@ -421,6 +444,86 @@ fn the_colour_package_runs_end_to_end() {
 /// The binary carries its models: a copy of it, run from an empty directory with its home and
 /// cache elsewhere, runs the demo (both shipped models served and classified) and serves the
 /// shipped colour package by name, from the copy of `models/` it wrote into its own cache.
+#[test]
+fn compile_reports_user_cnns_and_refuses_what_cannot_fit() {
+    // Two conventional CNNs trained and exported by stock PyTorch (training/train_lenet5.py,
+    // training/train_colour_cnn.py): BatchNorm folded by the exporter, ReLU, MaxPool, Gemm,
+    // GlobalAveragePool. The compiler has no knowledge of them beyond the files.
+    let packages = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/packages");
+    let dir = temp("compile-report");
+    // Plaintext simulation of the approximations, measured: LeNet-5 100% agreement (99%
+    // accuracy as given and approximated); colour-cnn 72%, where MaxPool replaced by AvgPool
+    // and degree-8 ReLUs before a global average pool lose most (closing that gap is the
+    // minimax ReLU/max work of the conventional-CNN issue).
+    for (name, min_agreement, shape) in [
+        ("lenet5-mnist", 0.97, (1, 28, 28)),
+        ("colour-cnn", 0.65, (3, 32, 32)),
+    ] {
+        let out = dir.join(format!("{name}.cimodel"));
+        let run = run_bin(&[
+            "compile",
+            packages.join(name).to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--no-estimate",
+            "--json",
+        ]);
+        assert_eq!(run.code, 0, "{name}: {}", run.stderr);
+        let r: Value = serde_json::from_str(&run.stdout).unwrap();
+        let agreement = &r["agreement"];
+        assert_eq!(agreement["images"], 100, "{name}: {agreement}");
+        let agree = agreement["top1_agreement"].as_f64().unwrap();
+        let original = agreement["original_accuracy"].as_f64().unwrap();
+        assert!(original >= 0.98, "{name}: as given {original}");
+        assert!(agree >= min_agreement, "{name}: agreement {agree}");
+        let conversion = &r["conversion"];
+        assert!(
+            conversion["activations"].as_array().unwrap().len() >= 3,
+            "{name}: {conversion}"
+        );
+        assert!(r["depth"].as_u64().unwrap() >= 10, "{name}");
+        assert!(r["rotation_keys"].as_u64().unwrap() > 0, "{name}");
+        assert!(r["eval_keys_bytes"].as_u64().unwrap() > 0, "{name}");
+        assert!(out.is_file(), "{name}: no artifact");
+        let pkg = cipherinfer_model::ModelPackage::load(packages.join(name)).unwrap();
+        assert_eq!(pkg.card.input_shape(), shape);
+    }
+    // A depth no 256-bit parameter set holds: a clear error with its code, and no file.
+    let out = dir.join("lenet-256.cimodel");
+    let run = run_bin(&[
+        "compile",
+        packages.join("lenet5-mnist").to_str().unwrap(),
+        "--security",
+        "256",
+        "--out",
+        out.to_str().unwrap(),
+        "--no-estimate",
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("256-bit") && run.stderr.contains("[depth_exceeded]"),
+        "{}",
+        run.stderr
+    );
+    assert!(!out.exists());
+    // Not a package; an unknown security level.
+    let run = run_bin(&["compile", dir.to_str().unwrap()]);
+    assert!(run.stderr.contains("[package_not_found]"), "{}", run.stderr);
+    let run = run_bin(&[
+        "compile",
+        packages.join("colour-cnn").to_str().unwrap(),
+        "--security",
+        "100",
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("not one of 128, 192, 256"),
+        "{}",
+        run.stderr
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn a_copied_binary_works_outside_the_repository() {
     let dir = temp("off-tree");

@@ -94,6 +94,10 @@ pub(crate) struct ParametersLiteralSchema {
     /// Secret key distribution (default uniform ternary).
     #[serde(default)]
     secret: SecretDistributionSchema,
+    /// Targeted bit security: 128 (also when absent), 192 or 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 128, max = 256))]
+    security_bits: Option<u32>,
 }
 
 /// The JSON Schema of [`SecretDistribution`] (see [`ParametersLiteralSchema`]).
@@ -420,6 +424,7 @@ mod tests {
             secret: SecretDistribution::SparseTernary {
                 hamming_weight: 192,
             },
+            security_bits: Some(192),
         };
         let minimal = ParametersLiteral {
             log_n: 14,
@@ -430,6 +435,7 @@ mod tests {
             log_scale: 40,
             dnum: None,
             secret: SecretDistribution::Ternary,
+            security_bits: None,
         };
         for lit in [
             full,

@@ -85,7 +85,8 @@ pub struct EvalReport {
 
 impl HeModel {
     /// Binds a plan to parameters: checks the slot count and depth, simulates levels and scales,
-    /// and encodes every mask and bias (masks ahead of time within [`DEFAULT_MASK_BUDGET`]).
+    /// and encodes every bias; masks are encoded on first use and kept within
+    /// [`DEFAULT_MASK_BUDGET`] ([`HeModel::warm`] encodes them all at once).
     /// Parameters with `B` times the plan's slots run `B` images at once (batch mode). Inputs are
     /// encrypted at the lowest level that suffices.
     pub fn new(plan: Plan, params: Arc<Parameters>) -> Result<Self> {
@@ -140,10 +141,12 @@ impl HeModel {
             match step {
                 Step::Linear(l) => {
                     let mask_scale = q[level] as f64;
+                    // Within the budget, masks are encoded on first use (or by `warm`) and
+                    // kept, so binding a model is instant; above it, on every use.
                     let masks = if lazy_masks {
                         MaskEncoding::OnUse
                     } else {
-                        MaskEncoding::Ahead
+                        MaskEncoding::Cached
                     };
                     let transform = transforms.next().ok_or_else(|| {
                         CompileError::Input("linear step without its transform".into())
@@ -193,6 +196,26 @@ impl HeModel {
             steps,
             lazy_masks,
         })
+    }
+
+    /// Encodes every mask that is kept but not encoded yet, so that the next evaluation runs at
+    /// full speed (a server calls it in the background after loading a model).
+    pub fn warm(&self) -> Result<()> {
+        for step in &self.steps {
+            if let EncodedStep::Linear(l) = step {
+                l.transform.warm()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every kept mask is encoded (always false with lazy masks).
+    pub fn is_warm(&self) -> bool {
+        !self.lazy_masks
+            && self.steps.iter().all(|s| match s {
+                EncodedStep::Linear(l) => l.transform.is_warm(),
+                _ => true,
+            })
     }
 
     /// The plan.

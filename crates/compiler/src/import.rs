@@ -2,15 +2,36 @@
 
 use std::sync::Arc;
 
-use cipherinfer_ckks::Parameters;
+use cipherinfer_ckks::{Parameters, SecurityLevel};
 use cipherinfer_model::convert::{ConversionReport, ConvertOptions, convert};
 use cipherinfer_model::ir::{Model, Op};
 use cipherinfer_model::plain::Tensor;
 
+use cipherinfer_model::package::ModelCard;
+
+use crate::artifact::{Artifact, ArtifactSource};
 use crate::error::{CompileError, Result};
 use crate::exec::HeModel;
 use crate::network::{Layer, Network};
 use crate::plan::{CompileOptions, compile_with, output_divisor_for};
+
+/// How a network is compiled for serving.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServingOptions {
+    /// How ReLU-like activations and MaxPool are approximated.
+    pub convert: ConvertOptions,
+    /// The security level of the parameters chosen.
+    pub security: SecurityLevel,
+}
+
+impl Default for ServingOptions {
+    fn default() -> Self {
+        Self {
+            convert: ConvertOptions::default(),
+            security: SecurityLevel::Bits128,
+        }
+    }
+}
 
 /// A network compiled for serving.
 #[derive(Debug)]
@@ -25,13 +46,31 @@ pub struct Compiled {
     pub conversion: Option<ConversionReport>,
 }
 
+impl Compiled {
+    /// The artifact that rebuilds this executor (see [`crate::artifact`]).
+    pub fn artifact(&self, card: ModelCard, onnx_sha256: &str) -> Artifact {
+        Artifact {
+            card,
+            source: ArtifactSource {
+                onnx_sha256: onnx_sha256.to_string(),
+                compiler_version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+            model: self.model.clone(),
+            parameters: self.he.parameters().literal().clone(),
+            output_divisor: self.he.plan().output_multiplier,
+            conversion: self.conversion.clone(),
+        }
+    }
+}
+
 /// Compiles any supported image classifier for serving: a network with ReLU-like activations or
 /// MaxPool is first converted to polynomials fitted over the input ranges seen on `calibration`
-/// (with `options`); then [`compile_model_auto`] picks the smallest 128-bit parameters.
+/// (with `options.convert`); then [`compile_model_auto`] picks the smallest parameters at
+/// `options.security`.
 pub fn compile_for_serving(
     ir: &Model,
     calibration: &[Tensor],
-    options: &ConvertOptions,
+    options: &ServingOptions,
 ) -> Result<Compiled> {
     let (model, conversion) = if ir.is_he_friendly() {
         (ir.clone(), None)
@@ -47,15 +86,15 @@ pub fn compile_for_serving(
                 kinds.into_iter().collect::<Vec<_>>().join(", "),
             ));
         }
-        let c = convert(ir, calibration, options)?;
+        let c = convert(ir, calibration, &options.convert)?;
         (c.model, Some(c.report))
     };
     let inputs: Vec<Vec<f64>> = calibration
         .iter()
-        .take(options.calibration_images.max(1))
+        .take(options.convert.calibration_images.max(1))
         .map(|t| t.data().to_vec())
         .collect();
-    let (network, he) = compile_model_auto(&model, &inputs)?;
+    let (network, he) = compile_model_auto(&model, &inputs, options.security)?;
     Ok(Compiled {
         model,
         network,
@@ -65,9 +104,13 @@ pub fn compile_for_serving(
 }
 
 /// Compiles an HE-friendly IR model choosing the parameters: for each ring degree from 2^13 up,
-/// compiles the plan for that slot count and takes the smallest 128-bit parameter set that offers
-/// its depth ([`crate::select::select_literal`]).
-pub fn compile_model_auto(model: &Model, calibration: &[Vec<f64>]) -> Result<(Network, HeModel)> {
+/// compiles the plan for that slot count and takes the smallest parameter set at `security` that
+/// offers its depth ([`crate::select::select_literal`]).
+pub fn compile_model_auto(
+    model: &Model,
+    calibration: &[Vec<f64>],
+    security: SecurityLevel,
+) -> Result<(Network, HeModel)> {
     let net = Network::from_ir(model)?;
     let mut last_err = None;
     for log_n in 13u32..=15 {
@@ -79,7 +122,7 @@ pub fn compile_model_auto(model: &Model, calibration: &[Vec<f64>]) -> Result<(Ne
                 continue;
             }
         };
-        match crate::select::select_literal(depth, slots) {
+        match crate::select::select_literal(depth, slots, security) {
             Ok(lit) if lit.log_n == log_n => {
                 return compile_model(model, lit.build()?, calibration);
             }

@@ -274,6 +274,11 @@ fn mnist_relu_converts_and_compiles_for_n_2_15() {
     eprintln!("mnist-relu converted, plan cleartext accuracy on 100: {correct}%");
     assert!(plan.depth() <= 16);
     // Its depth selects the N = 2^15 ring (128-bit), the smallest that offers 16 levels.
-    let lit = cipherinfer_compiler::select_literal(plan.depth(), 1 << 14).expect("fits");
+    let lit = cipherinfer_compiler::select_literal(
+        plan.depth(),
+        1 << 14,
+        cipherinfer_ckks::SecurityLevel::Bits128,
+    )
+    .expect("fits");
     assert_eq!(lit.log_n, 15);
 }

@@ -104,7 +104,8 @@ fn parameters_are_chosen_automatically() {
     use cipherinfer_compiler::compile_model_auto;
     let manifest = Manifest::shipped().expect("manifest");
     let ir = onnx::import(&manifest.read_model("mnist-cnn").expect("model").bytes).expect("import");
-    let (_, model) = compile_model_auto(&ir, &[]).expect("compile");
+    let (_, model) =
+        compile_model_auto(&ir, &[], cipherinfer_ckks::SecurityLevel::Bits128).expect("compile");
     // The shipped CNNs land exactly on the hand-made depth-5 preset at N = 2^13.
     assert_eq!(
         model.parameters().id(),
@@ -338,7 +339,9 @@ fn mnist_relu_converted_runs_encrypted_at_128_bits() {
     };
     let converted = convert(&ir, &calibration, &options).expect("convert").model;
     let flat: Vec<Vec<f64>> = calibration.iter().map(|t| t.data().to_vec()).collect();
-    let (_, model) = compile_model_auto(&converted, &flat).expect("compile");
+    let (_, model) =
+        compile_model_auto(&converted, &flat, cipherinfer_ckks::SecurityLevel::Bits128)
+            .expect("compile");
     let params = model.parameters().clone();
     assert_eq!(params.log_n(), 14);
     assert_eq!(model.depth(), 13);

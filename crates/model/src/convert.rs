@@ -1,15 +1,23 @@
-//! Conversion to HE-friendly form: every `Relu` becomes a polynomial fitted on the values seen at
-//! that node on calibration images, every `MaxPool2d` becomes an average pool.
+//! Conversion to HE-friendly form: every non-polynomial activation ([`Op::Activation`]: ReLU,
+//! LeakyReLU, Clip/ReLU6, Sigmoid, Tanh) becomes a polynomial fitted to that function on the values
+//! seen at that node on calibration images, every `MaxPool2d` becomes an average pool.
 //!
 //! Nodes are converted one at a time in graph order, and each is calibrated by running the
 //! plaintext executor ([`crate::plain`]) on the model as converted so far, so a polynomial is fitted
 //! to the inputs it will really receive once everything before it is approximated too.
 //!
-//! - **ReLU**: the interval is the range observed on the calibration images, widened by
+//! - **Activations**: the interval is the range observed on the calibration images, widened by
 //!   [`ConvertOptions::margin`] on each side; the polynomial of [`ConvertOptions::degree`] is fitted
-//!   by [`FitMethod::LeastSquares`] (weighted towards the observed values, which concentrate near
-//!   0, with a small uniform weight over the whole interval so it stays bounded there) or
-//!   [`FitMethod::Chebyshev`] (interpolation at Chebyshev nodes: near-minimax on the interval).
+//!   to the activation's own function ([`Activation::apply`]) by [`FitMethod::LeastSquares`]
+//!   (weighted towards the observed values, which concentrate near 0, with a small uniform weight
+//!   over the whole interval so it stays bounded there) or [`FitMethod::Chebyshev`] (interpolation
+//!   at Chebyshev nodes: near-minimax on the interval). Kinks (ReLU, LeakyReLU, a Clip bound inside
+//!   the interval) are what a polynomial approximates worst; Sigmoid and Tanh converge fast with
+//!   the degree on intervals of a few units, slowly on wide ones where they saturate. Measured
+//!   (`tests/onnx_ops.rs`), largest error of a degree-8 Chebyshev fit on [-8, 8]: ReLU 0.27,
+//!   LeakyReLU(0.2) 0.21, ReLU6 0.38, Sigmoid 0.035, Tanh 0.30; on [-4, 4]: Sigmoid 0.0018, Tanh
+//!   0.069. The report gives, for each activation, the largest error against the true function
+//!   over the interval and the RMS error on the calibration values.
 //! - **MaxPool**: replaced by the average pool of the same window, with a warning. The average of
 //!   a window is smaller than its maximum, which shifts what the next layers see; with
 //!   [`ConvertOptions::pool_gain`] a per-channel gain (least squares of the max-pool output on the
@@ -23,7 +31,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::ir::{IrError, Model, Op, Polynomial, Pool2d, absorb_input_affine};
+use crate::ir::{Activation, IrError, Model, Op, Polynomial, Pool2d, absorb_input_affine};
 use crate::plain::{self, Tensor};
 
 /// Why a model could not be converted.
@@ -44,7 +52,7 @@ pub enum ConvertError {
 /// Result type of the converter.
 pub type Result<T, E = ConvertError> = std::result::Result<T, E>;
 
-/// How ReLU polynomials are fitted.
+/// How activation polynomials are fitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FitMethod {
@@ -58,7 +66,7 @@ pub enum FitMethod {
 /// Conversion settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ConvertOptions {
-    /// Degree of each ReLU polynomial (CKKS depth `⌈log2 degree⌉ + 1`).
+    /// Degree of each activation polynomial (CKKS depth `⌈log2 degree⌉ + 1`).
     pub degree: usize,
     /// How many calibration images to use (the first ones given).
     pub calibration_images: usize,
@@ -87,8 +95,12 @@ impl Default for ConvertOptions {
 pub struct ActivationReport {
     /// Node name.
     pub node: String,
-    /// Operator before conversion (`Relu`, `Square`, `Polynomial`).
+    /// Operator before conversion (`Relu`, `LeakyRelu`, `Clip`, `Sigmoid`, `Tanh`, `Square`,
+    /// `Polynomial`).
     pub original: String,
+    /// The activation replaced, with its parameters (`None` for one left as it was).
+    #[serde(default)]
+    pub activation: Option<Activation>,
     /// Smallest and largest input seen on the calibration images.
     pub observed: [f64; 2],
     /// Interval the polynomial was fitted on (`None` for an activation left as it was).
@@ -97,9 +109,11 @@ pub struct ActivationReport {
     pub degree: usize,
     /// CKKS depth of the activation after conversion.
     pub depth: u32,
-    /// Largest |polynomial − ReLU| over the interval (converted ReLUs only).
+    /// Largest |polynomial − activation| over the interval, against the activation's own function
+    /// (converted activations only).
     pub max_error: Option<f64>,
-    /// Root mean square of polynomial − ReLU on the calibration values (converted ReLUs only).
+    /// Root mean square of polynomial − activation on the calibration values (converted
+    /// activations only).
     pub rms_error: Option<f64>,
 }
 
@@ -147,10 +161,11 @@ impl fmt::Display for ConversionReport {
             self.options.degree, self.options.fit, self.options.margin, self.calibration_images
         )?;
         for a in &self.activations {
+            let original = a.activation.map_or(a.original.clone(), |f| f.to_string());
             write!(
                 f,
-                "  {} ({} -> degree {}, depth {}): observed [{:.3}, {:.3}]",
-                a.node, a.original, a.degree, a.depth, a.observed[0], a.observed[1]
+                "  {} ({original} -> degree {}, depth {}): observed [{:.3}, {:.3}]",
+                a.node, a.degree, a.depth, a.observed[0], a.observed[1]
             )?;
             if let Some([lo, hi]) = a.interval {
                 write!(f, ", fitted on [{lo:.3}, {hi:.3}]")?;
@@ -201,9 +216,9 @@ pub struct Conversion {
     pub report: ConversionReport,
 }
 
-/// Highest ReLU degree fitted. The IR stores monomial coefficients, whose f64 evaluation loses
-/// precision as the degree grows (on [-34, 23]: 1e-14 at degree 8, 1e-5 at 31, 4e-2 at 40), and
-/// no CKKS depth budget without bootstrapping takes more.
+/// Highest activation degree fitted. The IR stores monomial coefficients, whose f64 evaluation
+/// loses precision as the degree grows (on [-34, 23]: 1e-14 at degree 8, 1e-5 at 31, 4e-2 at 40),
+/// and no CKKS depth budget without bootstrapping takes more.
 pub const MAX_FIT_DEGREE: usize = 31;
 /// Most calibration values kept for a least-squares fit.
 const MAX_FIT_SAMPLES: usize = 20_000;
@@ -248,19 +263,21 @@ pub fn convert(
     for i in 0..model.nodes().len() {
         let node = &model.nodes()[i];
         match node.op {
-            Op::Relu => {
+            Op::Activation(act) => {
                 let obs = observe_input(&model, images, i, true)?;
                 let interval = widen(obs.range, options.margin);
-                let poly = fit_relu(interval, options.degree, options.fit, &obs.samples);
+                let f = |x| act.apply(x);
+                let poly = fit_polynomial(f, interval, options.degree, options.fit, &obs.samples);
                 let report = ActivationReport {
                     node: node.name.clone(),
-                    original: "Relu".into(),
+                    original: act.name().into(),
+                    activation: Some(act),
                     observed: obs.range,
                     interval: Some(interval),
                     degree: poly.degree(),
                     depth: poly.depth(),
-                    max_error: Some(max_relu_error(&poly, interval)),
-                    rms_error: Some(rms_relu_error(&poly, &obs.samples)),
+                    max_error: Some(max_error(&poly, f, interval)),
+                    rms_error: Some(rms_error(&poly, f, &obs.samples)),
                 };
                 model = replace_op(&model, i, Op::Polynomial(poly))?;
                 fitted.push(report);
@@ -435,7 +452,8 @@ fn observe_input(model: &Model, images: &[Tensor], i: usize, keep: bool) -> Resu
     })
 }
 
-/// Ranges seen at every activation of the converted model, with the fit reports of the ReLUs.
+/// Ranges seen at every activation of the converted model, with the fit reports of the replaced
+/// activations.
 fn activation_reports(
     model: &Model,
     images: &[Tensor],
@@ -456,6 +474,7 @@ fn activation_reports(
         out.push(ActivationReport {
             node: node.name.clone(),
             original: node.op.kind().into(),
+            activation: None,
             observed: obs.range,
             interval: None,
             degree,
@@ -482,21 +501,19 @@ pub fn widen([lo, hi]: [f64; 2], margin: f64) -> [f64; 2] {
     [c - r, c + r]
 }
 
-fn relu(x: f64) -> f64 {
-    x.max(0.0)
-}
-
-/// Fits a ReLU approximation of `degree` on `[a, b]`; `samples` are the calibration values a
-/// least-squares fit weighs (ignored by [`FitMethod::Chebyshev`]).
-pub fn fit_relu(
+/// Fits a polynomial approximation of `f` of `degree` on `interval`; `samples` are the
+/// calibration values a least-squares fit weighs (ignored by [`FitMethod::Chebyshev`]). The
+/// polynomial records the interval.
+pub fn fit_polynomial(
+    f: impl Fn(f64) -> f64,
     interval: [f64; 2],
     degree: usize,
     method: FitMethod,
     samples: &[f64],
 ) -> Polynomial {
     let cheb = match method {
-        FitMethod::Chebyshev => chebyshev_interpolate(relu, degree, interval),
-        FitMethod::LeastSquares => least_squares(relu, degree, interval, samples),
+        FitMethod::Chebyshev => chebyshev_interpolate(f, degree, interval),
+        FitMethod::LeastSquares => least_squares(f, degree, interval, samples),
     };
     Polynomial {
         coeffs: chebyshev_to_monomial(&cheb, interval),
@@ -668,21 +685,22 @@ fn chebyshev_to_monomial(cheb: &[f64], interval: [f64; 2]) -> Vec<f64> {
     out
 }
 
-/// Largest |p(x) − ReLU(x)| on a grid of the interval.
-pub fn max_relu_error(p: &Polynomial, [a, b]: [f64; 2]) -> f64 {
+/// Largest |p(x) − f(x)| on a grid of 2001 points of the interval (its ends included).
+pub fn max_error(p: &Polynomial, f: impl Fn(f64) -> f64, [a, b]: [f64; 2]) -> f64 {
     (0..GRID_POINTS)
         .map(|k| a + (b - a) * k as f64 / (GRID_POINTS - 1) as f64)
-        .map(|x| (p.evaluate(x) - relu(x)).abs())
+        .map(|x| (p.evaluate(x) - f(x)).abs())
         .fold(0.0, f64::max)
 }
 
-fn rms_relu_error(p: &Polynomial, samples: &[f64]) -> f64 {
+/// Root mean square of p − f on the samples (0 for none).
+fn rms_error(p: &Polynomial, f: impl Fn(f64) -> f64, samples: &[f64]) -> f64 {
     if samples.is_empty() {
         return 0.0;
     }
     let s: f64 = samples
         .iter()
-        .map(|&x| (p.evaluate(x) - relu(x)).powi(2))
+        .map(|&x| (p.evaluate(x) - f(x)).powi(2))
         .sum();
     (s / samples.len() as f64).sqrt()
 }
@@ -690,6 +708,10 @@ fn rms_relu_error(p: &Polynomial, samples: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn relu(x: f64) -> f64 {
+        x.max(0.0)
+    }
 
     #[test]
     fn chebyshev_to_monomial_matches_direct_evaluation() {
@@ -741,7 +763,10 @@ mod tests {
         let interval = [-10.0, 10.0];
         let errors: Vec<f64> = [2, 4, 8, 16]
             .iter()
-            .map(|&d| max_relu_error(&fit_relu(interval, d, FitMethod::Chebyshev, &[]), interval))
+            .map(|&d| {
+                let p = fit_polynomial(relu, interval, d, FitMethod::Chebyshev, &[]);
+                max_error(&p, relu, interval)
+            })
             .collect();
         assert!(errors.windows(2).all(|w| w[1] < w[0]), "{errors:?}");
         assert!(errors[3] < 0.25, "{errors:?}");

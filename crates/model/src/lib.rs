@@ -8,8 +8,8 @@
 //! - [`ir`]: the model IR, a DAG of typed layers on CHW tensors with shapes checked at build time,
 //!   multiplicative-depth accounting, BatchNorm folding and a JSON form.
 //! - [`onnx`]: a bounded protobuf decoder for PyTorch-exported ONNX and its translation to the IR.
-//! - [`convert`]: ReLU → fitted polynomial and MaxPool → AvgPool, calibrated on sample images,
-//!   with a report of what it cost.
+//! - [`convert`]: activations (ReLU, LeakyReLU, Clip/ReLU6, Sigmoid, Tanh) → polynomials fitted
+//!   to them and MaxPool → AvgPool, calibrated on sample images, with a report of what it cost.
 //! - [`plain`]: the plaintext f64 executor of the IR (the reference for everything encrypted).
 //!
 //! Typical use:

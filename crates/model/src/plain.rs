@@ -1,9 +1,12 @@
 //! Plaintext f64 reference executor of the IR.
 //!
 //! It runs a [`Model`] node by node exactly as the graph says, before any packing or encryption,
-//! including the transitional `Relu` and `MaxPool2d` and an unfolded `BatchNorm`: run on the
-//! imported ONNX graph it is the independent reference of the original model; run on a converted
-//! model it says what conversion costs. [`trace`] keeps every node's output for debugging.
+//! including the transitional activations (exactly, by [`Activation::apply`]), `MaxPool2d` and an
+//! unfolded `BatchNorm`: run on the imported ONNX graph it is the independent reference of the
+//! original model; run on a converted model it says what conversion costs. [`trace`] keeps every
+//! node's output for debugging.
+//!
+//! [`Activation::apply`]: crate::ir::Activation::apply
 
 use crate::ir::{Conv2d, Dense, IrError, Model, Op, Pool2d, Result, Shape};
 use crate::manifest::{InputSpec, SampleSet};
@@ -151,7 +154,7 @@ pub fn trace_until(model: &Model, input: &Tensor, count: usize) -> Result<Trace>
             Op::BatchNorm(b) => per_channel(x, |c, v| b.scale[c] * v + b.shift[c]),
             Op::Square => map(x, |v| v * v),
             Op::Polynomial(p) => map(x, |v| p.evaluate(v)),
-            Op::Relu => map(x, |v| v.max(0.0)),
+            Op::Activation(a) => map(x, |v| a.apply(v)),
             Op::Reshape { shape } => Tensor {
                 shape: *shape,
                 data: x.data.clone(),

@@ -114,6 +114,32 @@ fn every_truncation_and_every_bit_flip_of_the_small_fixtures_is_handled() {
     }
 }
 
+#[test]
+fn every_bit_flip_of_the_torch_fixtures_is_handled() {
+    // TorchScript's constant chains (pads, view) and the dynamo forms go through the import-time
+    // constant folding: corrupted, they must give errors, never a panic.
+    for name in ["cnn_b_opset13.onnx", "cnn_b_dynamo_style.onnx"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        let bytes = std::fs::read(path).expect("fixture");
+        for len in 0..bytes.len() {
+            assert!(
+                onnx::import(&bytes[..len]).is_err(),
+                "{name}: prefix of {len} bytes imports"
+            );
+        }
+        // Two of the eight bits of each byte (all eight take ~10 s for these files).
+        for i in 0..bytes.len() {
+            for bit in [i % 8, (i + 3) % 8] {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                let _ = import_and_run(&b);
+            }
+        }
+    }
+}
+
 // --------------------------------------------------------------------------- crafted messages
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {

@@ -322,18 +322,18 @@ fn every_supported_operator_matches_the_onnx_reference() {
 #[test]
 fn an_unsupported_operator_is_named_with_its_node() {
     let bytes = std::fs::read(data("unsupported.onnx")).expect("fixture");
-    let err = onnx::import(&bytes).expect_err("Sigmoid is not supported");
+    let err = onnx::import(&bytes).expect_err("HardSwish is not supported");
     assert_eq!(
         err,
         OnnxError::UnsupportedOperator {
-            op_type: "Sigmoid".into(),
+            op_type: "HardSwish".into(),
             domain: String::new(),
-            node: "head/sigmoid".into(),
+            node: "head/hardswish".into(),
         }
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("\"Sigmoid\"") && msg.contains("\"head/sigmoid\""),
+        msg.contains("\"HardSwish\"") && msg.contains("\"head/hardswish\""),
         "{msg}"
     );
 

@@ -84,19 +84,21 @@ fn strict_decimal(s: &str) -> Option<u64> {
 
 impl AlgorithmId {
     /// The Algorithm ID of a CKKS parameter set built by this project's library. Parameters
-    /// built without the 128-bit check are refused with `ERROR_WEAK_PARAMETERS`.
+    /// built without a security check (test-only sets) are refused with `ERROR_WEAK_PARAMETERS`.
     pub fn for_ckks(params: &cipherinfer_ckks::Parameters) -> Result<Self> {
-        if params.security() != cipherinfer_ckks::SecurityLevel::Bits128 {
+        let Some(security_bits) = params.security().bits() else {
             return Err(ToolError::new(
                 ErrorCode::WeakParameters,
-                "parameters were built without the 128-bit security check",
+                "parameters were built without a security check",
             ));
-        }
+        };
         let ring_degree = u32::try_from(params.n())
             .map_err(|_| ToolError::new(ErrorCode::InvalidParameters, "ring degree too large"))?;
         Ok(Self {
             scheme: Scheme::CkksRns,
-            security_bits: 128,
+            security_bits: u16::try_from(security_bits).map_err(|_| {
+                ToolError::new(ErrorCode::InvalidParameters, "security level too large")
+            })?,
             ring_degree,
             format_version: cipherinfer_ckks::serialization::FORMAT_VERSION,
         })

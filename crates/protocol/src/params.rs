@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use cipherinfer_ckks::arith::{MAX_PRIME_BITS, MIN_PRIME_BITS, is_prime};
-use cipherinfer_ckks::params::max_log_qp_128;
 use cipherinfer_ckks::{Parameters, ParametersLiteral, SecretDistribution};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -55,30 +54,11 @@ pub const MAX_PACKING_FORMAT_LEN: usize = 64;
 pub const PACKING_CHW_BLOCKS: &str = "chw_blocks";
 
 /// Largest log2(QP) meeting a security level for a ring degree, per the Homomorphic Encryption
-/// Security Standard (classical attacks, ternary secret). The 128-bit row is the CKKS library's.
+/// Security Standard (classical attacks, ternary secret). The table is the CKKS library's.
 pub fn max_log_qp(log_n: u32, security_bits: u32) -> Option<u32> {
-    match security_bits {
-        128 => max_log_qp_128(log_n),
-        192 => match log_n {
-            10 => Some(19),
-            11 => Some(37),
-            12 => Some(75),
-            13 => Some(152),
-            14 => Some(305),
-            15 => Some(611),
-            _ => None,
-        },
-        256 => match log_n {
-            10 => Some(14),
-            11 => Some(29),
-            12 => Some(58),
-            13 => Some(118),
-            14 => Some(237),
-            15 => Some(476),
-            _ => None,
-        },
-        _ => None,
-    }
+    cipherinfer_ckks::SecurityLevel::from_bits(security_bits)
+        .ok()?
+        .max_log_qp(log_n)
 }
 
 /// Galois element of a left rotation by `step` slots in a CKKS ring of degree `n`
@@ -238,10 +218,7 @@ impl ExtendedParameters {
         let lit = params.literal();
         let mut chain = params.q_primes();
         chain.extend(params.p_primes());
-        let security_level = match params.security() {
-            cipherinfer_ckks::SecurityLevel::Bits128 => Some(128),
-            cipherinfer_ckks::SecurityLevel::InsecureTestOnly => None,
-        };
+        let security_level = params.security().bits();
         Self {
             scheme_context: Some(SchemeContext::Ckks),
             poly_modulus_degree: u32::try_from(params.n()).ok(),
@@ -538,12 +515,12 @@ impl ExtendedParameters {
                     hamming_weight: h as usize,
                 },
             },
+            security_bits: self.security_level.filter(|&b| b != 128),
         })
     }
 
     /// Builds the CKKS parameters of a complete block through the library's validating
-    /// builder (128-bit security enforced); a declared 192/256-bit level is checked by
-    /// [`ExtendedParameters::validate`] on top.
+    /// builder, which enforces the declared security level (128 bits when absent).
     pub fn build_ckks(&self) -> Result<std::sync::Arc<Parameters>> {
         self.to_ckks_literal()?
             .build()

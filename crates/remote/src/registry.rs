@@ -1,14 +1,17 @@
-//! The models a server evaluates, compiled once at start-up: shipped models by name, and model
-//! packages (a user's ONNX network with its `model.json` card) by directory. A network with ReLU
-//! or MaxPool is converted to polynomials over the ranges its calibration images reach.
+//! The models a server evaluates, compiled once at start-up: shipped models by name, model
+//! packages (a user's ONNX network with its `model.json` card) by directory, and compiled
+//! models (`cipherinfer compile` artifacts) by file. A package's network with ReLU-like
+//! activations or MaxPool is converted to polynomials over the ranges its calibration images
+//! reach; an artifact holds the converted network and its parameters already.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cipherinfer_ckks::Parameters;
-use cipherinfer_compiler::{Compiled, HeModel, Shape, compile_for_serving};
-use cipherinfer_model::convert::ConvertOptions;
+use cipherinfer_compiler::{
+    Artifact, Compiled, HeModel, ServingOptions, Shape, compile_for_serving,
+};
 use cipherinfer_model::manifest::InputSpec;
 use cipherinfer_model::{Manifest, ModelPackage, plain};
 use cipherinfer_protocol::AlgorithmId;
@@ -24,16 +27,21 @@ pub enum ModelSource {
     Shipped(String),
     /// A model package directory (`model.json` + `model.onnx`).
     Package(PathBuf),
+    /// A compiled model file (`cipherinfer compile`).
+    Artifact(PathBuf),
 }
 
 impl ModelSource {
-    /// A `--model` value: a directory holding `model.json` (or any value with a path
-    /// separator) is a package, anything else a shipped model's name.
+    /// A `--model` value: an existing file is a compiled model, a directory holding
+    /// `model.json` or any value with a path separator a package, anything else a shipped
+    /// model's name.
     pub fn parse(value: &str) -> Self {
         let path = Path::new(value);
-        if value.contains(std::path::MAIN_SEPARATOR)
+        if path.is_file() {
+            Self::Artifact(path.to_path_buf())
+        } else if ModelPackage::is_package(path)
+            || value.contains(std::path::MAIN_SEPARATOR)
             || value.contains('/')
-            || ModelPackage::is_package(path)
         {
             Self::Package(path.to_path_buf())
         } else {
@@ -55,10 +63,10 @@ fn prepare_shipped(manifest: &Manifest, name: &str) -> Result<Prepared, BoxErr> 
     let entry = manifest.model(name)?.clone();
     let ir = cipherinfer_model::onnx::import(&manifest.read_model(name)?.bytes)?;
     let samples = manifest.load_samples(&entry.dataset)?;
-    let options = ConvertOptions::default();
+    let options = ServingOptions::default();
     let calibration: Vec<_> = plain::sample_inputs(&samples, &entry.input)?
         .into_iter()
-        .take(options.calibration_images)
+        .take(options.convert.calibration_images)
         .map(|(t, _)| t)
         .collect();
     Ok(Prepared {
@@ -75,7 +83,7 @@ fn prepare_package(dir: &Path) -> Result<Prepared, BoxErr> {
     let compiled = compile_for_serving(
         &package.model,
         &package.calibration_inputs(),
-        &ConvertOptions::default(),
+        &ServingOptions::default(),
     )
     .map_err(|e| format!("model package {}: {e} [{}]", dir.display(), e.code()))?;
     Ok(Prepared {
@@ -84,6 +92,25 @@ fn prepare_package(dir: &Path) -> Result<Prepared, BoxErr> {
         labels: package.card.labels.clone(),
         input: package.input_spec(),
         compiled,
+    })
+}
+
+fn prepare_artifact(path: &Path) -> Result<Prepared, BoxErr> {
+    let coded = |e: cipherinfer_compiler::ArtifactError| format!("{e} [{}]", e.code());
+    let artifact = Artifact::read(path).map_err(coded)?;
+    let (network, he) = artifact.instantiate(path).map_err(coded)?;
+    let input = artifact.card.input_spec(artifact.model.input_name());
+    Ok(Prepared {
+        name: artifact.card.name.clone(),
+        description: artifact.card.description.clone().unwrap_or_default(),
+        labels: artifact.card.labels.clone(),
+        input,
+        compiled: Compiled {
+            model: artifact.model,
+            network,
+            he,
+            conversion: artifact.conversion,
+        },
     })
 }
 
@@ -202,6 +229,7 @@ impl Registry {
                     }
                 }
                 ModelSource::Package(dir) => prepare_package(dir)?,
+                ModelSource::Artifact(path) => prepare_artifact(path)?,
             };
             let name = prepared.name.clone();
             if models.contains_key(&name) {
@@ -230,5 +258,21 @@ impl Registry {
     /// Every served model.
     pub fn all(&self) -> impl Iterator<Item = &ServedModel> {
         self.models.values()
+    }
+
+    /// Encodes every model's kept plaintext masks now rather than on each model's first
+    /// inference (a server runs it in the background right after start-up).
+    pub fn warm(&self) {
+        for m in self.models.values() {
+            let started = std::time::Instant::now();
+            match m.model.warm() {
+                Ok(()) => tracing::info!(
+                    model = %m.info.name,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "model warm"
+                ),
+                Err(e) => tracing::warn!(model = %m.info.name, error = %e, "warming failed"),
+            }
+        }
     }
 }

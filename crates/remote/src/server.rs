@@ -64,8 +64,8 @@ pub struct ServerOptions {
     pub bind: SocketAddr,
     /// Root of the local object store.
     pub data_dir: PathBuf,
-    /// Served models: shipped names or model package directories (`ModelSource::parse`); the
-    /// first is the default.
+    /// Served models: shipped names, model package directories or compiled model files
+    /// (`ModelSource::parse`); the first is the default.
     pub models: Vec<String>,
     /// Tool policy.
     pub service: ServiceConfig,
@@ -178,6 +178,11 @@ impl Server {
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         self.check_bind(listener.local_addr()?)?;
+        // Masks are encoded on first use; encode them now, off the request path.
+        {
+            let service = self.service.clone();
+            tokio::task::spawn_blocking(move || service.registry().warm());
+        }
         let gc = {
             let service = self.service.clone();
             let shutdown = shutdown.clone();

@@ -199,6 +199,29 @@ impl Header {
     }
 }
 
+/// Bytes of a ciphertext of two polynomials at `level` as encoded (seeded: the first polynomial
+/// and a seed, as a client's fresh encryption; otherwise both polynomials, as results are).
+pub fn ciphertext_bytes(params: &Parameters, level: usize, seeded: bool) -> usize {
+    packing::ciphertext_size(params, level, 2, seeded)
+}
+
+/// Bytes of an evaluation-key bundle with `galois_keys` rotation keys and, if `relinearization`,
+/// the relinearization key, as encoded (seeded) — what a client uploads in Step 0.
+pub fn evaluation_keys_bytes(
+    params: &Parameters,
+    galois_keys: usize,
+    relinearization: bool,
+) -> usize {
+    HEADER_LEN
+        + 5
+        + if relinearization {
+            packing::relin_key_size(params)
+        } else {
+            0
+        }
+        + galois_keys * packing::galois_key_size(params)
+}
+
 /// Encodes an object in the current wire format.
 pub trait ToBytes {
     /// The encoding.

@@ -15,8 +15,10 @@
 //!   coefficients, any degree);
 //! - free relabelling and plumbing: [`Op::Reshape`] (Flatten is a reshape to `[n, 1, 1]`) and
 //!   [`Op::Add`] (element-wise sum of two branches: residual connections);
-//! - transitional, not evaluable under CKKS: [`Op::Relu`] and [`Op::MaxPool2d`]; they exist only
-//!   between import and conversion (`crate::convert`).
+//! - transitional, not evaluable under CKKS: [`Op::Activation`] (an [`Activation`]: ReLU,
+//!   LeakyReLU, Clip (ReLU6), Sigmoid, Tanh, with [`Activation::apply`] its exact value) and
+//!   [`Op::MaxPool2d`]; they exist only between import and conversion (`crate::convert`), which
+//!   replaces each activation by a polynomial fitted to it and each max pool by an average pool.
 //!
 //! Tensors are CHW: a flat vector of `n` values has shape `[n, 1, 1]`. Values are laid out
 //! channel-major then row-major, as in ONNX/PyTorch (NCHW with N = 1).
@@ -38,7 +40,9 @@ use thiserror::Error;
 
 pub(crate) use model::absorb_input_affine;
 pub use model::{Model, ModelBuilder, NodeDepth};
-pub use ops::{BatchNorm, Conv2d, Dense, Node, Op, Padding, Polynomial, Pool2d, ceil_log2};
+pub use ops::{
+    Activation, BatchNorm, Conv2d, Dense, Node, Op, Padding, Polynomial, Pool2d, ceil_log2,
+};
 pub use shape::Shape;
 
 /// Version of the serialized model layout.

@@ -232,7 +232,7 @@ impl Model {
             .collect()
     }
 
-    /// Whether every node can be evaluated under CKKS (no `Relu`, no `MaxPool2d`).
+    /// Whether every node can be evaluated under CKKS (no `Activation`, no `MaxPool2d`).
     pub fn is_he_friendly(&self) -> bool {
         self.nodes.iter().all(|n| n.op.is_he_friendly())
     }

@@ -1,6 +1,7 @@
 //! The operators ([`Op`]) and their parameter structs ([`Conv2d`], [`Pool2d`], [`Dense`],
-//! [`BatchNorm`], [`Polynomial`], [`Padding`]), each with the check of its weights and attributes
-//! against its input shape, and the [`Node`] that applies an operator to named values.
+//! [`BatchNorm`], [`Polynomial`], [`Activation`], [`Padding`]), each with the check of its weights
+//! and attributes against its input shape, and the [`Node`] that applies an operator to named
+//! values.
 
 use std::fmt;
 
@@ -332,6 +333,113 @@ impl Polynomial {
     }
 }
 
+/// An element-wise activation of the source network, evaluated exactly by the plaintext executor:
+/// transitional (CKKS has no evaluation of it), replaced by a fitted [`Polynomial`] by the
+/// converter (`crate::convert`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "function", rename_all = "snake_case")]
+pub enum Activation {
+    /// `max(x, 0)`.
+    Relu,
+    /// `x` for `x ≥ 0`, `alpha · x` below (ONNX `LeakyRelu`, PyTorch default `alpha` 0.01).
+    LeakyRelu {
+        /// Slope below 0.
+        alpha: f64,
+    },
+    /// `min(max(x, min), max)`; an absent bound does not clip (ReLU6 is `min 0, max 6`).
+    Clip {
+        /// Lower bound, if any.
+        min: Option<f64>,
+        /// Upper bound, if any.
+        max: Option<f64>,
+    },
+    /// `1 / (1 + e^−x)`.
+    Sigmoid,
+    /// `tanh x`.
+    Tanh,
+}
+
+impl Activation {
+    /// The function's value at `x`.
+    pub fn apply(&self, x: f64) -> f64 {
+        match *self {
+            Activation::Relu => x.max(0.0),
+            Activation::LeakyRelu { alpha } => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    alpha * x
+                }
+            }
+            Activation::Clip { min, max } => {
+                let x = min.map_or(x, |lo| x.max(lo));
+                max.map_or(x, |hi| x.min(hi))
+            }
+            // Written so that neither branch overflows.
+            Activation::Sigmoid if x >= 0.0 => 1.0 / (1.0 + (-x).exp()),
+            Activation::Sigmoid => {
+                let e = x.exp();
+                e / (1.0 + e)
+            }
+            Activation::Tanh => x.tanh(),
+        }
+    }
+
+    /// Short name, as the ONNX operator (`Relu`, `LeakyRelu`, `Clip`, `Sigmoid`, `Tanh`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Activation::Relu => "Relu",
+            Activation::LeakyRelu { .. } => "LeakyRelu",
+            Activation::Clip { .. } => "Clip",
+            Activation::Sigmoid => "Sigmoid",
+            Activation::Tanh => "Tanh",
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match *self {
+            Activation::LeakyRelu { alpha } if !alpha.is_finite() => {
+                Err(format!("alpha {alpha} is not finite"))
+            }
+            Activation::Clip { min, max } => {
+                if let Some(b) = min.into_iter().chain(max).find(|b| !b.is_finite()) {
+                    return Err(format!("bound {b} is not finite (leave it out instead)"));
+                }
+                match (min, max) {
+                    (Some(lo), Some(hi)) if lo > hi => Err(format!("min {lo} > max {hi}")),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `x` as its shortest f32 text when it is an f32 value (parameters read from ONNX are: `0.1`, not
+/// `0.10000000149011612`), else as f64.
+fn short(x: f64) -> String {
+    let single = x as f32;
+    if f64::from(single) == x {
+        single.to_string()
+    } else {
+        x.to_string()
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        match *self {
+            Activation::LeakyRelu { alpha } => write!(f, " alpha {}", short(alpha)),
+            Activation::Clip { min, max } => {
+                let bound = |b: Option<f64>, inf: &str| b.map_or(inf.to_owned(), short);
+                write!(f, " [{}, {}]", bound(min, "-inf"), bound(max, "inf"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `⌈log2 d⌉` (0 for `d ≤ 1`).
 pub fn ceil_log2(d: usize) -> u32 {
     if d <= 1 {
@@ -369,8 +477,9 @@ pub enum Op {
     },
     /// Element-wise sum of two inputs of equal shape (residual connection).
     Add,
-    /// `max(x, 0)`: transitional, replaced by a [`Polynomial`] by the converter. One input.
-    Relu,
+    /// A non-polynomial activation (ReLU, LeakyReLU, Clip, Sigmoid, Tanh): transitional,
+    /// replaced by a [`Polynomial`] by the converter. One input.
+    Activation(Activation),
     /// Max pooling: transitional, replaced by average pooling by the converter. One input.
     MaxPool2d(Pool2d),
 }
@@ -387,7 +496,7 @@ impl Op {
             Op::Polynomial(_) => "Polynomial",
             Op::Reshape { .. } => "Reshape",
             Op::Add => "Add",
-            Op::Relu => "Relu",
+            Op::Activation(a) => a.name(),
             Op::MaxPool2d(_) => "MaxPool2d",
         }
     }
@@ -411,12 +520,12 @@ impl Op {
 
     /// Whether the operator is an activation (a non-linear element-wise map).
     pub fn is_activation(&self) -> bool {
-        matches!(self, Op::Square | Op::Polynomial(_) | Op::Relu)
+        matches!(self, Op::Square | Op::Polynomial(_) | Op::Activation(_))
     }
 
-    /// Whether CKKS can evaluate the operator (everything but `Relu` and `MaxPool2d`).
+    /// Whether CKKS can evaluate the operator (everything but `Activation` and `MaxPool2d`).
     pub fn is_he_friendly(&self) -> bool {
-        !matches!(self, Op::Relu | Op::MaxPool2d(_))
+        !matches!(self, Op::Activation(_) | Op::MaxPool2d(_))
     }
 
     /// Levels the operator consumes on its own under CKKS, or `None` if it cannot be evaluated:
@@ -429,7 +538,7 @@ impl Op {
             }
             Op::Polynomial(p) => Some(p.depth()),
             Op::Reshape { .. } | Op::Add => Some(0),
-            Op::Relu | Op::MaxPool2d(_) => None,
+            Op::Activation(_) | Op::MaxPool2d(_) => None,
         }
     }
 
@@ -448,7 +557,11 @@ impl Op {
             Op::AvgPool2d(p) | Op::MaxPool2d(p) => p.output_shape(first)?,
             Op::Dense(d) => d.output_shape(first)?,
             Op::BatchNorm(b) => b.output_shape(first)?,
-            Op::Square | Op::Relu => first,
+            Op::Square => first,
+            Op::Activation(a) => {
+                a.check()?;
+                first
+            }
             Op::Polynomial(p) => {
                 p.check()?;
                 first
@@ -516,6 +629,7 @@ impl fmt::Display for Op {
                 Ok(())
             }
             Op::Reshape { shape } => write!(f, "Reshape to {shape}"),
+            Op::Activation(a) => write!(f, "{a}"),
             _ => f.write_str(self.kind()),
         }
     }

@@ -5,20 +5,43 @@
 //! inputs and outputs) from untrusted bytes: every length is checked against the bytes that are
 //! really there and against [`Limits`] before anything is allocated, and malformed, truncated or
 //! hostile input gives an [`OnnxError`], never a panic. [`import`] then maps the operators to IR
-//! nodes and folds BatchNorm into the neighbouring linear layers.
+//! nodes and folds BatchNorm into the neighbouring linear layers; [`import_with_notes`] also says
+//! what the import changed without changing the prediction (a dropped final Softmax).
 //!
-//! Supported operators (default domain): Conv, Gemm, MatMul (+ Add of a constant as its bias),
-//! BatchNormalization, AveragePool, GlobalAveragePool, MaxPool, Relu, `Mul(x, x)` and `Pow(x, 2)`
-//! as a square, Flatten, Reshape, Add (two branches: residual; a constant: the bias of the Conv,
-//! Gemm or MatMul before it), Identity and Dropout (no-ops), Constant. Anything else is
-//! [`OnnxError::UnsupportedOperator`], naming the operator and the node.
+//! Supported operators (default domain), in the forms `torch.onnx.export` writes with the
+//! TorchScript exporter (`dynamo=False`) and the dynamo exporter (`dynamo=True`, opset 18, where
+//! several attributes became inputs):
+//!
+//! - layers: Conv (any `group`: grouped and depthwise), Gemm, MatMul (+ Add of a constant as its
+//!   bias), BatchNormalization (folded), AveragePool, GlobalAveragePool, ReduceMean over height
+//!   and width (a global average pool), MaxPool;
+//! - activations: Relu, LeakyRelu (`alpha`, default 0.01), Clip (ReLU6, clamp; bounds as constant
+//!   inputs since opset 11 or attributes before, an omitted bound is none), Sigmoid, Tanh — all
+//!   transitional ([`crate::ir::Activation`]), `Mul(x, x)` and `Pow(x, 2)` as a square;
+//! - Pad with zeros (mode `constant`, value 0, on height and width; pads as attribute or constant
+//!   input, with `axes` since opset 18), only right before a Conv: folded into its padding;
+//! - Softmax and LogSoftmax over the classes, only as the last operator producing the graph
+//!   output: dropped (the predicted class is the same), with a note in [`Imported::notes`];
+//! - plumbing: Flatten, Reshape, Add (two branches: residual; a constant: the bias of the Conv,
+//!   Gemm or MatMul before it), Identity and Dropout (no-ops), Cast of a computed value to FLOAT,
+//!   Constant;
+//! - static computations, evaluated at import time when every input is a constant (the shape and
+//!   pads arithmetic exporters leave in graphs): Shape of a computed value (its shape is known),
+//!   Gather, Concat, Cast, Unsqueeze, Squeeze, Slice, Transpose, Reshape, ConstantOfShape, Add,
+//!   Sub, Mul, Div, Neg.
+//!
+//! An operator outside this list is [`OnnxError::UnsupportedOperator`], naming the operator and
+//! the node; a listed one used in a way the importer does not translate (a reflect pad, a Softmax
+//! inside the network, Clip bounds computed at run time, a shape computed from the image, ...) is
+//! [`OnnxError::Unsupported`], naming the node and its operator and saying what to change.
 //!
 //! The batch dimension must be 1 (or symbolic): tensors are `[1, C, H, W]` or `[1, N]`, which the
 //! IR holds as `C x H x W` and `N x 1 x 1`.
 //!
 //! The module is split by stage: `decode` (with its `wire` part) holds the bounded decoder and the
 //! decoded message structs, `translate` (with its `operators` part) the translation of a decoded
-//! graph into the IR; this file holds the errors, the limits and options, and the entry points.
+//! graph into the IR (and its `fold` part the import-time evaluation of constant subgraphs); this
+//! file holds the errors, the limits and options, and the entry points.
 
 mod decode;
 mod translate;
@@ -31,7 +54,7 @@ pub use decode::{
     AttributeValue, DATA_DOUBLE, DATA_FLOAT, DATA_INT32, DATA_INT64, OnnxAttribute, OnnxGraph,
     OnnxModel, OnnxNode, OnnxTensor, OnnxValueInfo, TensorData,
 };
-pub use translate::{OPSET_RANGE, translate};
+pub use translate::{OPSET_RANGE, translate, translate_with_notes};
 
 use decode::Decoder;
 
@@ -149,6 +172,16 @@ impl Default for ImportOptions {
     }
 }
 
+/// An imported model with what the importer changed in it that a user should know.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The IR model.
+    pub model: Model,
+    /// One sentence per change that is not an exact translation but keeps the predicted class
+    /// (e.g. a final Softmax dropped), in graph order; empty for most models.
+    pub notes: Vec<String>,
+}
+
 /// Decodes ONNX bytes into the message subset the importer reads, within the default [`Limits`].
 pub fn decode(bytes: &[u8]) -> Result<OnnxModel> {
     decode_with(bytes, &Limits::default())
@@ -173,11 +206,15 @@ pub fn import(bytes: &[u8]) -> Result<Model> {
 
 /// Imports ONNX bytes with the given options.
 pub fn import_with(bytes: &[u8], options: &ImportOptions) -> Result<Model> {
+    import_with_notes(bytes, options).map(|i| i.model)
+}
+
+/// Imports ONNX bytes with the given options, keeping the importer's notes ([`Imported`]).
+pub fn import_with_notes(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
     let onnx = decode_with(bytes, &options.limits)?;
-    let model = translate(&onnx)?;
+    let mut imported = translate_with_notes(&onnx)?;
     if options.fold_batchnorm {
-        Ok(model.fold_batchnorm()?)
-    } else {
-        Ok(model)
+        imported.model = imported.model.fold_batchnorm()?;
     }
+    Ok(imported)
 }

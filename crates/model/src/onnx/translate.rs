@@ -1,18 +1,20 @@
 //! Translation of a decoded ONNX graph ([`OnnxModel`]) into the IR: the opset check, the table of
-//! ONNX values (computed tensors and constants), the attribute reader, and the translator's
-//! bookkeeping (fresh IR names, pending layers, read counts) with the dispatch on `op_type`. The
-//! operators' own translations are in `operators`.
+//! ONNX values (computed tensors, zero-padded tensors waiting for their convolution, and
+//! constants), the attribute reader, and the translator's bookkeeping (fresh IR names, pending
+//! layers, read counts, notes) with the dispatch on `op_type`. The operators' own translations are
+//! in `operators`, the import-time evaluation of constant subgraphs in `fold`.
 
+mod fold;
 mod operators;
 
 use std::collections::HashMap;
 
 use super::decode::malformed;
 use super::{
-    AttributeValue, DATA_FLOAT, OnnxError, OnnxGraph, OnnxModel, OnnxNode, OnnxTensor,
+    AttributeValue, DATA_FLOAT, Imported, OnnxError, OnnxGraph, OnnxModel, OnnxNode, OnnxTensor,
     OnnxValueInfo, Result, TensorData,
 };
-use crate::ir::{IrError, Model, ModelBuilder, Node, Op, Padding, Pool2d, Shape};
+use crate::ir::{Activation, IrError, Model, ModelBuilder, Node, Op, Padding, Pool2d, Shape};
 
 /// Lowest and highest default-domain opset versions accepted.
 pub const OPSET_RANGE: (i64, i64) = (9, 23);
@@ -66,6 +68,17 @@ enum Value {
         shape: Shape,
         rank: usize,
     },
+    /// A computed tensor with zero padding still to add: the output of one or more `Pad` nodes,
+    /// which only a convolution may read (the padding is added to its own).
+    Padded {
+        /// The IR value padded, its shape (before padding).
+        ir: String,
+        shape: Shape,
+        /// The padding to add.
+        pad: Padding,
+        /// The (last) Pad node, for messages.
+        node: String,
+    },
     /// A constant.
     Const(Const),
 }
@@ -94,17 +107,28 @@ struct Translator<'a> {
     ir_uses: HashMap<String, i64>,
     /// Nodes whose bias may still be changed by a following `Add` of a constant.
     pending: Vec<Node>,
+    /// The default-domain opset version.
+    opset: i64,
+    /// What the translation changed that a user should know (e.g. a dropped Softmax).
+    notes: Vec<String>,
+    /// Values in all the constants folded so far (bounded: folding can make large tensors).
+    folded: usize,
 }
 
 /// Translates a decoded ONNX model into the IR (BatchNorm not folded yet).
 pub fn translate(onnx: &OnnxModel) -> Result<Model> {
+    translate_with_notes(onnx).map(|i| i.model)
+}
+
+/// [`translate`], with the notes on what the translation changed (e.g. a final Softmax dropped).
+pub fn translate_with_notes(onnx: &OnnxModel) -> Result<Imported> {
     let opset = onnx
         .opsets
         .iter()
         .find(|(d, _)| d.is_empty() || d == "ai.onnx")
         .map(|&(_, v)| v);
-    match opset {
-        Some(v) if (OPSET_RANGE.0..=OPSET_RANGE.1).contains(&v) => {}
+    let opset = match opset {
+        Some(v) if (OPSET_RANGE.0..=OPSET_RANGE.1).contains(&v) => v,
         Some(v) => {
             return Err(OnnxError::Invalid {
                 reason: format!(
@@ -118,7 +142,7 @@ pub fn translate(onnx: &OnnxModel) -> Result<Model> {
                 reason: "no default-domain opset import".into(),
             });
         }
-    }
+    };
     let g = &onnx.graph;
     let mut values: HashMap<String, Value> = HashMap::new();
     for (i, t) in g.initializers.iter().enumerate() {
@@ -174,6 +198,9 @@ pub fn translate(onnx: &OnnxModel) -> Result<Model> {
         uses,
         ir_uses: HashMap::new(),
         pending: Vec::new(),
+        opset,
+        notes: Vec::new(),
+        folded: 0,
     };
     for node in &g.nodes {
         t.node(node)?;
@@ -339,6 +366,7 @@ impl Translator<'_> {
     fn tensor(&self, n: &OnnxNode, i: usize) -> Result<(String, Shape, usize)> {
         match self.value(n, i)? {
             Some(Value::Tensor { ir, shape, rank }) => Ok((ir.clone(), *shape, *rank)),
+            Some(Value::Padded { node, .. }) => Err(self.pad_not_folded(n, node)),
             Some(Value::Const(_)) => Err(self.unsupported(
                 n,
                 format!("input {i} is a constant; a computed tensor is expected"),
@@ -347,11 +375,32 @@ impl Translator<'_> {
         }
     }
 
+    /// The error for a node other than a Conv reading the output of Pad node `pad`.
+    fn pad_not_folded(&self, reader: &OnnxNode, pad: &str) -> OnnxError {
+        let pool = matches!(reader.op_type.as_str(), "AveragePool" | "MaxPool");
+        OnnxError::Unsupported {
+            node: pad.to_owned(),
+            op_type: "Pad".into(),
+            reason: format!(
+                "its output is read by {} node {:?}: a Pad is only supported right before a Conv, \
+                 whose zero padding it becomes{}",
+                reader.op_type,
+                node_label(reader),
+                if pool {
+                    "; a padded pooling would average (or compare) the added zeros, which the IR's \
+                     pools cannot do: remove the Pad or move it before a convolution"
+                } else {
+                    "; remove the Pad or give the padding to the convolution after it"
+                }
+            ),
+        }
+    }
+
     /// Input `i` as a constant (`None` when the optional input is omitted).
     fn constant(&self, n: &OnnxNode, i: usize) -> Result<Option<Const>> {
         match self.value(n, i)? {
             Some(Value::Const(c)) => Ok(Some(c.clone())),
-            Some(Value::Tensor { .. }) => Err(self.unsupported(
+            Some(Value::Tensor { .. } | Value::Padded { .. }) => Err(self.unsupported(
                 n,
                 format!("input {i} is computed at run time; only constant weights are supported"),
             )),
@@ -457,7 +506,7 @@ impl Translator<'_> {
     /// Binds the node's first output to an existing value (no IR node).
     fn alias(&mut self, n: &OnnxNode, value: Value) -> Result<()> {
         let out = self.output_name(n)?.to_owned();
-        if let Value::Tensor { ir, .. } = &value {
+        if let Value::Tensor { ir, .. } | Value::Padded { ir, .. } = &value {
             // The aliasing node's own read of its source is passed on to the alias's readers.
             let reads = self.reads(&out) - 1;
             *self.ir_uses.entry(ir.clone()).or_default() += reads;
@@ -475,7 +524,23 @@ impl Translator<'_> {
             });
         }
         let a = Attrs(n);
-        match n.op_type.as_str() {
+        let op = n.op_type.as_str();
+        if fold::FOLDABLE.contains(&op) && self.all_constant(n)? {
+            let inputs = (0..n.inputs.len())
+                .map(|i| self.constant(n, i))
+                .collect::<Result<Vec<_>>>()?;
+            let c = fold::fold(op, &a, &inputs)?;
+            self.folded = self.folded.saturating_add(c.len());
+            if self.folded > fold::MAX_FOLDED_TOTAL {
+                return Err(OnnxError::TooLarge {
+                    what: "values in constants computed at import time",
+                    size: self.folded as u64,
+                    limit: fold::MAX_FOLDED_TOTAL as u64,
+                });
+            }
+            return self.alias(n, Value::Const(c));
+        }
+        match op {
             "Conv" => self.conv(n, &a),
             "Gemm" => self.gemm(n, &a),
             "MatMul" => self.matmul(n),
@@ -489,9 +554,32 @@ impl Translator<'_> {
                 }
                 self.emit(n, Op::AvgPool2d(Pool2d::global(shape)), &[&x], 4)
             }
-            "Relu" => {
-                let (x, _, rank) = self.tensor(n, 0)?;
-                self.emit(n, Op::Relu, &[&x], rank)
+            "Relu" => self.activation(n, Activation::Relu),
+            "LeakyRelu" => {
+                let alpha = f64::from(a.float("alpha", 0.01)?);
+                self.activation(n, Activation::LeakyRelu { alpha })
+            }
+            "Sigmoid" => self.activation(n, Activation::Sigmoid),
+            "Tanh" => self.activation(n, Activation::Tanh),
+            "Clip" => self.clip(n, &a),
+            "Softmax" | "LogSoftmax" => self.softmax(n, &a),
+            "Pad" => self.pad(n, &a),
+            "ReduceMean" => self.reduce_mean(n, &a),
+            "Shape" => self.shape(n, &a),
+            "Cast" => {
+                // A cast of a computed tensor is only accepted to a float type (a no-op here).
+                let (x, shape, rank) = self.tensor(n, 0)?;
+                let to = a.int("to", 0)?;
+                if !matches!(to, 1 | 11) {
+                    return Err(self.unsupported(
+                        n,
+                        format!(
+                            "cast of a computed tensor to element type {to}: only FLOAT is \
+                             supported"
+                        ),
+                    ));
+                }
+                self.alias(n, Value::Tensor { ir: x, shape, rank })
             }
             "Mul" => {
                 let (x, _, rank) = self.tensor(n, 0)?;
@@ -546,6 +634,15 @@ impl Translator<'_> {
                 let c = self.constant_attr(n, &a)?;
                 self.alias(n, Value::Const(c))
             }
+            other if fold::FOLDABLE.contains(&other) => Err(self.unsupported(
+                n,
+                format!(
+                    "{other} of a tensor computed from the image is not supported: it is only \
+                     evaluated at import time on constants (static shape computations); export \
+                     with fixed input sizes (no dynamic_axes) and constant folding, or remove \
+                     the operation from the network"
+                ),
+            )),
             other => Err(OnnxError::UnsupportedOperator {
                 op_type: other.to_owned(),
                 domain: n.domain.clone(),
@@ -554,7 +651,26 @@ impl Translator<'_> {
         }
     }
 
-    fn finish(mut self) -> Result<Model> {
+    /// Whether every input given to `n` is a constant (and it has at least one).
+    fn all_constant(&self, n: &OnnxNode) -> Result<bool> {
+        let mut any = false;
+        for i in 0..n.inputs.len() {
+            match self.value(n, i)? {
+                Some(Value::Const(_)) => any = true,
+                Some(_) => return Ok(false),
+                None => {}
+            }
+        }
+        Ok(any)
+    }
+
+    /// An element-wise activation of input 0.
+    fn activation(&mut self, n: &OnnxNode, act: Activation) -> Result<()> {
+        let (x, _, rank) = self.tensor(n, 0)?;
+        self.emit(n, Op::Activation(act), &[&x], rank)
+    }
+
+    fn finish(mut self) -> Result<Imported> {
         self.flush()?;
         let [out] = self.graph.outputs.as_slice() else {
             return Err(OnnxError::Invalid {
@@ -566,6 +682,15 @@ impl Translator<'_> {
         };
         let (ir, shape) = match self.values.get(&out.name) {
             Some(Value::Tensor { ir, shape, .. }) => (ir.clone(), *shape),
+            Some(Value::Padded { node, .. }) => {
+                return Err(OnnxError::Unsupported {
+                    node: node.clone(),
+                    op_type: "Pad".into(),
+                    reason: "its output is the graph output; a Pad is only supported right \
+                             before a Conv, whose zero padding it becomes: remove it"
+                        .into(),
+                });
+            }
             _ => {
                 return Err(OnnxError::Invalid {
                     reason: format!("the output {:?} is not computed by the graph", out.name),
@@ -588,7 +713,10 @@ impl Translator<'_> {
                 ),
             });
         }
-        let model = self.builder.build(&ir)?;
-        Ok(model.prune()?)
+        let model = self.builder.build(&ir)?.prune()?;
+        Ok(Imported {
+            model,
+            notes: self.notes,
+        })
     }
 }

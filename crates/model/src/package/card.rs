@@ -163,6 +163,27 @@ impl ModelCard {
         Ok(())
     }
 
+    /// Checks the card against the network it describes: the input shape, and one label per
+    /// output.
+    pub fn check_network(&self, model: &crate::ir::Model) -> Result<(), PackageError> {
+        let (c, h, w) = self.input_shape();
+        let input = model.input_shape();
+        if (input.channels, input.height, input.width) != (c, h, w) {
+            return Err(PackageError::InputMismatch(format!(
+                "the card's input is {c}x{h}x{w} (channels x height x width), the network's is {}x{}x{}",
+                input.channels, input.height, input.width
+            )));
+        }
+        let outputs = model.output_shape().len();
+        if outputs != self.labels.len() {
+            return Err(PackageError::LabelMismatch {
+                labels: self.labels.len(),
+                outputs,
+            });
+        }
+        Ok(())
+    }
+
     /// (channels, height, width) of the input.
     pub fn input_shape(&self) -> (usize, usize, usize) {
         (self.input.channels, self.input.height, self.input.width)

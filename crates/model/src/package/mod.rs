@@ -233,22 +233,7 @@ impl ModelPackage {
         let card = Self::read_card(dir)?;
         let onnx = read_limited(&dir.join(ONNX_FILE), MAX_MODEL_BYTES, "the ONNX network")?;
         let model = crate::onnx::import(&onnx)?;
-        let (c, h, w) = card.input_shape();
-        let input = model.input_shape();
-        if (input.channels, input.height, input.width) != (c, h, w) {
-            return Err(PackageError::InputMismatch(format!(
-                "the card's input is {c}x{h}x{w} (channels x height x width), the network's is {}x{}x{}",
-                input.channels, input.height, input.width
-            )));
-        }
-        let out = model.output_shape();
-        let outputs = out.channels * out.height * out.width;
-        if outputs != card.labels.len() {
-            return Err(PackageError::LabelMismatch {
-                labels: card.labels.len(),
-                outputs,
-            });
-        }
+        card.check_network(&model)?;
         let spec = card.input_spec(model.input_name());
         let calibration_dir = dir.join(
             card.calibration

@@ -8,7 +8,8 @@
   Add, Reshape with an initializer shape, Identity, Dropout, Flatten, Max/Average/GlobalAverage
   pooling). ops.json holds its output on a fixed input, computed by onnx.reference (an independent
   implementation of the operators), so the Rust test needs no Python.
-- unsupported.onnx: Conv followed by a Sigmoid node named "head/sigmoid".
+- unsupported.onnx: Conv followed by a HardSwish node named "head/hardswish" (an activation the
+  importer does not translate).
 """
 
 import json
@@ -101,7 +102,7 @@ def unsupported_model():
     graph = helper.make_graph(
         [
             N("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3]),
-            N("Sigmoid", ["c"], ["y"], name="head/sigmoid"),
+            N("HardSwish", ["c"], ["y"], name="head/hardswish"),
         ],
         "unsupported",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],

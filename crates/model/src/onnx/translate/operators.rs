@@ -1,9 +1,28 @@
-//! The translation of each supported ONNX operator that needs more than a line: Constant, Conv,
-//! Gemm, MatMul, Add (residual or bias), BatchNormalization, the poolings and Reshape.
+//! The translation of each supported ONNX operator that needs more than a line: Constant, Conv
+//! (with the zero padding of the Pads before it), Gemm, MatMul, Add (residual or bias),
+//! BatchNormalization, the poolings and ReduceMean, Reshape, Clip, Pad, a final Softmax and Shape.
 
 use super::{Attrs, Const, Translator, Value, const_of, node_label};
-use crate::ir::{BatchNorm, Conv2d, Dense, Node, Op, Pool2d, Shape};
+use crate::ir::{Activation, BatchNorm, Conv2d, Dense, Node, Op, Padding, Pool2d, Shape};
 use crate::onnx::{AttributeValue, OnnxNode, Result, TensorData};
+
+/// Largest padding accepted on one side (as by [`Attrs::padding`]).
+const MAX_PAD: i64 = 1 << 16;
+
+/// `axis` (negative counts from the end) as an index below `rank`.
+fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
+    let r = i64::try_from(rank).ok()?;
+    let a = if axis < 0 { axis + r } else { axis };
+    usize::try_from(a).ok().filter(|&a| a < rank)
+}
+
+/// ONNX dims of a computed value of IR shape `shape` and ONNX rank `rank`.
+fn onnx_dims(shape: Shape, rank: usize) -> Vec<usize> {
+    match rank {
+        4 => vec![1, shape.channels, shape.height, shape.width],
+        _ => vec![1, shape.len()],
+    }
+}
 
 impl Translator<'_> {
     pub(super) fn constant_attr(&self, n: &OnnxNode, a: &Attrs<'_>) -> Result<Const> {
@@ -38,7 +57,14 @@ impl Translator<'_> {
     }
 
     pub(super) fn conv(&mut self, n: &OnnxNode, a: &Attrs<'_>) -> Result<()> {
-        let (x, shape, rank) = self.tensor(n, 0)?;
+        // The zero padding of Pad nodes just before is added to the convolution's own.
+        let (x, shape, rank, extra) = match self.value(n, 0)? {
+            Some(Value::Padded { ir, shape, pad, .. }) => (ir.clone(), *shape, 4, *pad),
+            _ => {
+                let (x, shape, rank) = self.tensor(n, 0)?;
+                (x, shape, rank, Padding::default())
+            }
+        };
         if rank != 4 {
             return Err(self.unsupported(n, "input is not [1, C, H, W]"));
         }
@@ -64,12 +90,19 @@ impl Translator<'_> {
             Some((_, b)) => b,
             None => vec![0.0; out_c],
         };
+        let own = a.padding()?;
+        let padding = Padding {
+            top: own.top + extra.top,
+            left: own.left + extra.left,
+            bottom: own.bottom + extra.bottom,
+            right: own.right + extra.right,
+        };
         let conv = Conv2d {
             in_channels: in_per_group.saturating_mul(groups),
             out_channels: out_c,
             kernel: [kh, kw],
             stride: a.pair("strides", Some([1, 1]))?,
-            padding: a.padding()?,
+            padding,
             groups,
             weights,
             bias,
@@ -185,6 +218,9 @@ impl Translator<'_> {
             (Some(Value::Tensor { ir, shape, rank }), Some(Value::Const(c)))
             | (Some(Value::Const(c)), Some(Value::Tensor { ir, shape, rank })) => {
                 self.add_bias(n, &ir, shape, rank, &c)
+            }
+            (Some(Value::Padded { node, .. }), _) | (_, Some(Value::Padded { node, .. })) => {
+                Err(self.pad_not_folded(n, &node))
             }
             _ => Err(self.unsupported(n, "needs two operands, at least one computed")),
         }
@@ -397,4 +433,272 @@ fn transpose(b: &[f64], rows: usize, cols: usize) -> Vec<f64> {
         }
     }
     t
+}
+
+impl Translator<'_> {
+    /// `Clip(x, min, max)`: bounds as inputs (opset 11+, each optional) or attributes (before).
+    pub(super) fn clip(&mut self, n: &OnnxNode, a: &Attrs<'_>) -> Result<()> {
+        let (x, _, rank) = self.tensor(n, 0)?;
+        let bound = |i: usize, name: &str| -> Result<Option<f64>> {
+            let v = if a.get(name).is_some() {
+                Some(f64::from(a.float(name, 0.0)?))
+            } else {
+                match self.value(n, i)? {
+                    None => None,
+                    Some(Value::Const(c)) => Some(c.scalar().ok_or_else(|| {
+                        self.unsupported(
+                            n,
+                            format!("{name} of dims {:?} is not a single number", c.dims),
+                        )
+                    })?),
+                    Some(_) => {
+                        return Err(self.unsupported(
+                            n,
+                            format!(
+                                "the {name} bound (input {i}) is computed at run time; only \
+                                 constant bounds are supported (clamp with numbers, as ReLU6 or \
+                                 torch.clamp(x, 0, 6) do)"
+                            ),
+                        ));
+                    }
+                }
+            };
+            // Older exporters write "no bound" as the largest float.
+            Ok(v.filter(|b| b.abs() < f64::from(f32::MAX)))
+        };
+        let (min, max) = (bound(1, "min")?, bound(2, "max")?);
+        for b in [min, max].into_iter().flatten() {
+            if !b.is_finite() {
+                return Err(self.unsupported(n, format!("bound {b} is not a number")));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (min, max)
+            && lo > hi
+        {
+            return Err(self.unsupported(n, format!("min {lo} is above max {hi}")));
+        }
+        self.emit(
+            n,
+            Op::Activation(Activation::Clip { min, max }),
+            &[&x],
+            rank,
+        )
+    }
+
+    /// A Softmax or LogSoftmax over the classes producing the graph output: dropped, with a note
+    /// (the argmax of the logits is the argmax of their softmax).
+    pub(super) fn softmax(&mut self, n: &OnnxNode, a: &Attrs<'_>) -> Result<()> {
+        let out = self.output_name(n)?.to_owned();
+        let is_output = self.graph.outputs.iter().any(|o| o.name == out);
+        if !is_output || self.reads(&out) != 1 {
+            return Err(self.unsupported(
+                n,
+                format!(
+                    "{} is only supported as the last operator, producing the graph output, where \
+                     it is dropped (it does not change the predicted class); inside the network \
+                     it has no encrypted evaluation: remove it or move it after the output",
+                    n.op_type
+                ),
+            ));
+        }
+        let (x, shape, rank) = self.tensor(n, 0)?;
+        let dims = onnx_dims(shape, rank);
+        let axis = a.int("axis", if self.opset >= 13 { -1 } else { 1 })?;
+        let covers_all = match norm_axis(axis, rank) {
+            // Since opset 13 the axis is one dimension; before, everything from it on.
+            Some(k) if self.opset >= 13 => dims[k] == shape.len(),
+            Some(k) => k <= 1,
+            None => false,
+        };
+        if !covers_all {
+            return Err(self.unsupported(
+                n,
+                format!(
+                    "axis {axis} of a {dims:?} output: only a {} over all the classes can be \
+                     dropped",
+                    n.op_type
+                ),
+            ));
+        }
+        self.notes.push(format!(
+            "node {:?} ({}) was dropped: the model outputs the values before it (logits), whose \
+             largest entry is the same class",
+            node_label(n),
+            n.op_type
+        ));
+        self.alias(n, Value::Tensor { ir: x, shape, rank })
+    }
+
+    /// `Pad` with zeros on height and width: kept as a [`Value::Padded`] for the Conv after it.
+    pub(super) fn pad(&mut self, n: &OnnxNode, a: &Attrs<'_>) -> Result<()> {
+        let (x, shape, prior) = match self.value(n, 0)? {
+            Some(Value::Padded { ir, shape, pad, .. }) => (ir.clone(), *shape, *pad),
+            _ => {
+                let (x, shape, rank) = self.tensor(n, 0)?;
+                if rank != 4 {
+                    return Err(self.unsupported(
+                        n,
+                        "only [1, C, H, W] tensors can be padded (height and width)",
+                    ));
+                }
+                (x, shape, Padding::default())
+            }
+        };
+        let mode = a.string("mode")?.unwrap_or_else(|| "constant".into());
+        if mode != "constant" {
+            return Err(self.unsupported(
+                n,
+                format!(
+                    "mode {mode:?}: only zero padding (mode \"constant\", value 0) is supported, \
+                     folded into the next convolution; use zero padding (Conv2d's default \
+                     padding_mode='zeros', or nn.ZeroPad2d)"
+                ),
+            ));
+        }
+        // Attributes before opset 11, inputs since.
+        let pads = match a.ints("pads")? {
+            Some(p) => p,
+            None => self
+                .constant(n, 1)?
+                .and_then(|c| c.ints().map(<[i64]>::to_vec))
+                .ok_or_else(|| self.unsupported(n, "pads must be a constant int64 tensor"))?,
+        };
+        let value = if a.get("value").is_some() {
+            f64::from(a.float("value", 0.0)?)
+        } else {
+            match self.constant(n, 2)? {
+                None => 0.0,
+                Some(c) => c
+                    .scalar()
+                    .ok_or_else(|| self.unsupported(n, "constant_value is not a single number"))?,
+            }
+        };
+        if value != 0.0 {
+            return Err(self.unsupported(
+                n,
+                format!(
+                    "constant value {value}: only padding with 0 can be folded into a \
+                     convolution's zero padding; pad with zeros"
+                ),
+            ));
+        }
+        let axes: Vec<usize> = match self.constant(n, 3)? {
+            None => (0..4).collect(),
+            Some(c) => c
+                .ints()
+                .and_then(|v| v.iter().map(|&x| norm_axis(x, 4)).collect())
+                .ok_or_else(|| self.unsupported(n, "axes must be int64 axes of [1, C, H, W]"))?,
+        };
+        if pads.len() != 2 * axes.len() {
+            return Err(self.unsupported(
+                n,
+                format!("pads {pads:?}: expected 2 values per axis of {axes:?}"),
+            ));
+        }
+        let (mut begin, mut end) = ([0i64; 4], [0i64; 4]);
+        for (k, &axis) in axes.iter().enumerate() {
+            begin[axis] += pads[k];
+            end[axis] += pads[k + axes.len()];
+        }
+        if begin.iter().chain(&end).any(|&p| p < 0) {
+            return Err(self.unsupported(
+                n,
+                format!("pads {pads:?}: negative pads (cropping) are not supported"),
+            ));
+        }
+        if begin[..2].iter().chain(&end[..2]).any(|&p| p != 0) {
+            return Err(self.unsupported(
+                n,
+                format!(
+                    "pads {pads:?} pad the batch or channel axis; only height and width can be \
+                     padded"
+                ),
+            ));
+        }
+        if begin.iter().chain(&end).any(|&p| p > MAX_PAD) {
+            return Err(self.unsupported(n, format!("pads {pads:?}: more than {MAX_PAD}")));
+        }
+        // In range: checked just above.
+        let add = |a: usize, b: i64| a + b as usize;
+        let pad = Padding {
+            top: add(prior.top, begin[2]),
+            left: add(prior.left, begin[3]),
+            bottom: add(prior.bottom, end[2]),
+            right: add(prior.right, end[3]),
+        };
+        let node = node_label(n);
+        self.alias(
+            n,
+            Value::Padded {
+                ir: x,
+                shape,
+                pad,
+                node,
+            },
+        )
+    }
+
+    /// `ReduceMean` over height and width (how the dynamo exporter writes a global average
+    /// pooling): a global [`Pool2d`]. Axes as an attribute (before opset 18) or an input.
+    pub(super) fn reduce_mean(&mut self, n: &OnnxNode, a: &Attrs<'_>) -> Result<()> {
+        let (x, shape, rank) = self.tensor(n, 0)?;
+        let axes = match a.ints("axes")? {
+            Some(v) => Some(v),
+            None => self
+                .constant(n, 1)?
+                .map(|c| {
+                    c.ints()
+                        .map(<[i64]>::to_vec)
+                        .ok_or_else(|| self.unsupported(n, "axes is not an int64 tensor"))
+                })
+                .transpose()?,
+        };
+        let mut axes: Vec<usize> = match axes {
+            Some(v) if !v.is_empty() => v
+                .iter()
+                .map(|&x| norm_axis(x, rank))
+                .collect::<Option<_>>()
+                .ok_or_else(|| self.unsupported(n, format!("axes {v:?} out of range")))?,
+            _ => (0..rank).collect(),
+        };
+        axes.sort_unstable();
+        if rank != 4 || axes != [2, 3] {
+            return Err(self.unsupported(
+                n,
+                "only the mean over height and width of [1, C, H, W] (global average pooling) \
+                 is supported",
+            ));
+        }
+        let out_rank = if a.int("keepdims", 1)? != 0 { 4 } else { 2 };
+        self.emit(n, Op::AvgPool2d(Pool2d::global(shape)), &[&x], out_rank)
+    }
+
+    /// `Shape` of a value whose shape is known: a constant (batch 1).
+    pub(super) fn shape(&mut self, n: &OnnxNode, a: &Attrs<'_>) -> Result<()> {
+        let dims: Vec<usize> = match self.value(n, 0)? {
+            Some(Value::Tensor { shape, rank, .. }) => onnx_dims(*shape, *rank),
+            Some(Value::Padded { shape, pad, .. }) => vec![
+                1,
+                shape.channels,
+                shape.height + pad.top + pad.bottom,
+                shape.width + pad.left + pad.right,
+            ],
+            Some(Value::Const(c)) => c.dims.clone(),
+            None => return Err(self.unsupported(n, "input 0 is missing")),
+        };
+        let r = dims.len() as i64;
+        let clamp = |x: i64| (if x < 0 { x + r } else { x }).clamp(0, r) as usize;
+        let (start, end) = (clamp(a.int("start", 0)?), clamp(a.int("end", r)?));
+        let picked: Vec<i64> = dims
+            .get(start..end.max(start))
+            .unwrap_or(&[])
+            .iter()
+            .map(|&d| d as i64)
+            .collect();
+        let c = Const {
+            dims: vec![picked.len()],
+            data: TensorData::Int(picked),
+        };
+        self.alias(n, Value::Const(c))
+    }
 }

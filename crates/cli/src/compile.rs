@@ -1,0 +1,163 @@
+//! `cipherinfer compile DIR`: compiles a model package for serving and reports what it costs.
+//!
+//! Imports the package's ONNX network, replaces ReLU-like activations and MaxPool by
+//! polynomials fitted over the ranges its calibration images reach, picks the smallest CKKS
+//! parameters at the requested security that hold the depth, prints the report (layers, plan,
+//! depth, parameters, keys and bytes, estimated latency, agreement with the network as given in
+//! plaintext simulation), and writes the compiled model (`NAME.cimodel`) that
+//! `cipherinfer serve --model FILE` loads without recompiling. The written file is read back and
+//! instantiated before the command succeeds, and the time that takes is reported.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use cipherinfer_ckks::SecurityLevel;
+use cipherinfer_compiler::artifact::ARTIFACT_EXTENSION;
+use cipherinfer_compiler::report::{CompileReport, agreement, measure_unit_costs};
+use cipherinfer_compiler::{Artifact, ServingOptions, compile_for_serving};
+use cipherinfer_model::ModelPackage;
+use cipherinfer_model::convert::{ConvertOptions, FitMethod};
+use serde_json::json;
+
+use crate::BoxErr;
+
+/// How polynomials are fitted, on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Fit {
+    /// Least squares weighted towards the calibration values.
+    LeastSquares,
+    /// Chebyshev interpolation: near-minimax over the whole interval.
+    Chebyshev,
+}
+
+/// Options of `cipherinfer compile`.
+#[derive(clap::Args, Debug)]
+pub struct CompileArgs {
+    /// The model package directory (model.json, model.onnx, calibration/ and test/ images).
+    package: PathBuf,
+    /// Where to write the compiled model (default: NAME.cimodel in the current directory).
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// Security level of the CKKS parameters, in bits: 128, 192 or 256.
+    #[arg(long, default_value_t = 128, value_parser = parse_security)]
+    security: u32,
+    /// Degree of the polynomial that replaces each ReLU-like activation.
+    #[arg(long, default_value_t = ConvertOptions::default().degree)]
+    degree: usize,
+    /// Widening of each measured activation range, as a fraction of its half-width per side.
+    #[arg(long, default_value_t = ConvertOptions::default().margin)]
+    margin: f64,
+    /// How the polynomials are fitted.
+    #[arg(long, value_enum, default_value = "least-squares")]
+    fit: Fit,
+    /// Skip the latency estimate (it generates one key and times a few operations).
+    #[arg(long)]
+    no_estimate: bool,
+    /// Print the report as JSON on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_security(s: &str) -> Result<u32, String> {
+    match s {
+        "128" | "192" | "256" => s.parse().map_err(|e| format!("{e}")),
+        _ => Err(format!("{s:?} is not one of 128, 192, 256")),
+    }
+}
+
+/// Runs `cipherinfer compile`.
+pub fn compile(a: CompileArgs) -> Result<(), BoxErr> {
+    let security = SecurityLevel::from_bits(a.security)?;
+    let package = ModelPackage::load(&a.package).map_err(|e| format!("{e} [{}]", e.code()))?;
+    let options = ServingOptions {
+        convert: ConvertOptions {
+            degree: a.degree,
+            margin: a.margin,
+            fit: match a.fit {
+                Fit::LeastSquares => FitMethod::LeastSquares,
+                Fit::Chebyshev => FitMethod::Chebyshev,
+            },
+            ..ConvertOptions::default()
+        },
+        security,
+    };
+    let started = Instant::now();
+    let compiled = compile_for_serving(&package.model, &package.calibration_inputs(), &options)
+        .map_err(|e| format!("{}: {e} [{}]", a.package.display(), e.code()))?;
+    let compile_s = started.elapsed().as_secs_f64();
+
+    let (images, from): (Vec<_>, &str) = if package.test.is_empty() {
+        (
+            package
+                .calibration
+                .iter()
+                .map(|t| (t.clone(), None))
+                .collect(),
+            "calibration",
+        )
+    } else {
+        (
+            package
+                .test
+                .iter()
+                .map(|t| (t.input.clone(), Some(t.label)))
+                .collect(),
+            "test",
+        )
+    };
+    let agreement = agreement(&package.model, &compiled.model, &images, from)?;
+    let costs = if a.no_estimate {
+        None
+    } else {
+        Some(measure_unit_costs(compiled.he.parameters())?)
+    };
+    let report = CompileReport::new(
+        &package.card.name,
+        &compiled.model,
+        &compiled.he,
+        compiled.conversion.clone(),
+        agreement,
+        costs,
+    );
+
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.{ARTIFACT_EXTENSION}", package.card.name)));
+    let artifact = compiled.artifact(package.card.clone(), &package.onnx_sha256);
+    artifact
+        .write(&out)
+        .map_err(|e| format!("{e} [{}]", e.code()))?;
+    // Read it back the way `serve` does, and time it.
+    let started = Instant::now();
+    let loaded = Artifact::read(&out).map_err(|e| format!("{e} [{}]", e.code()))?;
+    let (_, he) = loaded
+        .instantiate(&out)
+        .map_err(|e| format!("{e} [{}]", e.code()))?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    if he.parameters().id() != compiled.he.parameters().id() {
+        return Err("the written model rebuilds other parameters than compiled".into());
+    }
+    let bytes = std::fs::metadata(&out)?.len();
+
+    if a.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["artifact"] = json!({
+            "path": out.display().to_string(),
+            "bytes": bytes,
+            "load_ms": load_ms,
+            "compile_s": compile_s,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{report}");
+        println!(
+            "compiled in {compile_s:.1} s; wrote {} ({:.1} KiB), which loads in {load_ms:.0} ms: \
+             cipherinfer serve --model {}",
+            out.display(),
+            bytes as f64 / 1024.0,
+            out.display()
+        );
+    }
+    Ok(())
+}
