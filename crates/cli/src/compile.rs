@@ -50,12 +50,30 @@ pub struct CompileArgs {
     /// How the polynomials are fitted.
     #[arg(long, value_enum, default_value = "least-squares")]
     fit: Fit,
+    /// Refuse a model whose server memory (encoded masks plus one client's keys) exceeds this
+    /// many GiB (default: this machine's memory).
+    #[arg(long)]
+    max_memory_gib: Option<f64>,
     /// Skip the latency estimate (it generates one key and times a few operations).
     #[arg(long)]
     no_estimate: bool,
     /// Print the report as JSON on stdout instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// Total memory of this machine in GiB (Linux `/proc/meminfo`), if known.
+fn machine_memory_gib() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: f64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / f64::from(1u32 << 20))
 }
 
 fn parse_security(s: &str) -> Result<u32, String> {
@@ -118,7 +136,25 @@ pub fn compile(a: CompileArgs) -> Result<(), BoxErr> {
         compiled.conversion.clone(),
         agreement,
         costs,
-    );
+    )
+    .with_notes(package.notes.clone());
+
+    let (limit, whose) = match a.max_memory_gib {
+        Some(g) => (Some(g), "--max-memory-gib allows"),
+        None => (machine_memory_gib(), "this machine has"),
+    };
+    if let Some(limit) = limit {
+        let need = report.server_memory_bytes as f64 / f64::from(1u32 << 30);
+        if need > limit {
+            return Err(format!(
+                "{}: the model needs about {need:.1} GiB of server memory (encoded masks and one \
+                 client's evaluation keys), more than the {limit:.1} GiB {whose}; lower --degree, \
+                 make the network smaller, or raise --max-memory-gib [model_too_large]",
+                a.package.display()
+            )
+            .into());
+        }
+    }
 
     let out = a
         .out

@@ -484,6 +484,10 @@ fn compile_reports_user_cnns_and_refuses_what_cannot_fit() {
         assert!(r["depth"].as_u64().unwrap() >= 10, "{name}");
         assert!(r["rotation_keys"].as_u64().unwrap() > 0, "{name}");
         assert!(r["eval_keys_bytes"].as_u64().unwrap() > 0, "{name}");
+        assert!(
+            r["server_memory_bytes"].as_u64().unwrap() > r["eval_keys_bytes"].as_u64().unwrap(),
+            "{name}"
+        );
         assert!(out.is_file(), "{name}: no artifact");
         let pkg = cipherinfer_model::ModelPackage::load(packages.join(name)).unwrap();
         assert_eq!(pkg.card.input_shape(), shape);
@@ -505,6 +509,19 @@ fn compile_reports_user_cnns_and_refuses_what_cannot_fit() {
         "{}",
         run.stderr
     );
+    assert!(!out.exists());
+    // More server memory than allowed: refused before anything is written.
+    let run = run_bin(&[
+        "compile",
+        packages.join("lenet5-mnist").to_str().unwrap(),
+        "--max-memory-gib",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--no-estimate",
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("[model_too_large]"), "{}", run.stderr);
     assert!(!out.exists());
     // Not a package; an unknown security level.
     let run = run_bin(&["compile", dir.to_str().unwrap()]);

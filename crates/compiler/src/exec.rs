@@ -56,6 +56,7 @@ pub struct HeModel {
     input_scale: f64,
     steps: Vec<EncodedStep>,
     lazy_masks: bool,
+    mask_bytes: usize,
 }
 
 impl std::fmt::Debug for HeModel {
@@ -195,6 +196,7 @@ impl HeModel {
             input_scale,
             steps,
             lazy_masks,
+            mask_bytes: if lazy_masks { 0 } else { mask_bytes },
         })
     }
 
@@ -207,6 +209,11 @@ impl HeModel {
             }
         }
         Ok(())
+    }
+
+    /// Bytes the kept masks take once encoded (0 with lazy masks).
+    pub fn mask_bytes(&self) -> usize {
+        self.mask_bytes
     }
 
     /// Whether every kept mask is encoded (always false with lazy masks).

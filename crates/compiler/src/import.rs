@@ -196,15 +196,12 @@ impl Network {
             let layer = match &node.op {
                 Op::Conv2d(c) => {
                     let p = c.padding;
-                    if p.top != p.bottom || p.left != p.right {
-                        return Err(unsupported(&node.name, "asymmetric padding"));
-                    }
                     Layer::Conv2d {
                         in_c: c.in_channels,
                         out_c: c.out_channels,
                         kernel: (c.kernel[0], c.kernel[1]),
                         stride: (c.stride[0], c.stride[1]),
-                        padding: (p.top, p.left),
+                        padding: (p.top, p.left, p.bottom, p.right),
                         groups: c.groups,
                         weight: c.weights.clone(),
                         bias: c.bias.clone(),

@@ -19,8 +19,8 @@ pub enum Layer {
         kernel: (usize, usize),
         /// Stride (rows, columns).
         stride: (usize, usize),
-        /// Zero padding (rows, columns) on each side.
-        padding: (usize, usize),
+        /// Zero padding (top, left, bottom, right).
+        padding: (usize, usize, usize, usize),
         /// Channel groups.
         groups: usize,
         /// Weights.
@@ -96,8 +96,8 @@ impl Shape {
     }
 }
 
-fn out_dim(input: usize, k: usize, s: usize, p: usize) -> Option<usize> {
-    (input + 2 * p).checked_sub(k).map(|d| d / s + 1)
+fn out_dim(input: usize, k: usize, s: usize, before: usize, after: usize) -> Option<usize> {
+    (input + before + after).checked_sub(k).map(|d| d / s + 1)
 }
 
 impl Layer {
@@ -134,9 +134,9 @@ impl Layer {
                 if stride.0 == 0 || stride.1 == 0 {
                     return Err(bad("zero stride".into()));
                 }
-                let oh = out_dim(h, kernel.0, stride.0, padding.0)
+                let oh = out_dim(h, kernel.0, stride.0, padding.0, padding.2)
                     .ok_or_else(|| bad("kernel taller than input".into()))?;
-                let ow = out_dim(w, kernel.1, stride.1, padding.1)
+                let ow = out_dim(w, kernel.1, stride.1, padding.1, padding.3)
                     .ok_or_else(|| bad("kernel wider than input".into()))?;
                 Ok(Shape::Chw(*out_c, oh, ow))
             }
@@ -144,9 +144,9 @@ impl Layer {
                 if stride.0 == 0 || stride.1 == 0 || kernel.0 == 0 || kernel.1 == 0 {
                     return Err(bad("zero pooling window or stride".into()));
                 }
-                let oh = out_dim(h, kernel.0, stride.0, 0)
+                let oh = out_dim(h, kernel.0, stride.0, 0, 0)
                     .ok_or_else(|| bad("window taller than input".into()))?;
-                let ow = out_dim(w, kernel.1, stride.1, 0)
+                let ow = out_dim(w, kernel.1, stride.1, 0, 0)
                     .ok_or_else(|| bad("window wider than input".into()))?;
                 Ok(Shape::Chw(c, oh, ow))
             }

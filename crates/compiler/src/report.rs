@@ -35,8 +35,10 @@ pub struct StepRow {
     pub step: String,
     /// Levels it consumes.
     pub levels: usize,
-    /// Rotations (key switches) one evaluation performs.
+    /// Rotations (key switches) one evaluation performs: giant steps and block sums.
     pub rotations: usize,
+    /// Baby-step rotations, hoisted (one decomposition per input shared by all of them).
+    pub hoisted_rotations: usize,
     /// Plaintext products (diagonals) of a linear step.
     pub plaintext_products: usize,
     /// Ciphertext products of an activation.
@@ -115,6 +117,9 @@ pub struct CompileReport {
     pub input_bytes: usize,
     /// Bytes of one encrypted result.
     pub output_bytes: usize,
+    /// Server memory for the model: its encoded masks, plus one client's evaluation keys as
+    /// held in memory (both halves of every key, 8 bytes per residue).
+    pub server_memory_bytes: usize,
     /// Estimated server time of one encrypted inference on this machine, milliseconds.
     pub estimated_latency_ms: Option<f64>,
     /// The measured unit costs behind the estimate.
@@ -123,6 +128,8 @@ pub struct CompileReport {
     pub agreement: Option<Agreement>,
     /// What the conversion did.
     pub conversion: Option<ConversionReport>,
+    /// What the import changed without changing the predicted class (a final Softmax dropped).
+    pub notes: Vec<String>,
 }
 
 /// Ciphertext products of a polynomial of `degree` evaluated by baby-step/giant-step
@@ -139,7 +146,8 @@ fn step_rows(plan: &Plan) -> Vec<StepRow> {
     plan.steps
         .iter()
         .map(|step| {
-            let (rotations, plaintext_products, ciphertext_products) = match step {
+            let (rotations, hoisted_rotations, plaintext_products, ciphertext_products) = match step
+            {
                 Step::Linear(l) => {
                     let n1 = l.baby_steps.max(1);
                     // Per input ciphertext, one (hoisted) rotation per distinct baby step; per
@@ -156,19 +164,17 @@ fn step_rows(plan: &Plan) -> Vec<StepRow> {
                             }
                         }
                     }
-                    let rotations = babies.iter().map(|b| b.len()).sum::<usize>()
-                        + giants.len()
-                        + l.block_sum.len();
+                    let hoisted = babies.iter().map(|b| b.len()).sum::<usize>();
                     let products = l.diagonals.values().map(|d| d.len()).sum();
-                    (rotations, products, 0)
+                    (giants.len() + l.block_sum.len(), hoisted, products, 0)
                 }
-                Step::Poly { coeffs } if is_pure_square(coeffs) => (0, 0, 1),
+                Step::Poly { coeffs } if is_pure_square(coeffs) => (0, 0, 0, 1),
                 Step::Poly { coeffs } => {
                     let d = coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0);
-                    (0, 0, polynomial_products(d))
+                    (0, 0, 0, polynomial_products(d))
                 }
                 Step::Chebyshev { coeffs, .. } => {
-                    (0, 0, polynomial_products(coeffs.len().saturating_sub(1)))
+                    (0, 0, 0, polynomial_products(coeffs.len().saturating_sub(1)))
                 }
             };
             StepRow {
@@ -181,6 +187,7 @@ fn step_rows(plan: &Plan) -> Vec<StepRow> {
                     Step::Linear(_) => 1,
                 },
                 rotations,
+                hoisted_rotations,
                 plaintext_products,
                 ciphertext_products,
             }
@@ -249,6 +256,9 @@ pub fn measure_unit_costs(params: &std::sync::Arc<Parameters>) -> Result<UnitCos
     })
 }
 
+/// Cost of a hoisted rotation relative to a full one (the decomposition is shared).
+const HOISTED_ROTATION_COST: f64 = 0.5;
+
 /// The estimated latency of `steps` on `params` from unit costs at the top level; each step's
 /// cost scales with the primes left at its level.
 pub fn estimate_latency_ms(steps: &[StepRow], depth: usize, costs: &UnitCosts) -> f64 {
@@ -258,7 +268,8 @@ pub fn estimate_latency_ms(steps: &[StepRow], depth: usize, costs: &UnitCosts) -
     for s in steps {
         let factor = (level as f64 + 1.0) / top;
         total += factor
-            * (s.rotations as f64 * costs.rotation_ms
+            * ((s.rotations as f64 + HOISTED_ROTATION_COST * s.hoisted_rotations as f64)
+                * costs.rotation_ms
                 + s.plaintext_products as f64 * costs.plaintext_product_ms
                 + s.ciphertext_products as f64 * costs.ciphertext_product_ms);
         level = level.saturating_sub(s.levels);
@@ -339,13 +350,33 @@ impl CompileReport {
                 spec.rotation_steps.len(),
                 spec.relinearization,
             ),
+            server_memory_bytes: he.mask_bytes().saturating_add(key_memory_bytes(
+                params,
+                spec.rotation_steps.len(),
+                spec.relinearization,
+            )),
             input_bytes: spec.input.num_cts * ciphertext_bytes(params, input_level, true),
             output_bytes: plan.output.num_cts
                 * ciphertext_bytes(params, input_level.saturating_sub(depth), false),
             agreement,
             conversion,
+            notes: Vec::new(),
         }
     }
+
+    /// The report with the import's notes.
+    pub fn with_notes(mut self, notes: Vec<String>) -> Self {
+        self.notes = notes;
+        self
+    }
+}
+
+/// Bytes a server holds for one client's evaluation keys: per key, `dnum` digits of two
+/// polynomials over every prime, 8 bytes per residue.
+pub fn key_memory_bytes(params: &Parameters, rotation_keys: usize, relinearization: bool) -> usize {
+    let primes = params.q_primes().len() + params.p_primes().len();
+    let per_key = params.dnum() * 2 * primes * params.n() * 8;
+    per_key * (rotation_keys + usize::from(relinearization))
 }
 
 fn mib(bytes: usize) -> f64 {
@@ -363,8 +394,14 @@ impl fmt::Display for CompileReport {
         for s in &self.steps {
             writeln!(
                 f,
-                "  {:<56} levels {:>2}  rotations {:>4}  pt-products {:>5}  ct-products {:>3}",
-                s.step, s.levels, s.rotations, s.plaintext_products, s.ciphertext_products
+                "  {:<56} levels {:>2}  rotations {:>4} (+{:>4} hoisted)  pt-products {:>5}  \
+                 ct-products {:>3}",
+                s.step,
+                s.levels,
+                s.rotations,
+                s.hoisted_rotations,
+                s.plaintext_products,
+                s.ciphertext_products
             )?;
         }
         let p = &self.parameters;
@@ -396,11 +433,19 @@ impl fmt::Display for CompileReport {
             self.input_bytes as f64 / 1024.0,
             self.output_bytes as f64 / 1024.0
         )?;
+        writeln!(
+            f,
+            "server memory: {:.2} GiB (encoded masks + one client's keys in memory)",
+            self.server_memory_bytes as f64 / f64::from(1u32 << 30)
+        )?;
         if let Some(ms) = self.estimated_latency_ms {
             writeln!(
                 f,
                 "estimated latency: {ms:.0} ms per image on this machine (from measured unit costs)"
             )?;
+        }
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
         }
         if let Some(c) = &self.conversion {
             for w in &c.warnings {

@@ -28,7 +28,7 @@ fn conv(
         out_c,
         kernel: (k, k),
         stride: (stride, stride),
-        padding: (pad, pad),
+        padding: (pad, pad, pad, pad),
         groups,
         weight: rand_vec(rng, out_c * (in_c / groups) * k * k, 0.4),
         bias: rand_vec(rng, out_c, 0.1),
@@ -281,4 +281,73 @@ fn mnist_relu_converts_and_compiles_for_n_2_15() {
     )
     .expect("fits");
     assert_eq!(lit.log_n, 15);
+}
+
+#[test]
+fn asymmetric_padding_as_torch_pads_it() {
+    // F.pad(x, (0, 1, 0, 1)) before a stride-2 conv, as exported: padding on the bottom and
+    // right only. Checked against the model crate's own plaintext executor, then encrypted.
+    use cipherinfer_model::ir::{Conv2d, Dense, ModelBuilder, Op, Padding, Shape as IrShape};
+    use cipherinfer_model::plain::{self, Tensor};
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut b = ModelBuilder::new("x", IrShape::new(2, 7, 7)).expect("input");
+    b.add(
+        "conv",
+        Op::Conv2d(Conv2d {
+            in_channels: 2,
+            out_channels: 3,
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: Padding {
+                top: 0,
+                left: 0,
+                bottom: 1,
+                right: 1,
+            },
+            groups: 1,
+            weights: rand_vec(&mut rng, 3 * 2 * 9, 0.4),
+            bias: rand_vec(&mut rng, 3, 0.1),
+        }),
+        &["x"],
+    )
+    .expect("conv");
+    b.add(
+        "flat",
+        Op::Reshape {
+            shape: IrShape::new(27, 1, 1),
+        },
+        &["conv"],
+    )
+    .expect("flatten");
+    b.add(
+        "fc",
+        Op::Dense(Dense {
+            in_features: 27,
+            out_features: 4,
+            weights: rand_vec(&mut rng, 108, 0.3),
+            bias: rand_vec(&mut rng, 4, 0.1),
+        }),
+        &["flat"],
+    )
+    .expect("dense");
+    let ir = b.build("fc").expect("model");
+    let net = Network::from_ir(&ir).expect("asymmetric padding lowers");
+    let x = rand_vec(&mut rng, 2 * 7 * 7, 1.0);
+    let want = plain::run(
+        &ir,
+        &Tensor::new(IrShape::new(2, 7, 7), x.clone()).expect("t"),
+    )
+    .expect("plain")
+    .into_data();
+    let got = net.forward(&x).expect("forward");
+    let d = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        d < 1e-12,
+        "lowered network differs from the IR executor by {d}"
+    );
+    check("conv with bottom/right padding + dense", net, 1);
 }

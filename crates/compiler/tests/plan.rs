@@ -28,7 +28,7 @@ fn small_net(seed: u64, padding: usize) -> Network {
                 out_c: 4,
                 kernel: (3, 3),
                 stride: (1, 1),
-                padding: (padding, padding),
+                padding: (padding, padding, padding, padding),
                 groups: 1,
                 weight: rand_vec(&mut rng, 36, 0.5),
                 bias: rand_vec(&mut rng, 4, 0.1),

@@ -163,6 +163,9 @@ pub struct ModelPackage {
     pub onnx_sha256: String,
     /// The imported network (as exported: ReLU and MaxPool not yet approximated).
     pub model: Model,
+    /// What the import changed without changing the predicted class (a final Softmax
+    /// dropped, ...), one sentence each.
+    pub notes: Vec<String>,
     /// Preprocessed calibration images, in file-name order.
     pub calibration: Vec<Tensor>,
     /// Labelled test images, in `labels.txt` order.
@@ -232,7 +235,8 @@ impl ModelPackage {
         }
         let card = Self::read_card(dir)?;
         let onnx = read_limited(&dir.join(ONNX_FILE), MAX_MODEL_BYTES, "the ONNX network")?;
-        let model = crate::onnx::import(&onnx)?;
+        let crate::onnx::Imported { model, notes } =
+            crate::onnx::import_with_notes(&onnx, &crate::onnx::ImportOptions::default())?;
         card.check_network(&model)?;
         let spec = card.input_spec(model.input_name());
         let calibration_dir = dir.join(
@@ -270,6 +274,7 @@ impl ModelPackage {
             card,
             onnx_sha256: sha256_hex(&onnx),
             model,
+            notes,
             calibration,
             test,
         })
