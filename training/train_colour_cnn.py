@@ -29,6 +29,7 @@ images as PNGs with test/labels.txt, TRAINING.json), the format of docs/formats.
 from __future__ import annotations
 
 import colorsys
+import functools
 import sys
 from collections import OrderedDict
 
@@ -55,8 +56,18 @@ SIDE = 32
 TRAIN, TEST = 24_000, 4_000
 HP = {"lr": 3e-3, "batch": 128, "weight_decay": 1e-4}
 
-# Pixel-centre coordinates, 0.5 .. 31.5.
-YY, XX = np.mgrid[0:SIDE, 0:SIDE].astype(np.float64) + 0.5
+# The generator takes the image side as a parameter (train_colour64.py renders at 64x64). Every
+# length in it (periods, cells, dot spacing and radius, ring-centre margin, blur width) is defined
+# at 32x32 and multiplied by side / 32, so a larger side renders the same textures with more
+# pixels; the random draws are the same in number and order for any side, and at 32x32 (factor
+# exactly 1.0) the images are bit-for-bit those drawn before the parameter existed.
+
+
+@functools.lru_cache(maxsize=None)
+def _grid(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates YY, XX, 0.5 .. side - 0.5."""
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float64) + 0.5
+    return yy, xx
 
 
 def _wave(t: np.ndarray, period: float, phase: float, hard: bool) -> np.ndarray:
@@ -64,52 +75,55 @@ def _wave(t: np.ndarray, period: float, phase: float, hard: bool) -> np.ndarray:
     return (s > 0).astype(np.float64) if hard else 0.5 + 0.5 * s
 
 
-def _along(angle: float) -> np.ndarray:
+def _along(angle: float, side: int = SIDE) -> np.ndarray:
     """Coordinate along direction `angle` (radians) through the image centre."""
-    return (XX - SIDE / 2) * np.cos(angle) + (YY - SIDE / 2) * np.sin(angle)
+    yy, xx = _grid(side)
+    return (xx - side / 2) * np.cos(angle) + (yy - side / 2) * np.sin(angle)
 
 
 def _blur(noise: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian low-pass of a periodic field (FFT), so there are no border effects."""
-    f = np.fft.fftfreq(SIDE)
+    f = np.fft.fftfreq(len(noise))
     g = np.exp(-2 * (np.pi * sigma) ** 2 * (f[:, None] ** 2 + f[None, :] ** 2))
     return np.real(np.fft.ifft2(np.fft.fft2(noise) * g))
 
 
-def pattern(label: int, rng: np.random.Generator) -> np.ndarray:
-    """The class's pattern as a 32x32 field in [0, 1] (0 = first colour, 1 = second colour)."""
+def pattern(label: int, rng: np.random.Generator, side: int = SIDE) -> np.ndarray:
+    """The class's pattern as a side x side field in [0, 1] (0 = first colour, 1 = second colour)."""
     name = LABELS[label]
-    period, phase, hard = rng.uniform(4.0, 10.0), rng.uniform(0, 2 * np.pi), bool(rng.random() < 0.5)
+    k = side / SIDE  # lengths below are in 32x32 pixels; exactly 1.0 at 32x32
+    yy, xx = _grid(side)
+    period, phase, hard = rng.uniform(4.0, 10.0) * k, rng.uniform(0, 2 * np.pi), bool(rng.random() < 0.5)
     jitter = np.deg2rad(rng.uniform(-8, 8))
     if name == "horizontal_stripes":  # value changes down the rows
-        return _wave(_along(np.pi / 2 + jitter), period, phase, hard)
+        return _wave(_along(np.pi / 2 + jitter, side), period, phase, hard)
     if name == "vertical_stripes":
-        return _wave(_along(jitter), period, phase, hard)
+        return _wave(_along(jitter, side), period, phase, hard)
     if name == "diagonal_stripes":  # either diagonal
-        return _wave(_along(rng.choice([np.pi / 4, 3 * np.pi / 4]) + 2 * jitter), period, phase, hard)
+        return _wave(_along(rng.choice([np.pi / 4, 3 * np.pi / 4]) + 2 * jitter, side), period, phase, hard)
     if name == "checkerboard":
-        cell = rng.uniform(3.0, 8.0)
-        u, v = _along(jitter), _along(np.pi / 2 + jitter)
+        cell = rng.uniform(3.0, 8.0) * k
+        u, v = _along(jitter, side), _along(np.pi / 2 + jitter, side)
         s = np.sin(np.pi * u / cell + rng.uniform(0, 2 * np.pi)) * np.sin(np.pi * v / cell + rng.uniform(0, 2 * np.pi))
         return (s > 0).astype(np.float64) if hard else np.clip(0.5 + s, 0, 1)
     if name == "dots":  # a square lattice of round dots, any rotation
-        spacing = rng.uniform(6.0, 10.0)
-        radius = rng.uniform(1.3, 0.3 * spacing)
+        spacing = rng.uniform(6.0, 10.0) * k
+        radius = rng.uniform(1.3 * k, 0.3 * spacing)
         angle = rng.uniform(0, np.pi / 2)
-        u = _along(angle) + rng.uniform(0, spacing)
-        v = _along(angle + np.pi / 2) + rng.uniform(0, spacing)
+        u = _along(angle, side) + rng.uniform(0, spacing)
+        v = _along(angle + np.pi / 2, side) + rng.uniform(0, spacing)
         du = (u % spacing) - spacing / 2
         dv = (v % spacing) - spacing / 2
         return np.clip(radius + 0.5 - np.hypot(du, dv), 0, 1)
     if name == "rings":  # concentric rings around a point inside the image
-        cx, cy = rng.uniform(6, SIDE - 6, size=2)
-        return _wave(np.hypot(XX - cx, YY - cy), period, phase, hard)
+        cx, cy = rng.uniform(6 * k, side - 6 * k, size=2)
+        return _wave(np.hypot(xx - cx, yy - cy), period, phase, hard)
     if name == "gradient":  # a smooth ramp across the whole image, any direction, random curve
-        t = _along(rng.uniform(0, 2 * np.pi))
+        t = _along(rng.uniform(0, 2 * np.pi), side)
         t = (t - t.min()) / (t.max() - t.min())
         return t ** rng.uniform(0.5, 2.0)
     if name == "noise_blob":  # low-pass random field: a few soft blobs
-        field = _blur(rng.normal(size=(SIDE, SIDE)), rng.uniform(2.0, 3.5))
+        field = _blur(rng.normal(size=(side, side)), rng.uniform(2.0, 3.5) * k)
         return (field - field.min()) / (field.max() - field.min())
     raise ValueError(name)
 
@@ -118,9 +132,9 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 1.0), rng.uniform(0.15, 1.0)))
 
 
-def draw(label: int, rng: np.random.Generator) -> np.ndarray:
-    """One 32x32 RGB image (HWC, uint8) of class `label`."""
-    p = pattern(label, rng)
+def draw(label: int, rng: np.random.Generator, side: int = SIDE) -> np.ndarray:
+    """One side x side RGB image (HWC, uint8) of class `label`."""
+    p = pattern(label, rng, side)
     while True:  # two random colours, blended by a random contrast, far enough apart to see
         c0, c1 = _colour(rng), _colour(rng)
         c1 = c0 + rng.uniform(0.5, 1.0) * (c1 - c0)
@@ -131,12 +145,12 @@ def draw(label: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
 
 
-def dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n images, classes balanced and shuffled."""
+def dataset(n: int, seed: int, side: int = SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """n side x side images, classes balanced and shuffled."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % len(LABELS)
     rng.shuffle(y)
-    return np.stack([draw(int(label), rng) for label in y]), y.astype(np.int64)
+    return np.stack([draw(int(label), rng, side) for label in y]), y.astype(np.int64)
 
 
 def to_input(x: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:

@@ -136,21 +136,7 @@ impl BenchInput {
         let ir = onnx::import(&manifest.read_model(model)?.bytes)?;
         let labelled: Vec<(Tensor, usize)> = match (images_dir, samples_file) {
             (Some(dir), _) => {
-                let card = cipherinfer_model::ModelCard {
-                    format_version: cipherinfer_model::package::CARD_FORMAT,
-                    name: model.to_string(),
-                    description: None,
-                    labels: entry.classes.clone(),
-                    input: cipherinfer_model::package::CardInput {
-                        channels: entry.input.shape.get(1).copied().unwrap_or(1),
-                        height: entry.input.shape.get(2).copied().unwrap_or(1),
-                        width: entry.input.shape.get(3).copied().unwrap_or(1),
-                        mean: entry.input.mean.clone(),
-                        std: entry.input.std.clone(),
-                    },
-                    calibration: None,
-                    test: None,
-                };
+                let card = cipherinfer_model::ModelCard::for_shipped(&entry);
                 cipherinfer_model::package::load_labelled_images(dir, &card, &entry.input)
                     .map_err(|e| format!("{e} [{}]", e.code()))?
                     .into_iter()

@@ -259,6 +259,20 @@ fn classify_json(url: &str, model: &str, images: &[(PathBuf, usize)], keys: &Pat
     got
 }
 
+/// `cipherinfer compile PACKAGE --out OUT --no-estimate --json`: the report, after success.
+fn compile_package(package: &Path, out: &Path) -> Value {
+    let run = run_bin(&[
+        "compile",
+        package.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--no-estimate",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{}: {}", package.display(), run.stderr);
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
 /// Writes a model package of the shipped `model` under `dir`: the user's card (their own name
 /// and class names) and their ONNX file, with `calibration` sample images.
 fn write_package(dir: &Path, model: &str, name: &str, calibration: &[(PathBuf, usize)]) {
@@ -357,16 +371,7 @@ fn the_colour_package_runs_end_to_end() {
     let dir = temp("colour");
     // compile -> serve --model FILE -> classify, the path the README gives.
     let artifact = dir.join("colour-shapes.cimodel");
-    let compiled = run_bin(&[
-        "compile",
-        package.to_str().unwrap(),
-        "--out",
-        artifact.to_str().unwrap(),
-        "--no-estimate",
-        "--json",
-    ]);
-    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
-    let report: Value = serde_json::from_str(&compiled.stdout).unwrap();
+    let report = compile_package(&package, &artifact);
     assert_eq!(report["name"], "colour-shapes");
     assert_eq!(report["parameters"]["security_bits"], 128);
     assert_eq!(report["agreement"]["images_from"], "test");
@@ -388,7 +393,8 @@ fn the_colour_package_runs_end_to_end() {
         assert_eq!(r["label"], pkg.card.labels[i], "{r}");
         assert_eq!(r["image"]["resized"], false, "{r}");
     }
-    // A larger RGBA photo of the same scene: fitted to 32x32 RGB, and the user is told.
+    // A larger, wider RGBA photo of the same scene: its centre square fitted to 32x32 RGB, and
+    // the user is told.
     let big = dir.join("big.png");
     let img = image::open(&cases[0].0).unwrap();
     img.resize_exact(96, 80, image::imageops::FilterType::Nearest)
@@ -409,7 +415,7 @@ fn the_colour_package_runs_end_to_end() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout
-            .contains("image resized from 96x80 rgba to 32x32 rgb"),
+            .contains("image centre 80x80 at (8, 0) kept, resized from 96x80 rgba to 32x32 rgb"),
         "{}",
         run.stdout
     );
@@ -460,16 +466,7 @@ fn compile_reports_user_cnns_and_refuses_what_cannot_fit() {
         ("colour-cnn", 0.65, (3, 32, 32)),
     ] {
         let out = dir.join(format!("{name}.cimodel"));
-        let run = run_bin(&[
-            "compile",
-            packages.join(name).to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--no-estimate",
-            "--json",
-        ]);
-        assert_eq!(run.code, 0, "{name}: {}", run.stderr);
-        let r: Value = serde_json::from_str(&run.stdout).unwrap();
+        let r = compile_package(&packages.join(name), &out);
         let agreement = &r["agreement"];
         assert_eq!(agreement["images"], 100, "{name}: {agreement}");
         let agree = agreement["top1_agreement"].as_f64().unwrap();
@@ -538,6 +535,48 @@ fn compile_reports_user_cnns_and_refuses_what_cannot_fit() {
         "{}",
         run.stderr
     );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_64x64_colour_network_runs_encrypted_end_to_end() {
+    // A stock PyTorch network on 64x64 RGB (training/train_colour64.py): compile, serve the
+    // compiled file, classify under encryption; each answer is the approximated network's.
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/packages/colour64")
+        .canonicalize()
+        .unwrap();
+    let pkg = cipherinfer_model::ModelPackage::load(&package).unwrap();
+    assert_eq!(pkg.card.input_shape(), (3, 64, 64));
+    let dir = temp("colour64");
+    let artifact = dir.join("colour64.cimodel");
+    let report = compile_package(&package, &artifact);
+    let compiled = cipherinfer_compiler::Artifact::read(&artifact).unwrap();
+    let cases: Vec<(PathBuf, usize)> = pkg
+        .test
+        .iter()
+        .take(3)
+        .map(|t| {
+            let out = plain::run(&compiled.model, &t.input).unwrap();
+            (package.join("test").join(&t.file), out.argmax().unwrap())
+        })
+        .collect();
+    let remote = Remote::start(&dir.join("server"), artifact.to_str().unwrap(), &[]);
+    let name = pkg.card.name.clone();
+    let got = classify_json(&remote.url, &name, &cases, &dir.join("keys"));
+    for (r, (path, want)) in got.iter().zip(&cases) {
+        assert_eq!(r["class_index"], *want, "{}: {r}", path.display());
+        assert_eq!(r["image"]["width"], 64, "{r}");
+        assert_eq!(r["image"]["mode"], "rgb", "{r}");
+    }
+    eprintln!(
+        "colour64: depth {}, N = {}, {} rotation keys, {} keys bytes",
+        report["depth"],
+        report["parameters"]["ring_degree"],
+        report["rotation_keys"],
+        report["eval_keys_bytes"]
+    );
+    drop(remote);
     std::fs::remove_dir_all(dir).ok();
 }
 

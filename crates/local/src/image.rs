@@ -67,6 +67,7 @@ pub fn preprocess_file_fitted(
             mode: shared::mode_name(f.channels).into(),
             width: f.size.0,
             height: f.size.1,
+            cropped: f.cropped.map(|(x, y, w, h)| [x, y, w, h]),
             resized: f.resized,
         },
     ))

@@ -231,3 +231,30 @@ fn broken_and_hostile_files_are_refused() {
         ErrorCode::ImageUnreadable
     );
 }
+
+#[test]
+fn a_wider_or_taller_image_is_centre_cropped_not_stretched() {
+    use cipherinfer_model::image::{centre_crop, preprocess_bytes_fitted};
+    let manifest = Manifest::shipped().unwrap();
+    let spec = model_input("mnist-cnn");
+    let path = manifest.path_of(&manifest.dataset("mnist").unwrap().images[0].file);
+    let original = decode(&std::fs::read(&path).unwrap()).unwrap().to_luma8();
+    let want = preprocess_file(&path, (1, 28, 28), &spec).unwrap();
+    // The digit in the middle of a wide black canvas (and of a tall one): the centre square is
+    // kept, so the model sees the digit as it was, not squashed.
+    for (w, h, x, y) in [(56u32, 28u32, 14u32, 0u32), (28, 70, 0, 21)] {
+        let mut canvas = GrayImage::from_pixel(w, h, Luma([0]));
+        image::imageops::replace(&mut canvas, &original, i64::from(x), i64::from(y));
+        let bytes = encode(&image::DynamicImage::ImageLuma8(canvas), ImageFormat::Png);
+        let (got, fitted) = preprocess_bytes_fitted(&bytes, (1, 28, 28), &spec).unwrap();
+        assert_eq!(fitted.cropped, Some((x, y, 28, 28)), "{w}x{h}");
+        assert!(!fitted.resized, "{w}x{h}: the crop is already 28x28");
+        assert_eq!(got, want, "{w}x{h}");
+    }
+    // Ratios within a pixel are not cropped; extreme ratios keep at least one pixel.
+    assert_eq!(centre_crop((640, 480), (32, 24)), None);
+    assert_eq!(centre_crop((33, 32), (32, 32)), None);
+    assert_eq!(centre_crop((640, 480), (32, 32)), Some((80, 0, 480, 480)));
+    assert_eq!(centre_crop((1, 8192), (32, 32)), Some((0, 4095, 1, 1)));
+    assert_eq!(centre_crop((8192, 3), (64, 64)), Some((4094, 0, 3, 3)));
+}

@@ -5,8 +5,10 @@
 //! [`MAX_IMAGE_DIMENSION`] from their header and caps its allocations at
 //! [`MAX_DECODE_ALLOC_BYTES`], so a decompression bomb is refused before it is inflated. The
 //! image (grey, grey+alpha, RGB, RGBA or palette) is converted to the model's channel count
-//! (1 → 8-bit luma, 3 → 8-bit RGB; alpha is dropped), resized to the model's H×W with a
-//! triangle (bilinear) filter only when its size differs, and normalized per channel by
+//! (1 → 8-bit luma, 3 → 8-bit RGB; alpha is dropped), cropped around its centre to the model's
+//! aspect ratio when it differs (as `torchvision`'s resize-then-centre-crop does: nothing is
+//! stretched), resized to the model's H×W with a triangle (bilinear) filter only when its size
+//! differs, and normalized per channel by
 //! [`InputSpec::normalize`]: `(pixel / 255 - mean[c]) / std[c]`, channel-major.
 
 use std::io::Cursor;
@@ -44,7 +46,10 @@ pub struct Fitted {
     pub original: (u32, u32),
     /// Channels of the decoded image (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA).
     pub original_channels: u8,
-    /// Whether the image was resized to the model's input.
+    /// The centred region kept to match the model's aspect ratio, `(x, y, width, height)`,
+    /// when the image's aspect ratio differs.
+    pub cropped: Option<(u32, u32, u32, u32)>,
+    /// Whether the image (after any crop) was resized to the model's input.
     pub resized: bool,
     /// Width and height given to the model.
     pub size: (u32, u32),
@@ -99,9 +104,20 @@ pub fn to_pixels(
             "model input {h}x{w} outside 1..={MAX_IMAGE_DIMENSION}"
         )));
     }
+    let (iw, ih) = (img.width(), img.height());
+    let cropped = centre_crop((iw, ih), (w32, h32));
+    let cropped_img;
+    let img = match cropped {
+        Some((x, y, cw, ch)) => {
+            cropped_img = img.crop_imm(x, y, cw, ch);
+            &cropped_img
+        }
+        None => img,
+    };
     let fitted = Fitted {
-        original: (img.width(), img.height()),
+        original: (iw, ih),
         original_channels: img.color().channel_count(),
+        cropped,
         resized: (img.width(), img.height()) != (w32, h32),
         size: (w32, h32),
         channels: if c == 3 { 3 } else { 1 },
@@ -138,6 +154,26 @@ pub fn to_pixels(
         ));
     }
     Ok((pixels, fitted))
+}
+
+/// The centred region of an image of `size` (width, height) with the aspect ratio of `target`,
+/// or `None` when the ratios agree to within a pixel.
+pub fn centre_crop(size: (u32, u32), target: (u32, u32)) -> Option<(u32, u32, u32, u32)> {
+    let (w, h) = (u64::from(size.0), u64::from(size.1));
+    let (tw, th) = (u64::from(target.0.max(1)), u64::from(target.1.max(1)));
+    // Width that height h would have at the target's ratio, and the other way round.
+    let want_w = (h * tw + th / 2) / th;
+    let want_h = (w * th + tw / 2) / tw;
+    if want_w.abs_diff(w) <= 1 || want_h.abs_diff(h) <= 1 {
+        return None;
+    }
+    let (cw, ch) = if want_w < w {
+        (want_w.max(1), h)
+    } else {
+        (w, want_h.max(1))
+    };
+    let (x, y) = ((w - cw) / 2, (h - ch) / 2);
+    Some((x as u32, y as u32, cw as u32, ch as u32))
 }
 
 /// Converts a decoded image to the model input: `shape` is (C, H, W) with C = 1 or 3.

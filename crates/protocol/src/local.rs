@@ -335,14 +335,19 @@ pub struct ImageFit {
     pub width: u32,
     /// Height given to the model.
     pub height: u32,
-    /// Whether the image was resized.
+    /// The centred region `[x, y, width, height]` of the file kept to match the model's aspect
+    /// ratio (nothing is stretched); absent when the ratios agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cropped: Option<[u32; 4]>,
+    /// Whether the image (after any crop) was resized.
     pub resized: bool,
 }
 
 impl ImageFit {
-    /// Whether anything was done beyond reading the pixels (a resize or a colour conversion).
+    /// Whether anything was done beyond reading the pixels (a crop, a resize or a colour
+    /// conversion).
     pub fn changed(&self) -> bool {
-        self.resized || self.original_mode != self.mode
+        self.cropped.is_some() || self.resized || self.original_mode != self.mode
     }
 
     /// One line for people, e.g. `resized from 640x480 rgba to 32x32 rgb`.
@@ -352,10 +357,14 @@ impl ImageFit {
             self.original_width, self.original_height, self.original_mode
         );
         let to = format!("{}x{} {}", self.width, self.height, self.mode);
-        match (self.resized, self.original_mode != self.mode) {
+        let done = match (self.resized, self.original_mode != self.mode) {
             (true, _) => format!("resized from {from} to {to}"),
             (false, true) => format!("converted from {from} to {to}"),
             (false, false) => format!("{to}, as given"),
+        };
+        match self.cropped {
+            Some([x, y, w, h]) => format!("centre {w}x{h} at ({x}, {y}) kept, {done}"),
+            None => done,
         }
     }
 }

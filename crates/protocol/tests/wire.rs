@@ -529,6 +529,7 @@ fn every_type_round_trips() {
             mode: "grey".into(),
             width: 28,
             height: 28,
+            cropped: Some([80, 0, 480, 480]),
             resized: true,
         }),
     });
@@ -578,10 +579,23 @@ fn every_type_round_trips() {
         mode: "grey".into(),
         width: 28,
         height: 28,
+        cropped: None,
         resized: false,
     };
     assert!(fit.changed());
     assert_eq!(fit.describe(), "converted from 28x28 rgb to 28x28 grey");
+    let wide = ImageFit {
+        original_width: 640,
+        original_height: 480,
+        cropped: Some([80, 0, 480, 480]),
+        resized: true,
+        ..fit
+    };
+    assert!(wide.changed());
+    assert_eq!(
+        wide.describe(),
+        "centre 480x480 at (80, 0) kept, resized from 640x480 rgb to 28x28 grey"
+    );
 }
 
 fn schema_of<T: JsonSchema>() -> Value {

@@ -27,15 +27,18 @@ pub fn shipped_files() -> &'static [(&'static str, &'static [u8])] {
 
 /// Hex SHA-256 over the embedded files' names and bytes (the cache directory's name uses its
 /// first 16 digits).
-pub fn shipped_digest() -> String {
-    let mut h = Sha256::new();
-    for (name, bytes) in SHIPPED_FILES {
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
-    }
-    hex::encode(h.finalize())
+pub fn shipped_digest() -> &'static str {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIGEST.get_or_init(|| {
+        let mut h = Sha256::new();
+        for (name, bytes) in SHIPPED_FILES {
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        hex::encode(h.finalize())
+    })
 }
 
 fn cache_base() -> PathBuf {

@@ -163,6 +163,27 @@ impl ModelCard {
         Ok(())
     }
 
+    /// The card a shipped model of the manifest would have (name, classes, input and its
+    /// normalization), to read images for it the way a package's are read.
+    pub fn for_shipped(entry: &crate::manifest::ModelEntry) -> Self {
+        let dim = |i: usize| entry.input.shape.get(i).copied().unwrap_or(1);
+        Self {
+            format_version: CARD_FORMAT,
+            name: entry.name.clone(),
+            description: Some(entry.description.clone()),
+            labels: entry.classes.clone(),
+            input: CardInput {
+                channels: dim(1),
+                height: dim(2),
+                width: dim(3),
+                mean: entry.input.mean.clone(),
+                std: entry.input.std.clone(),
+            },
+            calibration: None,
+            test: None,
+        }
+    }
+
     /// Checks the card against the network it describes: the input shape, and one label per
     /// output.
     pub fn check_network(&self, model: &crate::ir::Model) -> Result<(), PackageError> {
