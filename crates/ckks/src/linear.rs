@@ -127,19 +127,6 @@ impl EncodedLinearTransform {
         })
     }
 
-    /// Whether every mask is encoded (always, unless [`MaskEncoding::OnUse`] or a cold
-    /// [`MaskEncoding::Cached`]).
-    pub fn is_warm(&self) -> bool {
-        self.groups
-            .values()
-            .flat_map(|parts| parts.iter().flat_map(|(_, terms)| terms.iter()))
-            .all(|(_, m)| match m {
-                Mask::Ready(_) => true,
-                Mask::Deferred(_) => false,
-                Mask::Cached(_, cell) => cell.get().is_some(),
-            })
-    }
-
     /// Level the diagonals were encoded at (the ciphertexts must be at this level).
     pub fn level(&self) -> usize {
         self.level

@@ -39,8 +39,8 @@ pub struct CompileArgs {
     #[arg(long, short)]
     out: Option<PathBuf>,
     /// Security level of the CKKS parameters, in bits: 128, 192 or 256.
-    #[arg(long, default_value_t = 128, value_parser = parse_security)]
-    security: u32,
+    #[arg(long, default_value = "128", value_parser = parse_security)]
+    security: SecurityLevel,
     /// Degree of the polynomial that replaces each ReLU-like activation.
     #[arg(long, default_value_t = ConvertOptions::default().degree)]
     degree: usize,
@@ -76,16 +76,16 @@ fn machine_memory_gib() -> Option<f64> {
     Some(kib / f64::from(1u32 << 20))
 }
 
-fn parse_security(s: &str) -> Result<u32, String> {
-    match s {
-        "128" | "192" | "256" => s.parse().map_err(|e| format!("{e}")),
-        _ => Err(format!("{s:?} is not one of 128, 192, 256")),
-    }
+fn parse_security(s: &str) -> Result<SecurityLevel, String> {
+    let bits = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not one of 128, 192, 256"))?;
+    SecurityLevel::from_bits(bits).map_err(|e| e.to_string())
 }
 
 /// Runs `cipherinfer compile`.
 pub fn compile(a: CompileArgs) -> Result<(), BoxErr> {
-    let security = SecurityLevel::from_bits(a.security)?;
+    let security = a.security;
     let package = ModelPackage::load(&a.package).map_err(|e| format!("{e} [{}]", e.code()))?;
     let options = ServingOptions {
         convert: ConvertOptions {

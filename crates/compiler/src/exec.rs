@@ -216,15 +216,6 @@ impl HeModel {
         self.mask_bytes
     }
 
-    /// Whether every kept mask is encoded (always false with lazy masks).
-    pub fn is_warm(&self) -> bool {
-        !self.lazy_masks
-            && self.steps.iter().all(|s| match s {
-                EncodedStep::Linear(l) => l.transform.is_warm(),
-                _ => true,
-            })
-    }
-
     /// The plan.
     pub fn plan(&self) -> &Plan {
         &self.plan

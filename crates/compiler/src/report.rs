@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::exec::HeModel;
-use crate::plan::{Plan, Step, chebyshev_polynomial, is_pure_square, poly_depth};
+use crate::plan::{Plan, Step, is_pure_square};
 
 /// One layer of the network that runs encrypted.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -179,13 +179,7 @@ fn step_rows(plan: &Plan) -> Vec<StepRow> {
             };
             StepRow {
                 step: step.describe(),
-                levels: match step {
-                    Step::Poly { coeffs } => poly_depth(coeffs),
-                    Step::Chebyshev { coeffs, interval } => {
-                        chebyshev_polynomial(coeffs, *interval).map_or(0, |p| p.depth())
-                    }
-                    Step::Linear(_) => 1,
-                },
+                levels: step.depth(),
                 rotations,
                 hoisted_rotations,
                 plaintext_products,
