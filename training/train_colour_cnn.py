@@ -180,7 +180,12 @@ def build() -> nn.Sequential:
     )
 
 
-def main() -> None:
+DESCRIPTION = "Small colour CNN (Conv-BN-ReLU-MaxPool x2, Conv-BN-ReLU, global average pool, Linear)"
+
+
+def main(name: str = NAME, script: str = SCRIPT, epochs: int = EPOCHS, build=build, description: str = DESCRIPTION) -> None:
+    """Trains `build()` on the textures and writes package `name` (train_colour_avg32.py reuses it)."""
+    NAME, SCRIPT, EPOCHS, PACKAGE = name, script, epochs, package.PACKAGES_DIR / name
     args = common.parse_args(EPOCHS)
     common.setup(args["seed"])
     train_x, train_y = dataset(TRAIN, args["seed"])
@@ -221,7 +226,7 @@ def main() -> None:
         "format_version": 1,
         "name": NAME,
         "description": (
-            "Small colour CNN (Conv-BN-ReLU-MaxPool x2, Conv-BN-ReLU, global average pool, Linear) on "
+            f"{description} on "
             f"synthetic 32x32 RGB textures, 8 classes; {accuracy:.2%} cleartext accuracy on "
             f"{TEST} synthetic test images"
         ),

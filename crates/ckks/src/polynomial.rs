@@ -1,8 +1,14 @@
 //! Polynomial evaluation on ciphertexts, in the monomial or the Chebyshev basis.
 //!
-//! Every basis element `T_i` (or `x^i`) is built by a product tree of depth ⌈log2 i⌉
-//! (`T_{a+b} = 2·T_a·T_b − T_{a−b}`), so a degree-d polynomial consumes
-//! `⌈log2 d⌉ + 1` levels (+1 when a Chebyshev interval other than [-1, 1] needs an affine map).
+//! Baby-step/giant-step (Paterson–Stockmeyer style) evaluation: the polynomial is split
+//! recursively as `p = q·T_n + r` at the giant steps `n = 2^k` (Chebyshev division:
+//! `T_n·T_j = (T_{n+j} + T_{n−j})/2`; in the monomial basis `x^n·x^j = x^{n+j}`) until the pieces
+//! have degree below the baby-step bound `2^l ≈ √(d+1)`, which are scalar combinations of the baby
+//! steps `T_1 .. T_{2^l − 1}`. Every basis element is built by a product tree of depth ⌈log2 i⌉
+//! (`T_{a+b} = 2·T_a·T_b − T_{a−b}`). A degree-d polynomial takes about `2^l + log2 d + d/2^l`
+//! ciphertext products instead of `d − 1` (degree 127: 25 instead of 126) and at most
+//! `⌈log2 d⌉ + 1` levels ([`Polynomial::depth`] gives the exact count for the coefficients at
+//! hand; +1 when a Chebyshev interval other than [-1, 1] needs an affine map).
 //! Scales are managed exactly: each level has one canonical scale, operands from higher levels
 //! are brought down by a multiplication by 1 encoded at the right scale (no extra depth), and the
 //! coefficients are applied with [`Evaluator::mul_const_rescale_to`] so the result lands on the
@@ -116,12 +122,44 @@ impl Polynomial {
         matches!(self.basis, Basis::Chebyshev { a, b } if a != -1.0 || b != 1.0)
     }
 
-    /// Levels an evaluation consumes.
+    /// Levels an evaluation consumes: the depth of the baby-step/giant-step split of these
+    /// coefficients, at most `⌈log2 d⌉ + 1` for degree `d`, plus one for an affine map.
     pub fn depth(&self) -> usize {
         if self.degree() == 0 {
             return 0;
         }
-        usize::from(self.needs_affine()) + ceil_log2(self.degree()) + 1
+        usize::from(self.needs_affine()) + split_depth(&self.coeffs, 2, self.is_chebyshev())
+    }
+
+    /// Ciphertext products an evaluation takes: the basis elements it builds, plus one per
+    /// split with a non-constant quotient.
+    pub fn products(&self) -> usize {
+        if self.degree() == 0 {
+            return 0;
+        }
+        let chebyshev = self.is_chebyshev();
+        let baby = baby_bound(self.degree());
+        let budget = split_depth(&self.coeffs, 2, chebyshev);
+        let mut needed = std::collections::BTreeSet::new();
+        let splits = split_uses(&self.coeffs, baby, budget, chebyshev, &mut needed);
+        // Close the set under the product tree: T_i from T_a, T_b (and T_{a−b}).
+        let mut built = std::collections::BTreeSet::new();
+        let mut stack: Vec<usize> = needed.into_iter().collect();
+        while let Some(i) = stack.pop() {
+            if i <= 1 || !built.insert(i) {
+                continue;
+            }
+            let a = 1usize << (ceil_log2(i) - 1);
+            stack.extend([a, i - a]);
+            if chebyshev && a != i - a {
+                stack.push(a - (i - a));
+            }
+        }
+        built.len() + splits
+    }
+
+    fn is_chebyshev(&self) -> bool {
+        matches!(self.basis, Basis::Chebyshev { .. })
     }
 
     /// Plaintext evaluation (the reference the encrypted result is compared with).
@@ -146,8 +184,97 @@ impl Polynomial {
     }
 }
 
+/// Baby-step bound `2^l`, `l = max(1, ⌈log2(d + 1)⌉ / 2)`: pieces below it are scalar
+/// combinations of the basis elements.
+fn baby_bound(degree: usize) -> usize {
+    1 << (ceil_log2(degree + 1) / 2).max(1)
+}
+
+/// Whether a piece of degree `d` is combined directly (rather than split) with `budget` levels:
+/// when it is below the baby-step bound and its scalar combination fits the budget.
+fn combine_now(d: usize, baby: usize, budget: usize) -> bool {
+    d == 0 || (d < baby && ceil_log2(d) < budget)
+}
+
+/// Largest index of a non-zero coefficient (0 for a constant).
+fn top(coeffs: &[f64]) -> usize {
+    coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0)
+}
+
+/// Splits `p = q·B_n + r` (`B` the basis, `n` a power of two at most the degree of `p`).
+fn split(coeffs: &[f64], n: usize, chebyshev: bool) -> (Vec<f64>, Vec<f64>) {
+    let d = top(coeffs);
+    let mut q = vec![0.0; d - n + 1];
+    let mut r = coeffs[..n.min(coeffs.len())].to_vec();
+    q[0] = coeffs[n];
+    for j in 1..=d - n {
+        if chebyshev {
+            // T_n·T_j = (T_{n+j} + T_{n−j}) / 2: 2·c_{n+j} of q makes c_{n+j} of T_{n+j} and
+            // c_{n+j} of T_{n−j}, which r takes back.
+            q[j] = 2.0 * coeffs[n + j];
+            r[n - j] -= coeffs[n + j];
+        } else {
+            q[j] = coeffs[n + j];
+        }
+    }
+    (q, r)
+}
+
+/// Records the basis elements the split evaluation of `coeffs` reads; returns its products.
+fn split_uses(
+    coeffs: &[f64],
+    baby: usize,
+    budget: usize,
+    chebyshev: bool,
+    needed: &mut std::collections::BTreeSet<usize>,
+) -> usize {
+    let d = top(coeffs);
+    if combine_now(d, baby, budget) {
+        needed.extend((1..=d).filter(|&i| coeffs[i] != 0.0));
+        if d == 0 {
+            needed.insert(1);
+        }
+        return 0;
+    }
+    let n = 1usize << (usize::BITS - 1 - d.leading_zeros());
+    let (q, r) = split(coeffs, n, chebyshev);
+    needed.insert(n);
+    let mut products = 0;
+    if top(&q) != 0 {
+        products += 1 + split_uses(&q, baby, budget - 1, chebyshev, needed);
+    }
+    if r.iter().any(|&c| c != 0.0) {
+        products += split_uses(&r, baby, budget, chebyshev, needed);
+    }
+    products
+}
+
+/// Levels the split evaluation of `coeffs` consumes with baby steps below `baby` (with
+/// `baby = 2`, pieces of degree 1 only: the least depth, which the evaluation achieves while
+/// combining larger pieces wherever a piece has levels to spare).
+fn split_depth(coeffs: &[f64], baby: usize, chebyshev: bool) -> usize {
+    let d = top(coeffs);
+    if d == 0 {
+        return 0;
+    }
+    if d < baby {
+        return ceil_log2(d) + 1;
+    }
+    let n = 1usize << (usize::BITS - 1 - d.leading_zeros());
+    let k = ceil_log2(n);
+    let (q, r) = split(coeffs, n, chebyshev);
+    let product = if top(&q) == 0 {
+        k + 1
+    } else {
+        split_depth(&q, baby, chebyshev).max(k) + 1
+    };
+    product.max(split_depth(&r, baby, chebyshev))
+}
+
 struct PowerBasis<'a> {
     ev: &'a Evaluator,
+    /// Level of `T_1`.
+    top_level: usize,
     chebyshev: bool,
     /// Canonical scale per level (levels at or below the level of T_1).
     scales: BTreeMap<usize, f64>,
@@ -243,27 +370,174 @@ impl Evaluator {
         }
         let mut basis = PowerBasis {
             ev: self,
+            top_level: t1.level(),
             chebyshev: matches!(poly.basis(), Basis::Chebyshev { .. }),
             scales,
             terms: BTreeMap::from([(1, t1)]),
         };
-        let mut terms = Vec::new();
-        for (i, &c) in coeffs.iter().enumerate().skip(1) {
-            if c != 0.0 {
-                terms.push((i, c, basis.get(i)?));
-            }
+        let chebyshev = basis.chebyshev;
+        let baby = baby_bound(poly.degree());
+        let out_level = ct.level() - depth;
+        basis.evaluate(coeffs, baby, chebyshev, out_level, target)
+    }
+}
+
+impl PowerBasis<'_> {
+    /// Evaluates `coeffs` (split at the giant steps until below `baby`) so that the result lands
+    /// at `level` with scale `scale`.
+    fn evaluate(
+        &mut self,
+        coeffs: &[f64],
+        baby: usize,
+        chebyshev: bool,
+        level: usize,
+        scale: f64,
+    ) -> Result<Ciphertext> {
+        let d = top(coeffs);
+        let budget = self.top_level.saturating_sub(level);
+        if combine_now(d, baby, budget) {
+            return self.combine(coeffs, level, scale);
         }
-        let out_level = terms.iter().map(|(_, _, t)| t.level()).min().unwrap_or(1) - 1;
+        let n = 1usize << (usize::BITS - 1 - d.leading_zeros());
+        let (q, r) = split(coeffs, n, chebyshev);
+        let tn = self.get(n)?;
+        let mut out = if top(&q) == 0 {
+            let t = self.ev.drop_to_level(&tn, level + 1)?;
+            self.ev.mul_const_rescale_to(&t, q[0], scale)?
+        } else {
+            // q (at level + 1) times T_n (brought to level + 1) rescales to `scale` at `level`.
+            let tn = self.bring(&tn, level + 1)?;
+            let ql = self.ev.parameters().q_primes()[level + 1] as f64;
+            let qv = self.evaluate(&q, baby, chebyshev, level + 1, scale * ql / tn.scale())?;
+            self.ev.mul_rescale(&qv, &tn)?
+        };
+        out.set_scale(scale);
+        if r.iter().any(|&c| c != 0.0) {
+            let rv = self.evaluate(&r, baby, chebyshev, level, scale)?;
+            self.ev.add_assign(&mut out, &rv)?;
+        }
+        Ok(out)
+    }
+
+    /// `Σ c_i B_i` for a piece below the baby-step bound: scalar products at `level + 1`,
+    /// rescaled onto `scale` at `level`.
+    fn combine(&mut self, coeffs: &[f64], level: usize, scale: f64) -> Result<Ciphertext> {
         let mut acc: Option<Ciphertext> = None;
-        for (_, c, t) in terms {
-            let t = self.drop_to_level(&t, out_level + 1)?;
-            let term = self.mul_const_rescale_to(&t, c, target)?;
+        for (i, &c) in coeffs.iter().enumerate().skip(1) {
+            if c == 0.0 {
+                continue;
+            }
+            let t = self.get(i)?;
+            let t = self.ev.drop_to_level(&t, level + 1)?;
+            let term = self.ev.mul_const_rescale_to(&t, c, scale)?;
             match acc.as_mut() {
                 None => acc = Some(term),
-                Some(a) => self.add_assign(a, &term)?,
+                Some(a) => self.ev.add_assign(a, &term)?,
             }
         }
-        let acc = acc.ok_or_else(|| Error::Encoding("internal: empty polynomial".into()))?;
-        self.add_const(&acc, coeffs[0])
+        let acc = match acc {
+            Some(a) => a,
+            None => {
+                // A constant piece: a zero ciphertext at the right level and scale.
+                let t = self.get(1)?;
+                let t = self.ev.drop_to_level(&t, level + 1)?;
+                self.ev.mul_const_rescale_to(&t, 0.0, scale)?
+            }
+        };
+        let c0 = coeffs.first().copied().unwrap_or(0.0);
+        if c0 == 0.0 {
+            Ok(acc)
+        } else {
+            self.ev.add_const(&acc, c0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Evaluates the split in f64 exactly as the encrypted evaluation composes it.
+    fn eval_split(
+        coeffs: &[f64],
+        baby: usize,
+        chebyshev: bool,
+        basis: &dyn Fn(usize) -> f64,
+    ) -> f64 {
+        let d = top(coeffs);
+        if d < baby {
+            return coeffs.iter().enumerate().map(|(i, c)| c * basis(i)).sum();
+        }
+        let n = 1usize << (usize::BITS - 1 - d.leading_zeros());
+        let (q, r) = split(coeffs, n, chebyshev);
+        eval_split(&q, baby, chebyshev, basis) * basis(n) + eval_split(&r, baby, chebyshev, basis)
+    }
+
+    fn coeffs(degree: usize, seed: u64) -> Vec<f64> {
+        (0..=degree)
+            .map(|i| {
+                let h = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
+                ((h >> 11) as f64 / (1u64 << 53) as f64 - 0.5) / (1.0 + i as f64)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_split_is_the_polynomial() {
+        for degree in [1, 2, 3, 5, 8, 15, 16, 31, 63, 100, 127, 255] {
+            for chebyshev in [false, true] {
+                let c = coeffs(degree, degree as u64);
+                let p = if chebyshev {
+                    Polynomial::chebyshev(c.clone(), -1.0, 1.0)
+                } else {
+                    Polynomial::monomial(c.clone())
+                }
+                .expect("p");
+                let baby = baby_bound(degree);
+                for k in 0..=20 {
+                    let y = -1.0 + k as f64 / 10.0;
+                    let basis = |i: usize| {
+                        if chebyshev {
+                            (i as f64 * y.acos()).cos()
+                        } else {
+                            y.powi(i as i32)
+                        }
+                    };
+                    let got = eval_split(&c, baby, chebyshev, &basis);
+                    assert!((got - p.evaluate(y)).abs() < 1e-9, "degree {degree} at {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn depth_is_never_above_the_product_tree_bound() {
+        for degree in 1..=300usize {
+            for chebyshev in [false, true] {
+                let c = coeffs(degree, 7);
+                let p = if chebyshev {
+                    Polynomial::chebyshev(c, -1.0, 1.0)
+                } else {
+                    Polynomial::monomial(c)
+                }
+                .expect("p");
+                let bound = ceil_log2(degree) + 1;
+                assert!(
+                    p.depth() <= bound,
+                    "degree {degree}: {} > {bound}",
+                    p.depth()
+                );
+                // Far fewer products than the d − 1 of building every T_i.
+                assert!(p.products() <= degree.max(1), "degree {degree}");
+                if degree >= 127 {
+                    assert!(p.products() < 40, "degree {degree}: {}", p.products());
+                }
+                // At least the information-theoretic ⌈log2(d + 1)⌉, and that for 2^k − 1.
+                assert!(p.depth() >= ceil_log2(degree + 1), "degree {degree}");
+                if (degree + 1).is_power_of_two() && degree > 1 {
+                    assert_eq!(p.depth(), ceil_log2(degree + 1), "degree {degree}");
+                }
+            }
+        }
     }
 }

@@ -275,11 +275,29 @@ fn polynomial_evaluation_equals_plaintext_polynomial() {
                 "relu approx deg 6 [-2,2]",
                 Polynomial::chebyshev_interpolate(|x| x.max(0.0), 6, -2.0, 2.0).expect("p"),
             ),
+            (
+                "monomial deg 5 (3 levels, not 4)",
+                Polynomial::monomial(vec![0.1, 0.5, 0.0, -0.3, 0.0, 0.2]).expect("p"),
+            ),
+            (
+                "relu approx deg 63 [-1,1]",
+                Polynomial::chebyshev_interpolate(|x| x.max(0.0), 63, -1.0, 1.0).expect("p"),
+            ),
+            (
+                "relu approx deg 127 [-1,1] (7 levels)",
+                Polynomial::chebyshev_interpolate(|x| x.max(0.0), 127, -1.0, 1.0).expect("p"),
+            ),
+            (
+                "odd sign approx deg 31 [-1,1]",
+                Polynomial::chebyshev_interpolate(|x| (8.0 * x).tanh(), 31, -1.0, 1.0).expect("p"),
+            ),
         ];
         for (name, p) in polys {
             if p.depth() > ct.level() {
                 continue;
             }
+            let bound = (usize::BITS - (p.degree() - 1).leading_zeros()) as usize + 1;
+            assert!(p.depth() <= bound, "{name}: depth {} > {bound}", p.depth());
             let out = c.ev.evaluate_polynomial(&ct, &p, None).expect("eval");
             assert_eq!(
                 out.level(),

@@ -17,7 +17,11 @@ use std::time::Instant;
 
 use cipherinfer_ckks::serialization::ToBytes;
 use cipherinfer_ckks::{Encoder, Evaluator, KeyGenerator, Preset, secret_key_pair};
-use cipherinfer_compiler::{Network, compile, compile_model_batch, select_parameters};
+use cipherinfer_compiler::degree::{DEFAULT_TARGET_AGREEMENT, Degree};
+use cipherinfer_compiler::{
+    Network, ServingOptions, compile, compile_choosing_degree, compile_model_batch,
+    select_parameters,
+};
 use cipherinfer_model::convert::{ConvertOptions, convert};
 use cipherinfer_model::{Manifest, Model, ModelPackage, SampleSet, Tensor, onnx, plain};
 
@@ -59,9 +63,10 @@ pub struct ModelBenchArgs {
     /// Parameter set: auto (smallest 128-bit set that fits) or a preset name like PN13_DEPTH5.
     #[arg(long, default_value = "auto")]
     params: String,
-    /// Degree of the ReLU polynomials when the model needs conversion.
-    #[arg(long, default_value_t = ConvertOptions::default().degree)]
-    degree: usize,
+    /// Degree of the ReLU polynomials when the model needs conversion, or `auto` (as
+    /// `cipherinfer compile` chooses it, on the images benchmarked).
+    #[arg(long, default_value = "auto", value_parser = crate::compile::parse_degree)]
+    degree: Degree,
 }
 
 /// Runs `cipherinfer bench model`.
@@ -86,7 +91,7 @@ pub fn model_bench(a: ModelBenchArgs) -> Result<(), BoxErr> {
 struct Opts {
     batch: usize,
     params: String,
-    degree: usize,
+    degree: Degree,
 }
 
 /// What a benchmark runs: the network as given, labelled images and calibration inputs.
@@ -194,14 +199,48 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
         if calibration.is_empty() {
             return Err("the network needs calibration images to be converted".into());
         }
+        let (degree, margin) = match opts.degree {
+            Degree::Fixed(d) => (d, ConvertOptions::default().margin),
+            Degree::Auto => {
+                let tensors: Vec<Tensor> =
+                    labelled[..images].iter().map(|(t, _)| t.clone()).collect();
+                let (_, search) = compile_choosing_degree(
+                    &ir,
+                    &calibration,
+                    &tensors,
+                    &ServingOptions::default(),
+                    DEFAULT_TARGET_AGREEMENT,
+                )?;
+                let search = search.ok_or("no degree search for a network to convert")?;
+                eprintln!(
+                    "degree {} chosen ({})",
+                    search.chosen().unwrap_or_default(),
+                    search
+                        .trials
+                        .iter()
+                        .map(|t| format!(
+                            "{} (margin {}) -> {:.1}%",
+                            t.degree,
+                            t.margin,
+                            100.0 * t.top1_agreement
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let chosen = search.chosen_trial().ok_or("no degree chosen")?;
+                (chosen.degree, chosen.margin)
+            }
+        };
         let options = ConvertOptions {
-            degree: opts.degree,
+            degree,
+            margin,
             ..ConvertOptions::default()
         };
         let conversion = convert(&ir, &calibration, &options)?;
         eprintln!("{}", conversion.report);
         conversion_json = serde_json::json!({
-            "degree": opts.degree,
+            "degree": degree,
+            "margin": margin,
             "calibration_images": calibration.len().min(options.calibration_images),
         });
         ir = conversion.model;

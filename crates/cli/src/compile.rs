@@ -13,10 +13,13 @@ use std::time::Instant;
 
 use cipherinfer_ckks::SecurityLevel;
 use cipherinfer_compiler::artifact::ARTIFACT_EXTENSION;
+use cipherinfer_compiler::degree::{
+    DEFAULT_TARGET_AGREEMENT, Degree, agreement_images, compile_package,
+};
 use cipherinfer_compiler::report::{CompileReport, agreement, measure_unit_costs};
-use cipherinfer_compiler::{Artifact, ServingOptions, compile_for_serving};
+use cipherinfer_compiler::{Artifact, ServingOptions};
 use cipherinfer_model::ModelPackage;
-use cipherinfer_model::convert::{ConvertOptions, FitMethod};
+use cipherinfer_model::convert::{ConvertOptions, FitMethod, MAX_FIT_DEGREE};
 use serde_json::json;
 
 use crate::BoxErr;
@@ -41,9 +44,15 @@ pub struct CompileArgs {
     /// Security level of the CKKS parameters, in bits: 128, 192 or 256.
     #[arg(long, default_value = "128", value_parser = parse_security)]
     security: SecurityLevel,
-    /// Degree of the polynomial that replaces each ReLU-like activation.
-    #[arg(long, default_value_t = ConvertOptions::default().degree)]
-    degree: usize,
+    /// Degree of the polynomial that replaces each ReLU-like activation, or `auto`: the cheapest
+    /// of 7, 15, 31, 63, 127, 255 whose approximated network agrees with the network as given
+    /// on the package's test images (calibration images without them) at --target-agreement,
+    /// among those a parameter set holds.
+    #[arg(long, default_value = "auto", value_parser = parse_degree)]
+    degree: Degree,
+    /// Top-1 agreement with the network as given that `--degree auto` aims at (0 to 1).
+    #[arg(long, default_value_t = DEFAULT_TARGET_AGREEMENT)]
+    target_agreement: f64,
     /// Widening of each measured activation range, as a fraction of its half-width per side.
     #[arg(long, default_value_t = ConvertOptions::default().margin)]
     margin: f64,
@@ -76,6 +85,20 @@ fn machine_memory_gib() -> Option<f64> {
     Some(kib / f64::from(1u32 << 20))
 }
 
+/// Parses `--degree`: `auto` or a degree.
+pub fn parse_degree(s: &str) -> Result<Degree, String> {
+    if s == "auto" {
+        return Ok(Degree::Auto);
+    }
+    let d: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is neither auto nor a degree"))?;
+    if d == 0 || d > MAX_FIT_DEGREE {
+        return Err(format!("degree {d} is not between 1 and {MAX_FIT_DEGREE}"));
+    }
+    Ok(Degree::Fixed(d))
+}
+
 fn parse_security(s: &str) -> Result<SecurityLevel, String> {
     let bits = s
         .parse()
@@ -89,7 +112,6 @@ pub fn compile(a: CompileArgs) -> Result<(), BoxErr> {
     let package = ModelPackage::load(&a.package).map_err(|e| format!("{e} [{}]", e.code()))?;
     let options = ServingOptions {
         convert: ConvertOptions {
-            degree: a.degree,
             margin: a.margin,
             fit: match a.fit {
                 Fit::LeastSquares => FitMethod::LeastSquares,
@@ -100,29 +122,11 @@ pub fn compile(a: CompileArgs) -> Result<(), BoxErr> {
         security,
     };
     let started = Instant::now();
-    let compiled = compile_for_serving(&package.model, &package.calibration_inputs(), &options)
+    let (compiled, search) = compile_package(&package, a.degree, a.target_agreement, &options)
         .map_err(|e| format!("{}: {e} [{}]", a.package.display(), e.code()))?;
     let compile_s = started.elapsed().as_secs_f64();
 
-    let (images, from): (Vec<_>, &str) = if package.test.is_empty() {
-        (
-            package
-                .calibration
-                .iter()
-                .map(|t| (t.clone(), None))
-                .collect(),
-            "calibration",
-        )
-    } else {
-        (
-            package
-                .test
-                .iter()
-                .map(|t| (t.input.clone(), Some(t.label)))
-                .collect(),
-            "test",
-        )
-    };
+    let (images, from) = agreement_images(&package);
     let agreement = agreement(&package.model, &compiled.model, &images, from)?;
     let costs = if a.no_estimate {
         None
@@ -137,7 +141,8 @@ pub fn compile(a: CompileArgs) -> Result<(), BoxErr> {
         agreement,
         costs,
     )
-    .with_notes(package.notes.clone());
+    .with_notes(package.notes.clone())
+    .with_degree_search(search);
 
     let (limit, whose) = match a.max_memory_gib {
         Some(g) => (Some(g), "--max-memory-gib allows"),

@@ -260,15 +260,17 @@ fn classify_json(url: &str, model: &str, images: &[(PathBuf, usize)], keys: &Pat
 }
 
 /// `cipherinfer compile PACKAGE --out OUT --no-estimate --json`: the report, after success.
-fn compile_package(package: &Path, out: &Path) -> Value {
-    let run = run_bin(&[
+fn compile_package(package: &Path, out: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
         "compile",
         package.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--no-estimate",
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let run = run_bin(&args);
     assert_eq!(run.code, 0, "{}: {}", package.display(), run.stderr);
     serde_json::from_str(&run.stdout).unwrap()
 }
@@ -371,7 +373,7 @@ fn the_colour_package_runs_end_to_end() {
     let dir = temp("colour");
     // compile -> serve --model FILE -> classify, the path the README gives.
     let artifact = dir.join("colour-shapes.cimodel");
-    let report = compile_package(&package, &artifact);
+    let report = compile_package(&package, &artifact, &[]);
     assert_eq!(report["name"], "colour-shapes");
     assert_eq!(report["parameters"]["security_bits"], 128);
     assert_eq!(report["agreement"]["images_from"], "test");
@@ -457,16 +459,32 @@ fn compile_reports_user_cnns_and_refuses_what_cannot_fit() {
     // GlobalAveragePool. The compiler has no knowledge of them beyond the files.
     let packages = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/packages");
     let dir = temp("compile-report");
-    // Plaintext simulation of the approximations, measured: LeNet-5 100% agreement (99%
-    // accuracy as given and approximated); colour-cnn 72%, where MaxPool replaced by AvgPool
-    // and degree-8 ReLUs before a global average pool lose most (closing that gap is the
-    // minimax ReLU/max work of the conventional-CNN issue).
-    for (name, min_agreement, shape) in [
-        ("lenet5-mnist", 0.97, (1, 28, 28)),
-        ("colour-cnn", 0.65, (3, 32, 32)),
+    // Plaintext simulation of the approximations, measured: LeNet-5 100% agreement at the degree
+    // chosen (7; 99% accuracy as given and approximated); colour-cnn 96% at degree 63, where
+    // MaxPool replaced by AvgPool loses most (97% at 127 and 255; a real max is the work of the
+    // conventional-CNN issue). colour-avg32 (AvgPool, training/train_colour_avg32.py): 99% at
+    // the degree chosen (63, margin 0.5).
+    for (name, min_agreement, shape, degree) in [
+        ("lenet5-mnist", 0.97, (1, 28, 28), "auto"),
+        ("colour-cnn", 0.9, (3, 32, 32), "63"),
+        ("colour-avg32", 0.99, (3, 32, 32), "auto"),
     ] {
         let out = dir.join(format!("{name}.cimodel"));
-        let r = compile_package(&packages.join(name), &out);
+        let r = compile_package(&packages.join(name), &out, &["--degree", degree]);
+        if degree == "auto" {
+            let search = &r["degree_search"];
+            let chosen: Vec<&Value> = search["trials"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["chosen"] == true)
+                .collect();
+            assert_eq!(chosen.len(), 1, "{name}: {search}");
+            assert!(
+                chosen[0]["top1_agreement"].as_f64().unwrap() >= 0.99,
+                "{search}"
+            );
+        }
         let agreement = &r["agreement"];
         assert_eq!(agreement["images"], 100, "{name}: {agreement}");
         let agree = agreement["top1_agreement"].as_f64().unwrap();
@@ -475,7 +493,7 @@ fn compile_reports_user_cnns_and_refuses_what_cannot_fit() {
         assert!(agree >= min_agreement, "{name}: agreement {agree}");
         let conversion = &r["conversion"];
         assert!(
-            conversion["activations"].as_array().unwrap().len() >= 3,
+            conversion["activations"].as_array().unwrap().len() >= 2,
             "{name}: {conversion}"
         );
         assert!(r["depth"].as_u64().unwrap() >= 10, "{name}");
@@ -550,7 +568,7 @@ fn a_64x64_colour_network_runs_encrypted_end_to_end() {
     assert_eq!(pkg.card.input_shape(), (3, 64, 64));
     let dir = temp("colour64");
     let artifact = dir.join("colour64.cimodel");
-    let report = compile_package(&package, &artifact);
+    let report = compile_package(&package, &artifact, &[]);
     let compiled = cipherinfer_compiler::Artifact::read(&artifact).unwrap();
     let cases: Vec<(PathBuf, usize)> = pkg
         .test

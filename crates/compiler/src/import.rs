@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cipherinfer_ckks::{Parameters, SecurityLevel};
-use cipherinfer_model::convert::{ConversionReport, ConvertOptions, convert};
+use cipherinfer_model::convert::{Conversion, ConversionReport, ConvertOptions, convert};
 use cipherinfer_model::ir::{Model, Op};
 use cipherinfer_model::plain::Tensor;
 
@@ -72,23 +72,45 @@ pub fn compile_for_serving(
     calibration: &[Tensor],
     options: &ServingOptions,
 ) -> Result<Compiled> {
-    let (model, conversion) = if ir.is_he_friendly() {
-        (ir.clone(), None)
-    } else {
-        if calibration.is_empty() {
-            let kinds: std::collections::BTreeSet<&str> = ir
-                .nodes()
-                .iter()
-                .filter(|n| !n.op.is_he_friendly())
-                .map(|n| n.op.kind())
-                .collect();
-            return Err(CompileError::NeedsCalibration(
-                kinds.into_iter().collect::<Vec<_>>().join(", "),
-            ));
-        }
-        let c = convert(ir, calibration, &options.convert)?;
-        (c.model, Some(c.report))
-    };
+    if ir.is_he_friendly() {
+        return compile_he_friendly(ir.clone(), None, calibration, options);
+    }
+    if calibration.is_empty() {
+        let kinds: std::collections::BTreeSet<&str> = ir
+            .nodes()
+            .iter()
+            .filter(|n| !n.op.is_he_friendly())
+            .map(|n| n.op.kind())
+            .collect();
+        return Err(CompileError::NeedsCalibration(
+            kinds.into_iter().collect::<Vec<_>>().join(", "),
+        ));
+    }
+    let c = convert(ir, calibration, &options.convert)?;
+    compile_converted(c, calibration, options)
+}
+
+/// [`compile_for_serving`] of a network already converted (by `convert` with
+/// `options.convert`).
+pub fn compile_converted(
+    conversion: Conversion,
+    calibration: &[Tensor],
+    options: &ServingOptions,
+) -> Result<Compiled> {
+    compile_he_friendly(
+        conversion.model,
+        Some(conversion.report),
+        calibration,
+        options,
+    )
+}
+
+fn compile_he_friendly(
+    model: Model,
+    conversion: Option<ConversionReport>,
+    calibration: &[Tensor],
+    options: &ServingOptions,
+) -> Result<Compiled> {
     let inputs: Vec<Vec<f64>> = calibration
         .iter()
         .take(options.convert.calibration_images.max(1))
@@ -224,6 +246,7 @@ impl Network {
                     Some([a, b]) => Layer::IntervalPoly {
                         coeffs: p.coeffs.clone(),
                         interval: (a, b),
+                        chebyshev: p.chebyshev,
                     },
                     None => Layer::Poly {
                         coeffs: p.coeffs.clone(),

@@ -10,6 +10,7 @@
 
 pub mod artifact;
 pub mod client;
+pub mod degree;
 pub mod error;
 pub mod exec;
 pub mod import;
@@ -21,11 +22,12 @@ pub mod select;
 
 pub use artifact::{Artifact, ArtifactError};
 pub use client::ClientSpec;
+pub use degree::{DegreeSearch, compile_choosing_degree};
 pub use error::{CompileError, Result};
 pub use exec::{EvalReport, HeModel};
 pub use import::{
-    Compiled, ServingOptions, compile_for_serving, compile_model, compile_model_auto,
-    compile_model_batch,
+    Compiled, ServingOptions, compile_converted, compile_for_serving, compile_model,
+    compile_model_auto, compile_model_batch,
 };
 pub use network::{Layer, Network, Shape};
 pub use plan::{CompileOptions, Plan, SlotMap, Step, compile, compile_with, output_divisor_for};

@@ -51,14 +51,18 @@ pub enum Layer {
         /// Coefficients, lowest degree first.
         coeffs: Vec<f64>,
     },
-    /// Element-wise polynomial `Σ c_i x^i` fitted on the interval `[a, b]` where its inputs lie
-    /// (e.g. a ReLU approximation). Compiled in the Chebyshev basis on that interval, with the
-    /// map to `[-1, 1]` folded into the preceding linear layer.
+    /// Element-wise polynomial fitted on the interval `[a, b]` where its inputs lie (e.g. a ReLU
+    /// approximation): `Σ c_i x^i`, or `Σ c_i T_i(y)` with `y` mapping `[a, b]` onto `[-1, 1]`
+    /// when `chebyshev`. Compiled in the Chebyshev basis on that interval, with the map to
+    /// `[-1, 1]` folded into the preceding linear layer.
     IntervalPoly {
-        /// Monomial coefficients, lowest degree first.
+        /// Coefficients, lowest degree first.
         coeffs: Vec<f64>,
         /// The fitting interval `(a, b)`, `a < b`.
         interval: (f64, f64),
+        /// Whether the coefficients are Chebyshev coefficients on the interval.
+        #[serde(default)]
+        chebyshev: bool,
     },
     /// Reshape to a vector (CHW order), data unchanged.
     Flatten,
@@ -177,6 +181,7 @@ impl Layer {
                 Layer::IntervalPoly {
                     coeffs,
                     interval: (a, b),
+                    ..
                 },
                 s,
             ) => {
@@ -236,6 +241,14 @@ impl Network {
         let mut x = input.to_vec();
         for (i, l) in self.layers.iter().enumerate() {
             x = match l {
+                Layer::IntervalPoly {
+                    coeffs,
+                    interval: (a, b),
+                    chebyshev: true,
+                } => {
+                    let p = cipherinfer_ckks::Polynomial::chebyshev(coeffs.clone(), *a, *b)?;
+                    x.iter().map(|&v| p.evaluate(v)).collect()
+                }
                 Layer::Poly { coeffs } | Layer::IntervalPoly { coeffs, .. } => x
                     .iter()
                     .map(|&v| coeffs.iter().rev().fold(0.0, |a, &c| a * v + c))

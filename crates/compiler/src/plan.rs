@@ -251,18 +251,13 @@ impl Step {
     }
 }
 
-/// Levels a monomial-basis polynomial takes: x² is one multiplication; in general
-/// ⌈log2 d⌉ + 1 (the CKKS library's product tree and coefficient multiplications).
+/// Levels a monomial-basis polynomial takes: x² is one multiplication; in general the CKKS
+/// library's baby-step/giant-step evaluation (at most ⌈log2 d⌉ + 1).
 pub fn poly_depth(coeffs: &[f64]) -> usize {
-    let d = coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0);
     if is_pure_square(coeffs) {
         return 1;
     }
-    match d {
-        0 => 0,
-        1 => 1,
-        _ => (usize::BITS - (d - 1).leading_zeros()) as usize + 1,
-    }
+    cipherinfer_ckks::Polynomial::monomial(coeffs.to_vec()).map_or(usize::MAX, |p| p.depth())
 }
 
 /// Whether the polynomial is exactly `x²`.
@@ -582,17 +577,27 @@ pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Res
                 i += 1;
                 continue;
             }
-            Layer::IntervalPoly { coeffs, interval } => {
+            Layer::IntervalPoly {
+                coeffs,
+                interval,
+                chebyshev,
+            } => {
                 // Reached without a linear step to fold the interval map into: keep the map
                 // inside the polynomial (one more level).
-                let monomial = coeffs.clone();
-                let eval = move |x: f64| monomial.iter().rev().fold(0.0, |a, &c| a * x + c);
-                let degree = coeffs.len().saturating_sub(1).max(1);
-                let p = cipherinfer_ckks::Polynomial::chebyshev_interpolate(
-                    eval, degree, interval.0, interval.1,
-                )?;
+                let coeffs = if *chebyshev {
+                    coeffs.clone()
+                } else {
+                    let monomial = coeffs.clone();
+                    let eval = move |x: f64| monomial.iter().rev().fold(0.0, |a, &c| a * x + c);
+                    let degree = coeffs.len().saturating_sub(1).max(1);
+                    cipherinfer_ckks::Polynomial::chebyshev_interpolate(
+                        eval, degree, interval.0, interval.1,
+                    )?
+                    .coeffs()
+                    .to_vec()
+                };
                 steps.push(Step::Chebyshev {
-                    coeffs: p.coeffs().to_vec(),
+                    coeffs,
                     interval: *interval,
                 });
                 i += 1;
@@ -637,6 +642,7 @@ pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Res
         if let Some(Layer::IntervalPoly {
             coeffs,
             interval: (a, b),
+            chebyshev,
         }) = net.layers.get(j + 1)
         {
             let (a, b) = (*a, *b);
@@ -650,16 +656,23 @@ pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Res
             for v in op.bias.iter_mut() {
                 *v = alpha * *v + beta;
             }
-            let monomial = coeffs.clone();
-            let (h, c) = ((b - a) / 2.0, (a + b) / 2.0);
-            let eval = move |y: f64| {
-                let x = h * y + c;
-                monomial.iter().rev().fold(0.0, |acc, &k| acc * x + k)
+            // Chebyshev coefficients on [a, b] are those on [-1, 1] of the mapped input.
+            let coeffs = if *chebyshev {
+                coeffs.clone()
+            } else {
+                let monomial = coeffs.clone();
+                let (h, c) = ((b - a) / 2.0, (a + b) / 2.0);
+                let eval = move |y: f64| {
+                    let x = h * y + c;
+                    monomial.iter().rev().fold(0.0, |acc, &k| acc * x + k)
+                };
+                let degree = coeffs.len().saturating_sub(1).max(1);
+                cipherinfer_ckks::Polynomial::chebyshev_interpolate(eval, degree, -1.0, 1.0)?
+                    .coeffs()
+                    .to_vec()
             };
-            let degree = coeffs.len().saturating_sub(1).max(1);
-            let p = cipherinfer_ckks::Polynomial::chebyshev_interpolate(eval, degree, -1.0, 1.0)?;
             folded = Some(Step::Chebyshev {
-                coeffs: p.coeffs().to_vec(),
+                coeffs,
                 interval: (-1.0, 1.0),
             });
         }

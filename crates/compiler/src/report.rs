@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::exec::HeModel;
-use crate::plan::{Plan, Step, is_pure_square};
+use crate::plan::{Plan, Step, chebyshev_polynomial, is_pure_square};
 
 /// One layer of the network that runs encrypted.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -130,16 +130,8 @@ pub struct CompileReport {
     pub conversion: Option<ConversionReport>,
     /// What the import changed without changing the predicted class (a final Softmax dropped).
     pub notes: Vec<String>,
-}
-
-/// Ciphertext products of a polynomial of `degree` evaluated by baby-step/giant-step
-/// (Paterson–Stockmeyer style): about `√(2d)` powers plus `log2 d` giant steps.
-fn polynomial_products(degree: usize) -> usize {
-    match degree {
-        0 | 1 => 0,
-        2 => 1,
-        d => (2.0 * d as f64).sqrt().ceil() as usize + (usize::BITS - d.leading_zeros()) as usize,
-    }
+    /// How the activation degree was chosen (`--degree auto`).
+    pub degree_search: Option<crate::degree::DegreeSearch>,
 }
 
 fn step_rows(plan: &Plan) -> Vec<StepRow> {
@@ -169,13 +161,19 @@ fn step_rows(plan: &Plan) -> Vec<StepRow> {
                     (giants.len() + l.block_sum.len(), hoisted, products, 0)
                 }
                 Step::Poly { coeffs } if is_pure_square(coeffs) => (0, 0, 0, 1),
-                Step::Poly { coeffs } => {
-                    let d = coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0);
-                    (0, 0, 0, polynomial_products(d))
-                }
-                Step::Chebyshev { coeffs, .. } => {
-                    (0, 0, 0, polynomial_products(coeffs.len().saturating_sub(1)))
-                }
+                Step::Poly { coeffs } => (
+                    0,
+                    0,
+                    0,
+                    cipherinfer_ckks::Polynomial::monomial(coeffs.clone())
+                        .map_or(0, |p| p.products()),
+                ),
+                Step::Chebyshev { coeffs, interval } => (
+                    0,
+                    0,
+                    0,
+                    chebyshev_polynomial(coeffs, *interval).map_or(0, |p| p.products()),
+                ),
             };
             StepRow {
                 step: step.describe(),
@@ -355,12 +353,19 @@ impl CompileReport {
             agreement,
             conversion,
             notes: Vec::new(),
+            degree_search: None,
         }
     }
 
     /// The report with the import's notes.
     pub fn with_notes(mut self, notes: Vec<String>) -> Self {
         self.notes = notes;
+        self
+    }
+
+    /// The report with how the activation degree was chosen.
+    pub fn with_degree_search(mut self, search: Option<crate::degree::DegreeSearch>) -> Self {
+        self.degree_search = search;
         self
     }
 }
@@ -457,6 +462,29 @@ impl fmt::Display for CompileReport {
                     a.max_error.unwrap_or(f64::NAN)
                 )?;
             }
+        }
+        if let Some(search) = &self.degree_search {
+            let tried: Vec<String> = search
+                .trials
+                .iter()
+                .map(|t| {
+                    let fits = if t.chosen { " (chosen)" } else { "" };
+                    format!(
+                        "{} (margin {}) -> {:.1}%{fits}",
+                        t.degree,
+                        t.margin,
+                        100.0 * t.top1_agreement
+                    )
+                })
+                .collect();
+            writeln!(
+                f,
+                "activation degree: chosen by agreement with the network as given on {} images, \
+                 target {:.1}%: {}",
+                search.images,
+                100.0 * search.target_agreement,
+                tried.join(", ")
+            )?;
         }
         if let Some(a) = &self.agreement {
             write!(

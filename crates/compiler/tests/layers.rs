@@ -172,6 +172,7 @@ fn interval_polynomial_is_folded_and_evaluated_in_chebyshev_basis() {
             Layer::IntervalPoly {
                 coeffs: monomial,
                 interval: (-3.0, 3.0),
+                chebyshev: false,
             },
             Layer::AvgPool2d {
                 kernel: (2, 2),

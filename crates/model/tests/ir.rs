@@ -2,7 +2,7 @@
 
 use cipherinfer_model::ir::{
     BatchNorm, Conv2d, Dense, IrError, Model, ModelBuilder, Node, Op, Padding, Polynomial, Pool2d,
-    Shape,
+    Shape, ceil_log2,
 };
 use cipherinfer_model::plain::{self, Tensor};
 
@@ -297,20 +297,25 @@ fn strided_grouped_and_global_pooling_shapes() {
 
 #[test]
 fn multiplicative_depth_counts_like_the_he_executor() {
-    for (degree, depth) in [
-        (1, 1),
-        (2, 2),
-        (3, 3),
-        (4, 3),
-        (5, 4),
-        (8, 4),
-        (9, 5),
-        (16, 5),
-        (27, 6),
-    ] {
+    // The CKKS library's baby-step/giant-step evaluation: x^3 = (c·x)·x² in 2 levels, and never
+    // more than the product tree's ⌈log2 d⌉ + 1.
+    for (degree, depth) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (8, 4), (16, 5)] {
         let mut coeffs = vec![0.0; degree + 1];
         coeffs[degree] = 1.0;
         assert_eq!(Polynomial::new(coeffs).depth(), depth, "degree {degree}");
+    }
+    for degree in 1..=64usize {
+        let coeffs: Vec<f64> = (0..=degree).map(|i| 1.0 / (1.0 + i as f64)).collect();
+        let ckks = cipherinfer_ckks::Polynomial::monomial(coeffs.clone()).expect("p");
+        let ir = Polynomial::new(coeffs.clone());
+        assert_eq!(ir.depth() as usize, ckks.depth(), "degree {degree}");
+        assert!(ir.depth() <= ceil_log2(degree) + 1, "degree {degree}");
+        // In the Chebyshev basis, degree 2^k − 1 takes k levels.
+        let cheb = Polynomial::chebyshev(coeffs, [-2.0, 3.0]);
+        if (degree + 1).is_power_of_two() {
+            assert_eq!(cheb.depth(), ceil_log2(degree + 1), "degree {degree}");
+        }
+        assert!((cheb.evaluate(0.5) - ckks_cheb(&cheb.coeffs, 0.5)).abs() < 1e-9);
     }
     assert_eq!(Polynomial::new(vec![3.0, 0.0, 0.0]).depth(), 0);
     // Residual branches take the longest path; merging removes levels of chained linear layers.
@@ -337,12 +342,19 @@ fn multiplicative_depth_counts_like_the_he_executor() {
     .expect("flat");
     b.add("fc", dense(18, 4, 3), &["flat"]).expect("fc");
     let model = b.build("fc").expect("model");
-    // c1 1, sq 1, c2 1, p 3, pool 1, fc 1 = 8 on the long branch; merged: fc joins pool.
-    assert_eq!(model.multiplicative_depth(), Ok(8));
-    assert_eq!(model.multiplicative_depth_merged(), Ok(7));
+    // c1 1, sq 1, c2 1, p 2, pool 1, fc 1 = 7 on the long branch; merged: fc joins pool.
+    assert_eq!(model.multiplicative_depth(), Ok(7));
+    assert_eq!(model.multiplicative_depth_merged(), Ok(6));
     let profile = model.depth_profile(false).expect("profile");
     let depths: Vec<u32> = profile.iter().map(|d| d.depth).collect();
-    assert_eq!(depths, [1, 2, 3, 6, 6, 7, 7, 8]);
+    assert_eq!(depths, [1, 2, 3, 5, 5, 6, 6, 7]);
+}
+
+/// The CKKS library's plaintext value of Chebyshev coefficients on [-2, 3].
+fn ckks_cheb(coeffs: &[f64], x: f64) -> f64 {
+    cipherinfer_ckks::Polynomial::chebyshev(coeffs.to_vec(), -2.0, 3.0)
+        .expect("p")
+        .evaluate(x)
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cipherinfer_ckks::Parameters;
+use cipherinfer_compiler::degree::{DEFAULT_TARGET_AGREEMENT, Degree, compile_package};
 use cipherinfer_compiler::{
     Artifact, Compiled, HeModel, ServingOptions, Shape, compile_for_serving,
 };
@@ -80,9 +81,11 @@ fn prepare_shipped(manifest: &Manifest, name: &str) -> Result<Prepared, BoxErr> 
 
 fn prepare_package(dir: &Path) -> Result<Prepared, BoxErr> {
     let package = ModelPackage::load(dir).map_err(|e| format!("{} [{}]", e, e.code()))?;
-    let compiled = compile_for_serving(
-        &package.model,
-        &package.calibration_inputs(),
+    // The activation degree is chosen as `cipherinfer compile` chooses it by default.
+    let (compiled, _) = compile_package(
+        &package,
+        Degree::Auto,
+        DEFAULT_TARGET_AGREEMENT,
         &ServingOptions::default(),
     )
     .map_err(|e| format!("model package {}: {e} [{}]", dir.display(), e.code()))?;

@@ -273,16 +273,22 @@ impl BatchNorm {
     }
 }
 
-/// Element-wise polynomial `Σ coeffs[i] · x^i` (monomial basis, lowest degree first).
+/// Element-wise polynomial, lowest degree first: `Σ coeffs[i] · x^i` (monomial basis), or
+/// `Σ coeffs[i] · T_i(y)` with `y` mapping `interval` onto `[-1, 1]` (Chebyshev basis, which the
+/// converter fits in: well conditioned at any degree, and what CKKS evaluates).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Polynomial {
     /// Coefficients, lowest degree first; at least one.
     pub coeffs: Vec<f64>,
     /// The input interval the polynomial was fitted on, if known. Inputs outside it may be far off
     /// the approximated function; executors may use it to rescale or to re-expand the polynomial
-    /// in the Chebyshev basis, which is better conditioned under CKKS.
+    /// in the Chebyshev basis, which is better conditioned under CKKS. Required in the Chebyshev
+    /// basis.
     #[serde(default)]
     pub interval: Option<[f64; 2]>,
+    /// Whether `coeffs` are Chebyshev coefficients on `interval`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chebyshev: bool,
 }
 
 impl Polynomial {
@@ -291,6 +297,16 @@ impl Polynomial {
         Self {
             coeffs,
             interval: None,
+            chebyshev: false,
+        }
+    }
+
+    /// A polynomial from Chebyshev coefficients on `[a, b]`, lowest degree first.
+    pub fn chebyshev(coeffs: Vec<f64>, interval: [f64; 2]) -> Self {
+        Self {
+            coeffs,
+            interval: Some(interval),
+            chebyshev: true,
         }
     }
 
@@ -299,18 +315,36 @@ impl Polynomial {
         self.coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0)
     }
 
-    /// Value at `x` (Horner).
+    /// Value at `x` (Horner, or the Chebyshev recurrence).
     pub fn evaluate(&self, x: f64) -> f64 {
-        self.coeffs.iter().rev().fold(0.0, |acc, &c| acc * x + c)
+        match (self.chebyshev, self.interval) {
+            (true, Some([a, b])) => {
+                let y = (2.0 * x - a - b) / (b - a);
+                // Clenshaw.
+                let (mut b1, mut b2) = (0.0, 0.0);
+                for &c in self.coeffs.iter().skip(1).rev() {
+                    (b1, b2) = (2.0 * y * b1 - b2 + c, b1);
+                }
+                y * b1 - b2 + self.coeffs[0]
+            }
+            _ => self.coeffs.iter().rev().fold(0.0, |acc, &c| acc * x + c),
+        }
     }
 
-    /// Levels a CKKS evaluation consumes: `⌈log2 d⌉ + 1` for degree `d ≥ 1` (the powers by a
-    /// product tree, then one scalar multiplication by the coefficients), 0 for a constant.
+    /// Levels a CKKS evaluation consumes (the CKKS library's baby-step/giant-step split of these
+    /// coefficients: at most `⌈log2 d⌉ + 1` for degree `d`, `⌈log2(d + 1)⌉` for `d = 2^k − 1` in
+    /// the Chebyshev basis), 0 for a constant. The map of a Chebyshev interval onto `[-1, 1]` is
+    /// folded into the layer before.
     pub fn depth(&self) -> u32 {
-        match self.degree() {
-            0 => 0,
-            d => ceil_log2(d) + 1,
+        if self.degree() == 0 {
+            return 0;
         }
+        let p = if self.chebyshev {
+            cipherinfer_ckks::Polynomial::chebyshev(self.coeffs.clone(), -1.0, 1.0)
+        } else {
+            cipherinfer_ckks::Polynomial::monomial(self.coeffs.clone())
+        };
+        p.map_or(u32::MAX, |p| p.depth() as u32)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -324,6 +358,9 @@ impl Polynomial {
             ));
         }
         check_finite("coefficients", &self.coeffs)?;
+        if self.chebyshev && self.interval.is_none() {
+            return Err("a Chebyshev polynomial needs its interval".into());
+        }
         if let Some([a, b]) = self.interval
             && !(a.is_finite() && b.is_finite() && a < b)
         {
