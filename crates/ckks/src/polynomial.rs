@@ -2,13 +2,16 @@
 //!
 //! Baby-step/giant-step (Paterson–Stockmeyer style) evaluation: the polynomial is split
 //! recursively as `p = q·T_n + r` at the giant steps `n = 2^k` (Chebyshev division:
-//! `T_n·T_j = (T_{n+j} + T_{n−j})/2`; in the monomial basis `x^n·x^j = x^{n+j}`) until the pieces
-//! have degree below the baby-step bound `2^l ≈ √(d+1)`, which are scalar combinations of the baby
-//! steps `T_1 .. T_{2^l − 1}`. Every basis element is built by a product tree of depth ⌈log2 i⌉
-//! (`T_{a+b} = 2·T_a·T_b − T_{a−b}`). A degree-d polynomial takes about `2^l + log2 d + d/2^l`
-//! ciphertext products instead of `d − 1` (degree 127: 25 instead of 126) and at most
-//! `⌈log2 d⌉ + 1` levels ([`Polynomial::depth`] gives the exact count for the coefficients at
-//! hand; +1 when a Chebyshev interval other than [-1, 1] needs an affine map).
+//! `T_n·T_j = (T_{n+j} + T_{n−j})/2`; in the monomial basis `x^n·x^j = x^{n+j}`). A piece is
+//! combined directly from the basis elements (scalar products, one level) when its degree is below
+//! the baby-step bound `2^l ≈ √(d+1)` and it has a level to spare for that; otherwise it is split
+//! further, down to degree 1 on the critical path. Every basis element is built by a product tree
+//! of depth ⌈log2 i⌉ (`T_{a+b} = 2·T_a·T_b − T_{a−b}`). The result takes the least depth of such
+//! splits — `k` levels for degree `2^k − 1`, never more than the `⌈log2 d⌉ + 1` of combining every
+//! basis element — and far fewer ciphertext products than the `d − 1` of building every basis
+//! element (degree 63: 18, degree 127: 27, degree 255: 36). [`Polynomial::depth`] and
+//! [`Polynomial::products`] give the exact counts for the coefficients at hand (+1 level when a
+//! Chebyshev interval other than [-1, 1] needs an affine map).
 //! Scales are managed exactly: each level has one canonical scale, operands from higher levels
 //! are brought down by a multiplication by 1 encoded at the right scale (no extra depth), and the
 //! coefficients are applied with [`Evaluator::mul_const_rescale_to`] so the result lands on the
