@@ -127,6 +127,18 @@ impl EncodedLinearTransform {
         })
     }
 
+    /// Masks kept once encoded ([`MaskEncoding::Cached`]): how many are encoded now, and how
+    /// many there are.
+    pub fn cached_masks(&self) -> (usize, usize) {
+        self.groups
+            .values()
+            .flat_map(|parts| parts.iter().flat_map(|(_, terms)| terms.iter()))
+            .fold((0, 0), |(done, all), (_, m)| match m {
+                Mask::Cached(_, cell) => (done + usize::from(cell.get().is_some()), all + 1),
+                _ => (done, all),
+            })
+    }
+
     /// Level the diagonals were encoded at (the ciphertexts must be at this level).
     pub fn level(&self) -> usize {
         self.level

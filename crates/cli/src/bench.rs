@@ -5,11 +5,12 @@
 //! and peak memory. JSON on stdout, a summary on stderr.
 //!
 //! `cipherinfer bench model [--model NAME|DIR] [--images N|DIR | --all] [--threads 2]
-//! [--samples FILE] [--batch B] [--params auto|PRESET] [--degree D]`: NAME a shipped model, DIR
+//! [--samples FILE] [--batch B] [--params auto|PRESET] [--degree D] [--encrypt K]`: NAME a shipped model, DIR
 //! a model package (its `test/` images by default); `--images DIR` a folder of images with a
 //! `labels.txt` of `FILE LABEL` lines (LABEL a class index or name); FILE a sample set in the
 //! shipped format, e.g. the full test set written by `bench/export_full_test_set.py`; B images
-//! per ciphertext set in batch mode; PRESET e.g. `PN13_DEPTH5`, default `auto`: the smallest
+//! per ciphertext set in batch mode; `--encrypt K` encrypts only the first K images and runs
+//! all of them through the approximated network in cleartext; PRESET e.g. `PN13_DEPTH5`, default `auto`: the smallest
 //! 128-bit set that fits; D: the degree of the ReLU polynomials when the model needs conversion.
 
 use std::sync::atomic::AtomicBool;
@@ -17,7 +18,9 @@ use std::time::Instant;
 
 use cipherinfer_ckks::serialization::ToBytes;
 use cipherinfer_ckks::{Encoder, Evaluator, KeyGenerator, Preset, secret_key_pair};
-use cipherinfer_compiler::degree::{DEFAULT_TARGET_AGREEMENT, Degree};
+use cipherinfer_compiler::degree::{
+    DEFAULT_TARGET_AGREEMENT, Degree, SHIPPED_SEARCH_IMAGES, agreement_images,
+};
 use cipherinfer_compiler::{
     Network, ServingOptions, compile, compile_choosing_degree, compile_model_batch,
     select_parameters,
@@ -67,6 +70,10 @@ pub struct ModelBenchArgs {
     /// `cipherinfer compile` chooses it, on the images benchmarked).
     #[arg(long, default_value = "auto", value_parser = crate::compile::parse_degree)]
     degree: Degree,
+    /// Encrypt only the first K of the images; every image still runs through the approximated
+    /// network in cleartext (`plaintext_simulation` in the report), e.g. a full test set.
+    #[arg(long)]
+    encrypt: Option<usize>,
 }
 
 /// Runs `cipherinfer bench model`.
@@ -80,6 +87,7 @@ pub fn model_bench(a: ModelBenchArgs) -> Result<(), BoxErr> {
         batch: a.batch,
         params: a.params,
         degree: a.degree,
+        encrypt: a.encrypt,
     };
     let input = BenchInput::load(&a.model, images_dir.as_deref(), a.samples.as_deref())?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -92,6 +100,7 @@ struct Opts {
     batch: usize,
     params: String,
     degree: Degree,
+    encrypt: Option<usize>,
 }
 
 /// What a benchmark runs: the network as given, labelled images and calibration inputs.
@@ -100,6 +109,8 @@ struct BenchInput {
     ir: Model,
     labelled: Vec<(Tensor, usize)>,
     calibration: Vec<Tensor>,
+    /// The images the degree search measures agreement on, as `compile` and `serve` take them.
+    search: Vec<Tensor>,
 }
 
 impl BenchInput {
@@ -129,11 +140,17 @@ impl BenchInput {
                 )
                 .into());
             }
+            let search = agreement_images(&package)
+                .0
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect();
             return Ok(Self {
                 name: package.card.name.clone(),
                 calibration: package.calibration_inputs(),
                 ir: package.model,
                 labelled,
+                search,
             });
         }
         let manifest = Manifest::shipped()?;
@@ -156,16 +173,23 @@ impl BenchInput {
                 labelled_samples(&manifest.load_samples(&entry.dataset)?, &entry.input)?
             }
         };
-        let calibration = labelled_samples(&manifest.load_samples(&entry.dataset)?, &entry.input)?
-            .into_iter()
+        let search: Vec<Tensor> =
+            labelled_samples(&manifest.load_samples(&entry.dataset)?, &entry.input)?
+                .into_iter()
+                .take(SHIPPED_SEARCH_IMAGES)
+                .map(|(t, _)| t)
+                .collect();
+        let calibration = search
+            .iter()
             .take(ConvertOptions::default().calibration_images)
-            .map(|(t, _)| t)
+            .cloned()
             .collect();
         Ok(Self {
             name: model.to_string(),
             ir,
             labelled,
             calibration,
+            search,
         })
     }
 }
@@ -186,9 +210,14 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
         ir: original,
         labelled,
         calibration,
+        search,
     } = input;
     let name = name.as_str();
-    let images = images.min(labelled.len());
+    let simulated = images.min(labelled.len());
+    let images = opts.encrypt.unwrap_or(simulated).min(simulated);
+    if images == 0 {
+        return Err("no image to encrypt: --encrypt must be at least 1".into());
+    }
     let inputs: Vec<(Vec<f64>, usize)> = labelled[..images]
         .iter()
         .map(|(t, l)| (t.data().to_vec(), *l))
@@ -202,12 +231,10 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
         let (degree, margin) = match opts.degree {
             Degree::Fixed(d) => (d, ConvertOptions::default().margin),
             Degree::Auto => {
-                let tensors: Vec<Tensor> =
-                    labelled[..images].iter().map(|(t, _)| t.clone()).collect();
                 let (_, search) = compile_choosing_degree(
                     &ir,
                     &calibration,
-                    &tensors,
+                    &search,
                     &ServingOptions::default(),
                     DEFAULT_TARGET_AGREEMENT,
                 )?;
@@ -246,7 +273,7 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
         ir = conversion.model;
     }
     // The network as given, in cleartext: what the user's own runtime would answer.
-    let original_argmax: Vec<usize> = labelled[..images]
+    let original_argmax: Vec<usize> = labelled[..simulated]
         .iter()
         .map(|(t, _)| Ok(argmax(plain::run(&original, t)?.data())))
         .collect::<Result<_, BoxErr>>()?;
@@ -340,6 +367,31 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
             correct_plain += usize::from(argmax(&want) == *label);
         }
     }
+    // Every selected image through the approximated network in cleartext: what the encrypted
+    // runs give up to CKKS noise (they agree with it on the images encrypted above).
+    let tensors: Vec<Tensor> = labelled[..simulated]
+        .iter()
+        .map(|(t, _)| t.clone())
+        .collect();
+    let approximated: Vec<Option<usize>> = {
+        use rayon::prelude::*;
+        tensors
+            .par_iter()
+            .map(|t| plain::run(&ir, t).map(|out| out.argmax()))
+            .collect::<Result<_, _>>()?
+    };
+    let (mut sim_correct, mut sim_agree, mut given_correct) = (0usize, 0usize, 0usize);
+    for ((got, (_, label)), given) in approximated.iter().zip(&labelled).zip(&original_argmax) {
+        sim_correct += usize::from(*got == Some(*label));
+        sim_agree += usize::from(*got == Some(*given));
+        given_correct += usize::from(given == label);
+    }
+    let simulation = serde_json::json!({
+        "images": simulated,
+        "accuracy": sim_correct as f64 / simulated as f64,
+        "agreement_with_original_network": sim_agree as f64 / simulated as f64,
+        "original_network_accuracy": given_correct as f64 / simulated as f64,
+    });
     let total_eval_s: f64 = eval_ms.iter().sum::<f64>() / 1e3;
     let mean = eval_ms.iter().sum::<f64>() / eval_ms.len() as f64;
     let step_medians: Vec<serde_json::Value> = plan
@@ -374,6 +426,7 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
         "agreement_with_original_network": agree_original as f64 / images as f64,
         "peak_memory_bytes": peak_memory_bytes(),
         "max_abs_logit_error": worst,
+        "plaintext_simulation": simulation,
         "compile_s": compile_s,
         "keygen_s": keygen_s,
     });
@@ -388,6 +441,14 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
         100.0 * agree as f64 / images as f64,
         100.0 * agree_original as f64 / images as f64
     );
+    if simulated > images {
+        eprintln!(
+            "approximated network in cleartext on all {simulated} images: accuracy {:.2}% (network as given: {:.2}%), agreement {:.2}%",
+            100.0 * sim_correct as f64 / simulated as f64,
+            100.0 * given_correct as f64 / simulated as f64,
+            100.0 * sim_agree as f64 / simulated as f64
+        );
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -463,11 +463,14 @@ fn compile_reports_user_cnns_and_refuses_what_cannot_fit() {
     // chosen (7; 99% accuracy as given and approximated); colour-cnn 96% at degree 63, where
     // MaxPool replaced by AvgPool loses most (97% at 127 and 255; a real max is the work of the
     // conventional-CNN issue). colour-avg32 (AvgPool, training/train_colour_avg32.py): 99% at
-    // the degree chosen (63, margin 0.5).
+    // the degree chosen (63, margin 0.5). colour-resnet (training/train_colour_resnet.py: a
+    // ResNet basic block with a strided 1x1 projection shortcut, a residual Add in the ONNX
+    // graph): 99% at the degree chosen (15).
     for (name, min_agreement, shape, degree) in [
         ("lenet5-mnist", 0.97, (1, 28, 28), "auto"),
         ("colour-cnn", 0.9, (3, 32, 32), "63"),
         ("colour-avg32", 0.99, (3, 32, 32), "auto"),
+        ("colour-resnet", 0.99, (3, 32, 32), "auto"),
     ] {
         let out = dir.join(format!("{name}.cimodel"));
         let r = compile_package(&packages.join(name), &out, &["--degree", degree]);
@@ -497,6 +500,19 @@ fn compile_reports_user_cnns_and_refuses_what_cannot_fit() {
             "{name}: {conversion}"
         );
         assert!(r["depth"].as_u64().unwrap() >= 10, "{name}");
+        // The residual sum is fused into the convolution before it: one linear step that also
+        // reads the kept block input, no level of its own.
+        let residual_steps = r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["step"].as_str().unwrap().contains("adds register"))
+            .count();
+        assert_eq!(
+            residual_steps,
+            usize::from(name == "colour-resnet"),
+            "{name}"
+        );
         assert!(r["rotation_keys"].as_u64().unwrap() > 0, "{name}");
         assert!(r["eval_keys_bytes"].as_u64().unwrap() > 0, "{name}");
         assert!(
@@ -556,24 +572,25 @@ fn compile_reports_user_cnns_and_refuses_what_cannot_fit() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-#[test]
-fn a_64x64_colour_network_runs_encrypted_end_to_end() {
-    // A stock PyTorch network on 64x64 RGB (training/train_colour64.py): compile, serve the
-    // compiled file, classify under encryption; each answer is the approximated network's.
+/// compile → serve the compiled file → classify under encryption, for a package of
+/// tests/packages: each answer is the approximated network's (plaintext run of the compiled
+/// model) on the first `images` test images. Returns the compile report.
+fn runs_encrypted_end_to_end(package: &str, images: usize, shape: (usize, usize, usize)) -> Value {
     let package = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/packages/colour64")
+        .join("tests/packages")
+        .join(package)
         .canonicalize()
         .unwrap();
     let pkg = cipherinfer_model::ModelPackage::load(&package).unwrap();
-    assert_eq!(pkg.card.input_shape(), (3, 64, 64));
-    let dir = temp("colour64");
-    let artifact = dir.join("colour64.cimodel");
+    assert_eq!(pkg.card.input_shape(), shape);
+    let dir = temp(&pkg.card.name);
+    let artifact = dir.join("model.cimodel");
     let report = compile_package(&package, &artifact, &[]);
     let compiled = cipherinfer_compiler::Artifact::read(&artifact).unwrap();
     let cases: Vec<(PathBuf, usize)> = pkg
         .test
         .iter()
-        .take(3)
+        .take(images)
         .map(|t| {
             let out = plain::run(&compiled.model, &t.input).unwrap();
             (package.join("test").join(&t.file), out.argmax().unwrap())
@@ -582,13 +599,14 @@ fn a_64x64_colour_network_runs_encrypted_end_to_end() {
     let remote = Remote::start(&dir.join("server"), artifact.to_str().unwrap(), &[]);
     let name = pkg.card.name.clone();
     let got = classify_json(&remote.url, &name, &cases, &dir.join("keys"));
+    let mode = if shape.0 == 3 { "rgb" } else { "grey" };
     for (r, (path, want)) in got.iter().zip(&cases) {
         assert_eq!(r["class_index"], *want, "{}: {r}", path.display());
-        assert_eq!(r["image"]["width"], 64, "{r}");
-        assert_eq!(r["image"]["mode"], "rgb", "{r}");
+        assert_eq!(r["image"]["width"], shape.2, "{r}");
+        assert_eq!(r["image"]["mode"], mode, "{r}");
     }
     eprintln!(
-        "colour64: depth {}, N = {}, {} rotation keys, {} keys bytes",
+        "{name}: depth {}, N = {}, {} rotation keys, {} keys bytes",
         report["depth"],
         report["parameters"]["ring_degree"],
         report["rotation_keys"],
@@ -596,6 +614,22 @@ fn a_64x64_colour_network_runs_encrypted_end_to_end() {
     );
     drop(remote);
     std::fs::remove_dir_all(dir).ok();
+    report
+}
+
+#[test]
+fn a_64x64_colour_network_runs_encrypted_end_to_end() {
+    // A stock PyTorch network on 64x64 RGB (training/train_colour64.py).
+    runs_encrypted_end_to_end("colour64", 3, (3, 64, 64));
+}
+
+#[test]
+fn a_residual_colour_network_runs_encrypted_end_to_end() {
+    // A ResNet basic block with a strided 1x1 projection shortcut, exported by stock PyTorch
+    // (training/train_colour_resnet.py), at the real 128-bit ring size N = 2^15.
+    let report = runs_encrypted_end_to_end("colour-resnet", 2, (3, 32, 32));
+    assert_eq!(report["parameters"]["security_bits"], 128);
+    assert_eq!(report["parameters"]["ring_degree"], 1 << 15);
 }
 
 #[test]

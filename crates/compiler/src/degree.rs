@@ -26,6 +26,10 @@ pub const AUTO_DEGREES: [usize; 6] = [7, 15, 31, 63, 127, 255];
 /// Top-1 agreement with the network as given at which the search stops.
 pub const DEFAULT_TARGET_AGREEMENT: f64 = 0.99;
 
+/// How many of a shipped model's sample images (the first ones) the degree search measures
+/// agreement on; the first `ConvertOptions::calibration_images` of them also calibrate.
+pub const SHIPPED_SEARCH_IMAGES: usize = 500;
+
 /// Range margins tried at each degree, beside the one asked for (never below it): a
 /// high-degree polynomial diverges fast outside its interval, and a wider interval costs it
 /// little accuracy.

@@ -31,10 +31,12 @@ struct EncodedLinear {
     transform: EncodedLinearTransform,
     bias: Vec<Plaintext>,
     block_sum: Vec<i64>,
+    saved: Vec<usize>,
 }
 
 enum EncodedStep {
     Linear(EncodedLinear),
+    Save,
     Square,
     Poly(Polynomial),
 }
@@ -45,6 +47,27 @@ fn poly_step(p: Polynomial, level: &mut usize) -> Result<EncodedStep> {
         CompileError::DoesNotFit("polynomial deeper than the remaining levels".into())
     })?;
     Ok(EncodedStep::Poly(p))
+}
+
+/// A kept ciphertext brought to the level and scale of the current ones for a residual sum:
+/// dropped to that level when the scales agree, otherwise dropped to the level above and
+/// rescaled onto the scale by a product with 1.
+fn bring(ev: &Evaluator, ct: &Ciphertext, level: usize, scale: f64) -> Result<Ciphertext> {
+    let same_scale = ((ct.scale() - scale) / ct.scale().max(scale)).abs() <= 1e-12;
+    if same_scale && ct.level() >= level {
+        return Ok(ev.drop_to_level(ct, level)?);
+    }
+    if ct.level() <= level {
+        return Err(CompileError::Input(format!(
+            "a kept ciphertext at level {} and scale 2^{:.2} cannot join one at level {level} \
+             and scale 2^{:.2}",
+            ct.level(),
+            ct.scale().log2(),
+            scale.log2()
+        )));
+    }
+    let above = ev.drop_to_level(ct, level + 1)?;
+    Ok(ev.mul_const_rescale_to(&above, 1.0, scale)?)
 }
 
 /// A plan ready to run on ciphertexts under one parameter set.
@@ -163,6 +186,7 @@ impl HeModel {
                         transform,
                         bias,
                         block_sum: l.block_sum.iter().map(|&s| (s * batch) as i64).collect(),
+                        saved: l.saved.clone(),
                     }));
                     level -= 1;
                     scale = out_scale;
@@ -185,6 +209,7 @@ impl HeModel {
                         &mut level,
                     )?);
                 }
+                Step::Save { .. } => steps.push(EncodedStep::Save),
             }
         }
         let input_scale = params.default_scale();
@@ -209,6 +234,18 @@ impl HeModel {
             }
         }
         Ok(())
+    }
+
+    /// Masks kept once encoded: how many are encoded now, and how many there are (none with
+    /// lazy masks).
+    pub fn cached_masks(&self) -> (usize, usize) {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                EncodedStep::Linear(l) => Some(l.transform.cached_masks()),
+                _ => None,
+            })
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
     }
 
     /// Bytes the kept masks take once encoded (0 with lazy masks).
@@ -349,6 +386,7 @@ impl HeModel {
             .collect::<Result<_>>()?;
         let total = self.steps.len();
         let mut times = Vec::with_capacity(total);
+        let mut registers: Vec<Vec<Ciphertext>> = Vec::new();
         for (idx, (step, plain)) in self.steps.iter().zip(&self.plan.steps).enumerate() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(CompileError::Cancelled);
@@ -364,7 +402,22 @@ impl HeModel {
                     .iter()
                     .map(|c| ev.evaluate_polynomial(c, p, None))
                     .collect::<std::result::Result<_, _>>()?,
-                EncodedStep::Linear(l) => self.linear(ev, l, &cts, cancel)?,
+                EncodedStep::Save => {
+                    registers.push(cts.clone());
+                    cts
+                }
+                EncodedStep::Linear(l) => {
+                    for &r in &l.saved {
+                        let kept = registers.get(r).ok_or_else(|| {
+                            CompileError::Input(format!("register {r} is used before it is saved"))
+                        })?;
+                        let (level, scale) = (cts[0].level(), cts[0].scale());
+                        for ct in kept {
+                            cts.push(bring(ev, ct, level, scale)?);
+                        }
+                    }
+                    self.linear(ev, l, &cts, cancel)?
+                }
             };
             times.push(t.elapsed().as_secs_f64());
         }

@@ -1,5 +1,6 @@
 //! From the model IR (ONNX import, folded and converted) to the compiler's layer chain.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cipherinfer_ckks::{Parameters, SecurityLevel};
@@ -200,79 +201,220 @@ fn unsupported(node: &str, why: impl Into<String>) -> CompileError {
     }
 }
 
-impl Network {
-    /// Lowers an HE-friendly IR model (a chain: every node reads the previous one) to layers.
-    /// ReLU and MaxPool must have been converted, BatchNorm folded; residual `Add` is refused.
-    pub fn from_ir(model: &Model) -> Result<Self> {
-        let s = model.input_shape();
-        let mut layers = Vec::with_capacity(model.nodes().len());
-        let mut previous = model.input_name().to_string();
-        for node in model.nodes() {
-            if node.inputs.len() != 1 || node.inputs[0] != previous {
+/// One element of the main path of an IR graph, in order.
+enum PathItem {
+    /// A single-input node.
+    Node(usize),
+    /// A residual `Add` (node index): the main input plus `kept` through the linear `branch`.
+    Add {
+        node: usize,
+        kept: String,
+        branch: Vec<usize>,
+    },
+}
+
+/// Values from which `value` is computed (itself included).
+fn ancestors(model: &Model, value: &str) -> std::collections::HashSet<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![value.to_string()];
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v.clone()) {
+            continue;
+        }
+        if let Some(n) = model.node(&v) {
+            stack.extend(n.inputs.iter().cloned());
+        }
+    }
+    seen
+}
+
+/// The shortcut of a residual `Add` read as `main + side`: walking back from `side` through
+/// single-input linear nodes to a value that `main` is computed from. Returns the kept value
+/// and the branch's nodes in order, or `None` when `side` is not such a shortcut.
+fn shortcut(model: &Model, side: &str, main: &str) -> Option<(String, Vec<usize>)> {
+    let before_main = ancestors(model, main);
+    let mut branch = Vec::new();
+    let mut v = side.to_string();
+    while !before_main.contains(&v) {
+        let i = model.node_index(&v)?;
+        let node = &model.nodes()[i];
+        if node.inputs.len() != 1 || !(node.op.is_linear() || matches!(node.op, Op::Reshape { .. }))
+        {
+            return None;
+        }
+        branch.push(i);
+        v = node.inputs[0].clone();
+    }
+    branch.reverse();
+    Some((v, branch))
+}
+
+/// The layer of a single-input HE-friendly node.
+fn layer_of(node: &cipherinfer_model::ir::Node) -> Result<Layer> {
+    Ok(match &node.op {
+        Op::Conv2d(c) => {
+            let p = c.padding;
+            Layer::Conv2d {
+                in_c: c.in_channels,
+                out_c: c.out_channels,
+                kernel: (c.kernel[0], c.kernel[1]),
+                stride: (c.stride[0], c.stride[1]),
+                padding: (p.top, p.left, p.bottom, p.right),
+                groups: c.groups,
+                weight: c.weights.clone(),
+                bias: c.bias.clone(),
+            }
+        }
+        Op::AvgPool2d(p) => Layer::AvgPool2d {
+            kernel: (p.kernel[0], p.kernel[1]),
+            stride: (p.stride[0], p.stride[1]),
+        },
+        Op::Dense(d) => Layer::Dense {
+            in_f: d.in_features,
+            out_f: d.out_features,
+            weight: d.weights.clone(),
+            bias: d.bias.clone(),
+        },
+        Op::Square => Layer::Poly {
+            coeffs: vec![0.0, 0.0, 1.0],
+        },
+        Op::Polynomial(p) => match p.interval {
+            Some([a, b]) => Layer::IntervalPoly {
+                coeffs: p.coeffs.clone(),
+                interval: (a, b),
+                chebyshev: p.chebyshev,
+            },
+            None => Layer::Poly {
+                coeffs: p.coeffs.clone(),
+            },
+        },
+        Op::Reshape { shape } => {
+            if !shape.is_flat() {
                 return Err(unsupported(
                     &node.name,
-                    "the HE compiler takes a chain of layers (no branches)",
+                    "only reshapes to a vector are supported",
                 ));
             }
-            previous = node.name.clone();
-            let layer = match &node.op {
-                Op::Conv2d(c) => {
-                    let p = c.padding;
-                    Layer::Conv2d {
-                        in_c: c.in_channels,
-                        out_c: c.out_channels,
-                        kernel: (c.kernel[0], c.kernel[1]),
-                        stride: (c.stride[0], c.stride[1]),
-                        padding: (p.top, p.left, p.bottom, p.right),
-                        groups: c.groups,
-                        weight: c.weights.clone(),
-                        bias: c.bias.clone(),
-                    }
-                }
-                Op::AvgPool2d(p) => Layer::AvgPool2d {
-                    kernel: (p.kernel[0], p.kernel[1]),
-                    stride: (p.stride[0], p.stride[1]),
-                },
-                Op::Dense(d) => Layer::Dense {
-                    in_f: d.in_features,
-                    out_f: d.out_features,
-                    weight: d.weights.clone(),
-                    bias: d.bias.clone(),
-                },
-                Op::Square => Layer::Poly {
-                    coeffs: vec![0.0, 0.0, 1.0],
-                },
-                Op::Polynomial(p) => match p.interval {
-                    Some([a, b]) => Layer::IntervalPoly {
-                        coeffs: p.coeffs.clone(),
-                        interval: (a, b),
-                        chebyshev: p.chebyshev,
-                    },
-                    None => Layer::Poly {
-                        coeffs: p.coeffs.clone(),
-                    },
-                },
-                Op::Reshape { shape } => {
-                    if !shape.is_flat() {
-                        return Err(unsupported(
+            Layer::Flatten
+        }
+        other => {
+            return Err(unsupported(
+                &node.name,
+                format!(
+                    "{} must be converted or folded before HE compilation",
+                    other.kind()
+                ),
+            ));
+        }
+    })
+}
+
+impl Network {
+    /// Lowers an HE-friendly IR model to layers. The graph is a main path from the input to the
+    /// output whose only side branches are residual shortcuts: an `Add` of the main path and a
+    /// value computed before it, directly (identity shortcut) or through linear layers (e.g. a
+    /// strided 1x1 convolution). The kept value gets a [`Layer::Save`] and the `Add` becomes a
+    /// [`Layer::AddSaved`]. ReLU and MaxPool must have been converted, BatchNorm folded.
+    pub fn from_ir(model: &Model) -> Result<Self> {
+        let nodes = model.nodes();
+        let input = model.input_name();
+        // Walk back from the output along the main path.
+        let mut path = Vec::with_capacity(nodes.len());
+        let mut v = model.output().to_string();
+        while v != input {
+            let i = model
+                .node_index(&v)
+                .ok_or_else(|| unsupported(&v, "unknown value"))?;
+            let node = &nodes[i];
+            if matches!(node.op, Op::Add) {
+                let (a, b) = (node.inputs[0].as_str(), node.inputs[1].as_str());
+                let (kept, branch, main) = [(b, a), (a, b)]
+                    .into_iter()
+                    .filter_map(|(side, main)| {
+                        shortcut(model, side, main).map(|(kept, branch)| (kept, branch, main))
+                    })
+                    .min_by_key(|(_, branch, _)| branch.len())
+                    .ok_or_else(|| {
+                        unsupported(
                             &node.name,
-                            "only reshapes to a vector are supported",
-                        ));
-                    }
-                    Layer::Flatten
+                            "neither input of this Add is a shortcut (linear layers from a \
+                             value the other input is computed from); the HE compiler takes a \
+                             main path with residual shortcuts only",
+                        )
+                    })?;
+                path.push(PathItem::Add {
+                    node: i,
+                    kept,
+                    branch,
+                });
+                v = main.to_string();
+            } else {
+                if node.inputs.len() != 1 {
+                    return Err(unsupported(&node.name, "expected one input"));
                 }
-                other => {
-                    return Err(unsupported(
-                        &node.name,
-                        format!(
-                            "{} must be converted or folded before HE compilation",
-                            other.kind()
-                        ),
-                    ));
+                path.push(PathItem::Node(i));
+                v = node.inputs[0].clone();
+            }
+        }
+        path.reverse();
+        // Every node exactly once: on the path, as an Add, or in one shortcut branch.
+        let mut uses = vec![0usize; nodes.len()];
+        let mut kept_values = std::collections::HashSet::new();
+        for item in &path {
+            match item {
+                PathItem::Node(i) => uses[*i] += 1,
+                PathItem::Add {
+                    node, kept, branch, ..
+                } => {
+                    uses[*node] += 1;
+                    branch.iter().for_each(|&b| uses[b] += 1);
+                    kept_values.insert(kept.clone());
+                }
+            }
+        }
+        if let Some(i) = uses.iter().position(|&u| u != 1) {
+            return Err(unsupported(
+                &nodes[i].name,
+                "this node is not on the main path or a single residual shortcut; the HE \
+                 compiler takes a main path with residual shortcuts only",
+            ));
+        }
+        // Lay the path out, keeping the values shortcuts start from.
+        let mut layers = Vec::with_capacity(nodes.len() + 2 * kept_values.len());
+        let mut registers: HashMap<String, usize> = HashMap::new();
+        let keep = |name: &str, layers: &mut Vec<Layer>, registers: &mut HashMap<String, usize>| {
+            if kept_values.contains(name) {
+                registers.insert(name.to_string(), registers.len());
+                layers.push(Layer::Save);
+            }
+        };
+        keep(input, &mut layers, &mut registers);
+        for item in &path {
+            let name = match item {
+                PathItem::Node(i) => {
+                    layers.push(layer_of(&nodes[*i])?);
+                    &nodes[*i].name
+                }
+                PathItem::Add { node, kept, branch } => {
+                    let register = *registers.get(kept).ok_or_else(|| {
+                        unsupported(
+                            &nodes[*node].name,
+                            format!(
+                                "the shortcut starts from {kept:?}, which is not on the main path"
+                            ),
+                        )
+                    })?;
+                    let branch = branch
+                        .iter()
+                        .map(|&b| layer_of(&nodes[b]))
+                        .collect::<Result<Vec<_>>>()?;
+                    layers.push(Layer::AddSaved { register, branch });
+                    &nodes[*node].name
                 }
             };
-            layers.push(layer);
+            keep(name, &mut layers, &mut registers);
         }
+        let s = model.input_shape();
         let net = Network {
             input: (s.channels, s.height, s.width),
             layers,

@@ -126,6 +126,53 @@ impl LinearOp {
         })
     }
 
+    /// The identity on a tensor of shape `shape`.
+    pub fn identity(shape: Shape) -> Self {
+        Self {
+            in_dim: shape.len(),
+            out_shape: shape,
+            rows: (0..shape.len()).map(|o| vec![(o, 1.0)]).collect(),
+            bias: vec![0.0; shape.len()],
+        }
+    }
+
+    /// `self + branch(kept)`: the sum with a kept tensor of shape `kept` passed through the
+    /// linear `branch`, whose features are input `offset..` of the result. The result's input
+    /// is this operator's, extended to cover the kept tensor.
+    pub fn plus_branch(&self, branch: &[Layer], kept: Shape, offset: usize) -> Result<Self> {
+        let mut b = LinearOp::identity(kept);
+        for layer in branch {
+            b = LinearOp::from_layer(layer, b.out_shape)?.after(&b);
+        }
+        if b.out_shape.len() != self.out_shape.len() {
+            return Err(crate::error::CompileError::Shape {
+                layer: 0,
+                detail: format!(
+                    "cannot add a {:?} shortcut to a {:?} tensor",
+                    b.out_shape, self.out_shape
+                ),
+            });
+        }
+        let in_dim = self.in_dim.max(offset + kept.len());
+        let rows = self
+            .rows
+            .iter()
+            .zip(&b.rows)
+            .map(|(row, extra)| {
+                let mut row = row.clone();
+                row.extend(extra.iter().map(|&(i, w)| (offset + i, w)));
+                row
+            })
+            .collect();
+        let bias = self.bias.iter().zip(&b.bias).map(|(x, y)| x + y).collect();
+        Ok(Self {
+            in_dim,
+            out_shape: self.out_shape,
+            rows,
+            bias,
+        })
+    }
+
     /// `self ∘ first`: apply `first`, then `self`.
     pub fn after(&self, first: &LinearOp) -> LinearOp {
         let mut acc = vec![0.0f64; first.in_dim];

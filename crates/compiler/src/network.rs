@@ -1,5 +1,10 @@
-//! The network as the compiler sees it: a sequential chain of HE-friendly layers on a CHW tensor
-//! (batch 1), with a plaintext f64 forward pass that is the ground truth for every test.
+//! The network as the compiler sees it: a chain of HE-friendly layers on a CHW tensor (batch 1),
+//! with a plaintext f64 forward pass that is the ground truth for every test.
+//!
+//! Residual connections are written into the chain with registers: [`Layer::Save`] keeps the
+//! current tensor, and a later [`Layer::AddSaved`] adds a kept tensor (through a branch of linear
+//! layers, such as a strided 1x1 shortcut convolution) to the current one. Both are linear, so an
+//! `AddSaved` fuses with the linear layers around it into one homomorphic step.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -66,6 +71,17 @@ pub enum Layer {
     },
     /// Reshape to a vector (CHW order), data unchanged.
     Flatten,
+    /// Keeps the current tensor in the next free register (registers are numbered in the order
+    /// of their `Save`s); the tensor itself passes unchanged.
+    Save,
+    /// Adds the tensor kept in `register`, passed through the linear layers of `branch` (none
+    /// for an identity shortcut), to the current tensor; the shapes must agree.
+    AddSaved {
+        /// The register (index of the `Save`).
+        register: usize,
+        /// Linear layers applied to the kept tensor before the sum.
+        branch: Vec<Layer>,
+    },
 }
 
 /// A sequential network with its input shape (C, H, W).
@@ -194,6 +210,8 @@ impl Layer {
                 Ok(s)
             }
             (Layer::Flatten, s) => Ok(Shape::Vector(s.len())),
+            // The shape of the kept tensor is checked by `Network::shapes`.
+            (Layer::Save | Layer::AddSaved { .. }, s) => Ok(s),
             (l, s) => Err(bad(format!("{} cannot take a {s:?} input", l.name()))),
         }
     }
@@ -207,25 +225,66 @@ impl Layer {
             Layer::Poly { .. } => "Poly",
             Layer::IntervalPoly { .. } => "IntervalPoly",
             Layer::Flatten => "Flatten",
+            Layer::Save => "Save",
+            Layer::AddSaved { .. } => "AddSaved",
         }
     }
 
-    /// Whether the layer is linear (affine) in its input.
+    /// Whether the layer is linear (affine) in its inputs and fuses with its linear neighbours.
+    /// A `Save` is not: the kept tensor must exist as ciphertexts, so it ends a fused run.
     pub fn is_linear(&self) -> bool {
-        !matches!(self, Layer::Poly { .. } | Layer::IntervalPoly { .. })
+        !matches!(
+            self,
+            Layer::Poly { .. } | Layer::IntervalPoly { .. } | Layer::Save
+        )
     }
 }
 
 impl Network {
-    /// Shapes after each layer (index 0 is the input shape), validating the whole chain.
+    /// Shapes after each layer (index 0 is the input shape), validating the whole chain,
+    /// including every register's use.
     pub fn shapes(&self) -> Result<Vec<Shape>> {
+        Ok(self.shapes_and_registers()?.0)
+    }
+
+    /// [`Network::shapes`], and the shape of each register.
+    pub fn shapes_and_registers(&self) -> Result<(Vec<Shape>, Vec<Shape>)> {
         let (c, h, w) = self.input;
         let mut shapes = vec![Shape::Chw(c, h, w)];
+        let mut registers = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
             let s = l.output_shape(shapes[i], i)?;
+            match l {
+                Layer::Save => registers.push(s),
+                Layer::AddSaved { register, branch } => {
+                    let kept = *registers
+                        .get(*register)
+                        .ok_or_else(|| CompileError::Shape {
+                            layer: i,
+                            detail: format!("register {register} is used before it is saved"),
+                        })?;
+                    let mut b = kept;
+                    for layer in branch {
+                        if !layer.is_linear() || matches!(layer, Layer::AddSaved { .. }) {
+                            return Err(CompileError::Shape {
+                                layer: i,
+                                detail: format!("a shortcut branch cannot hold {}", layer.name()),
+                            });
+                        }
+                        b = layer.output_shape(b, i)?;
+                    }
+                    if b != s {
+                        return Err(CompileError::Shape {
+                            layer: i,
+                            detail: format!("cannot add a {b:?} shortcut to a {s:?} tensor"),
+                        });
+                    }
+                }
+                _ => {}
+            }
             shapes.push(s);
         }
-        Ok(shapes)
+        Ok((shapes, registers))
     }
 
     /// Plaintext forward pass in f64.
@@ -239,8 +298,23 @@ impl Network {
             )));
         }
         let mut x = input.to_vec();
+        let mut registers: Vec<(Vec<f64>, Shape)> = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
             x = match l {
+                Layer::Save => {
+                    registers.push((x.clone(), shapes[i]));
+                    x
+                }
+                Layer::AddSaved { register, branch } => {
+                    let (kept, mut shape) = registers[*register].clone();
+                    let mut y = kept;
+                    for layer in branch {
+                        let op = crate::linear::LinearOp::from_layer(layer, shape)?;
+                        y = op.apply(&y);
+                        shape = op.out_shape;
+                    }
+                    x.iter().zip(&y).map(|(a, b)| a + b).collect()
+                }
                 Layer::IntervalPoly {
                     coeffs,
                     interval: (a, b),

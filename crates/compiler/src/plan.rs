@@ -184,6 +184,11 @@ pub struct LinearStep {
     pub bias: Vec<Vec<f64>>,
     /// Rotate-and-add steps applied to output ciphertext 0 afterwards.
     pub block_sum: Vec<usize>,
+    /// Registers whose ciphertexts follow the current ones as inputs (a residual sum fused into
+    /// this step): input ciphertext `i` is the current tensor's for `i` below its count, then
+    /// those of each register in turn.
+    #[serde(default)]
+    pub saved: Vec<usize>,
 }
 
 /// One step of a plan.
@@ -204,6 +209,11 @@ pub enum Step {
         /// Interval of the inputs.
         interval: (f64, f64),
     },
+    /// Keeps the current ciphertexts in `register` for a later residual sum (no level).
+    Save {
+        /// The register.
+        register: usize,
+    },
 }
 
 /// The CKKS polynomial of a Chebyshev step.
@@ -223,6 +233,7 @@ impl Step {
     pub fn depth(&self) -> usize {
         match self {
             Step::Linear(_) => 1,
+            Step::Save { .. } => 0,
             Step::Poly { coeffs } => poly_depth(coeffs),
             Step::Chebyshev { coeffs, interval } => chebyshev_polynomial(coeffs, *interval)
                 .map(|p| p.depth())
@@ -233,11 +244,24 @@ impl Step {
     pub fn describe(&self) -> String {
         match self {
             Step::Linear(l) => format!(
-                "linear: {} -> {} ciphertexts, {} diagonals",
+                "linear: {} -> {} ciphertexts, {} diagonals{}",
                 l.in_cts,
                 l.out_cts,
-                l.diagonals.values().map(BTreeMap::len).sum::<usize>()
+                l.diagonals.values().map(BTreeMap::len).sum::<usize>(),
+                if l.saved.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", adds register {}",
+                        l.saved
+                            .iter()
+                            .map(usize::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
             ),
+            Step::Save { register } => format!("keep for a residual sum: register {register}"),
             Step::Poly { coeffs } => {
                 format!("activation: degree {}", coeffs.len().saturating_sub(1))
             }
@@ -359,7 +383,7 @@ fn share_keys(steps: &mut [Step], slots: usize) {
                 .filter(|(j, _)| *j != i)
                 .filter_map(|(_, s)| match s {
                     Step::Linear(l) => Some(step_keys(&l.keys(), l.baby_steps, &l.block_sum)),
-                    Step::Poly { .. } | Step::Chebyshev { .. } => None,
+                    Step::Poly { .. } | Step::Chebyshev { .. } | Step::Save { .. } => None,
                 })
                 .flatten()
                 .collect();
@@ -413,9 +437,14 @@ impl Plan {
     /// Runs the plan on slot vectors in f64: what decryption will show, up to CKKS noise.
     pub fn execute_cleartext(&self, input: &[f64]) -> Result<Vec<f64>> {
         let mut cts = self.input.pack(input, self.slots)?;
+        let mut registers: Vec<Vec<Vec<f64>>> = Vec::new();
         let n = self.slots;
         for step in &self.steps {
             cts = match step {
+                Step::Save { .. } => {
+                    registers.push(cts.clone());
+                    cts
+                }
                 Step::Chebyshev { coeffs, interval } => {
                     let poly = chebyshev_polynomial(coeffs, *interval)?;
                     cts.iter()
@@ -431,6 +460,19 @@ impl Plan {
                     })
                     .collect(),
                 Step::Linear(l) => {
+                    for &r in &l.saved {
+                        let kept = registers.get(r).ok_or_else(|| {
+                            CompileError::Input(format!("register {r} is used before it is saved"))
+                        })?;
+                        cts.extend(kept.iter().cloned());
+                    }
+                    if cts.len() != l.in_cts {
+                        return Err(CompileError::Input(format!(
+                            "linear step takes {} ciphertexts, has {}",
+                            l.in_cts,
+                            cts.len()
+                        )));
+                    }
                     let mut out = l.bias.clone();
                     for (&(o, i), diags) in &l.diagonals {
                         for (&k, d) in diags {
@@ -547,8 +589,19 @@ fn lower(
         diagonals,
         bias,
         block_sum,
+        saved: Vec::new(),
     };
     Ok((step, out_map))
+}
+
+/// Where the inputs of a register start in the input of a fused run that has `saved` before it
+/// (the current tensor, of `current` features, comes first).
+fn saved_offset(saved: &[usize], register_shapes: &[Shape], current: usize) -> usize {
+    current
+        + saved
+            .iter()
+            .map(|&r| register_shapes[r].len())
+            .sum::<usize>()
 }
 
 /// Compiles a network for ciphertexts of `slots` slots (latency mode: one image).
@@ -563,13 +616,22 @@ pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Res
             "output divisor must be positive".into(),
         ));
     }
-    let shapes = net.shapes()?;
+    let (shapes, register_shapes) = net.shapes_and_registers()?;
     let input = SlotMap::input(net.input, slots)?;
     let mut current = input.clone();
+    let mut registers: Vec<SlotMap> = Vec::new();
     let mut steps = Vec::new();
     let mut i = 0;
     while i < net.layers.len() {
         match &net.layers[i] {
+            Layer::Save => {
+                steps.push(Step::Save {
+                    register: registers.len(),
+                });
+                registers.push(current.clone());
+                i += 1;
+                continue;
+            }
             Layer::Poly { coeffs } => {
                 steps.push(Step::Poly {
                     coeffs: coeffs.clone(),
@@ -605,12 +667,30 @@ pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Res
             }
             _ => {}
         }
-        // Fuse the run of linear layers starting at i.
-        let mut op = LinearOp::from_layer(&net.layers[i], shapes[i])?;
+        // Fuse the run of linear layers starting at i; a residual sum in the run appends the
+        // kept tensor to the operator's input.
+        let mut op: Option<LinearOp> = None;
+        let mut saved: Vec<usize> = Vec::new();
         let mut grid = current.grid;
         let mut j = i;
         loop {
-            match (&net.layers[j], grid.as_mut()) {
+            let layer = &net.layers[j];
+            op = Some(match (layer, op.take()) {
+                (Layer::AddSaved { register, branch }, first) => {
+                    let first = first.unwrap_or_else(|| LinearOp::identity(shapes[j]));
+                    let kept = register_shapes[*register];
+                    // A register added twice in one run is input once.
+                    let at = saved.iter().position(|r| r == register).unwrap_or_else(|| {
+                        saved.push(*register);
+                        saved.len() - 1
+                    });
+                    let offset = saved_offset(&saved[..at], &register_shapes, shapes[i].len());
+                    first.plus_branch(branch, kept, offset)?
+                }
+                (layer, None) => LinearOp::from_layer(layer, shapes[j])?,
+                (layer, Some(first)) => LinearOp::from_layer(layer, shapes[j])?.after(&first),
+            });
+            match (layer, grid.as_mut()) {
                 (Layer::Conv2d { stride, .. }, Some(g))
                 | (Layer::AvgPool2d { stride, .. }, Some(g)) => {
                     g.row_stride *= stride.0;
@@ -623,9 +703,8 @@ pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Res
                 break;
             }
             j += 1;
-            let next = LinearOp::from_layer(&net.layers[j], shapes[j])?;
-            op = next.after(&op);
         }
+        let mut op = op.ok_or_else(|| CompileError::Input("empty linear run".into()))?;
         if j + 1 == net.layers.len() && options.output_divisor != 1.0 {
             for row in op.rows.iter_mut() {
                 for (_, w) in row.iter_mut() {
@@ -676,7 +755,19 @@ pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Res
                 interval: (-1.0, 1.0),
             });
         }
-        let (step, out) = lower(&op, &current, grid, slots)?;
+        let mut joint = current.clone();
+        for &r in &saved {
+            let kept = &registers[r];
+            let base = joint.num_cts;
+            joint.positions.extend(
+                kept.positions
+                    .iter()
+                    .map(|ps| ps.iter().map(|&(ct, s)| (ct + base, s)).collect()),
+            );
+            joint.num_cts += kept.num_cts;
+        }
+        let (mut step, out) = lower(&op, &joint, grid, slots)?;
+        step.saved = saved;
         steps.push(Step::Linear(step));
         current = out;
         i = j + 1;

@@ -160,6 +160,7 @@ fn step_rows(plan: &Plan) -> Vec<StepRow> {
                     let products = l.diagonals.values().map(|d| d.len()).sum();
                     (giants.len() + l.block_sum.len(), hoisted, products, 0)
                 }
+                Step::Save { .. } => (0, 0, 0, 0),
                 Step::Poly { coeffs } if is_pure_square(coeffs) => (0, 0, 0, 1),
                 Step::Poly { coeffs } => (
                     0,

@@ -222,8 +222,14 @@ fn lazily_encoded_masks_give_the_same_result() {
     let params = Preset::Pn13Depth5.build().expect("params");
     let (_, eager) = compile_model(&ir, params.clone(), &inputs).expect("compile");
     assert!(!eager.lazy_masks());
+    // Binding encodes no mask; `warm` encodes every kept one (a server calls it after loading).
+    let (done, kept) = eager.cached_masks();
+    assert!(kept > 0 && done == 0, "{done}/{kept} encoded before warm");
+    eager.warm().expect("warm");
+    assert_eq!(eager.cached_masks(), (kept, kept));
     let lazy = HeModel::with_mask_budget(eager.plan().clone(), params.clone(), 0).expect("lazy");
     assert!(lazy.lazy_masks());
+    assert_eq!(lazy.cached_masks(), (0, 0), "lazy masks are never kept");
     let mut kg = KeyGenerator::new(params.clone()).expect("kg");
     let sk = kg.secret_key();
     let keys = kg

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use cipherinfer_ckks::serialization::ToBytes;
+use cipherinfer_ckks::serialization::{ToBytes, evaluation_keys_bytes};
 use cipherinfer_ckks::{EvaluationKeys, KeyGenerator};
 use cipherinfer_compiler::Shape;
 use cipherinfer_model::Manifest;
@@ -22,8 +22,8 @@ use rayon::prelude::*;
 use crate::fsutil::{Confinement, FILE_MODE, read_limited, write_atomic};
 use crate::output::{self, MAX_RESULT_FILE_BYTES};
 use crate::store::{
-    ClientRecord, KeyStore, LoadedClient, RECORD_FORMAT, identity_preprocessing, now,
-    parse_preprocessing, shape_len, validate_client_spec,
+    ClientRecord, KeyStore, LoadedClient, MAX_EVALUATION_KEY_BYTES, RECORD_FORMAT,
+    identity_preprocessing, now, parse_preprocessing, shape_len, validate_client_spec,
 };
 
 /// Largest `inline_max_bytes` honoured: bigger requests are capped so that one tool result
@@ -167,6 +167,19 @@ impl LocalCrypto {
             .collect();
         elements.sort_unstable();
         elements.dedup();
+        let bundle = evaluation_keys_bytes(&params, elements.len(), spec.relinearization) as u64;
+        if bundle > MAX_EVALUATION_KEY_BYTES {
+            return Err(ToolError::new(
+                ErrorCode::ObjectTooLarge,
+                format!(
+                    "the model asks for {} rotation keys, {:.1} GiB of evaluation keys; this \
+                     local server generates at most {} GiB",
+                    elements.len(),
+                    bundle as f64 / (1u64 << 30) as f64,
+                    MAX_EVALUATION_KEY_BYTES >> 30
+                ),
+            ));
+        }
         // One OS-seeded generator per key: independent randomness, no shared state.
         let galois = elements
             .par_iter()

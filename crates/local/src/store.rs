@@ -52,9 +52,9 @@ pub const RECORD_FORMAT: u32 = 1;
 pub const MAX_SECRET_KEY_BYTES: u64 = 1024 * 1024;
 /// Largest `client.json` read.
 pub const MAX_CLIENT_FILE_BYTES: u64 = 64 * 1024 * 1024;
-/// Largest evaluation-key bundle read.
-pub const MAX_EVALUATION_KEY_BYTES: u64 =
-    cipherinfer_protocol::validate::DEFAULT_MAX_KEY_BUNDLE_BYTES;
+/// Largest evaluation-key bundle generated or read (8 GiB): a conventional CNN at N = 2^15
+/// takes 1–3 GB; a client specification asking for more is refused before any key is made.
+pub const MAX_EVALUATION_KEY_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 /// Largest credentials file read.
 pub const MAX_CREDENTIALS_BYTES: u64 = 64 * 1024;
 /// Directory of the clients' identity keys.
@@ -480,15 +480,16 @@ impl KeyStore {
     pub fn evaluation_keys(&self, client_id: &str) -> Result<(ClientRecord, Vec<u8>)> {
         let record = self.record(client_id)?;
         let dir = self.client_dir(client_id)?;
-        let bytes = read_limited(&dir.join(EVALUATION_KEYS_FILE), MAX_EVALUATION_KEY_BYTES)
-            .map_err(|e| {
-                corrupt(
-                    client_id,
-                    EVALUATION_KEYS_FILE,
-                    e.into_tool(EVALUATION_KEYS_FILE, ErrorCode::MalformedKeys)
-                        .message,
-                )
-            })?;
+        // No more than the record says (a longer file is corrupt either way).
+        let limit = record.evaluation_key_bytes.min(MAX_EVALUATION_KEY_BYTES);
+        let bytes = read_limited(&dir.join(EVALUATION_KEYS_FILE), limit).map_err(|e| {
+            corrupt(
+                client_id,
+                EVALUATION_KEYS_FILE,
+                e.into_tool(EVALUATION_KEYS_FILE, ErrorCode::MalformedKeys)
+                    .message,
+            )
+        })?;
         if bytes.len() as u64 != record.evaluation_key_bytes
             || sha256_hex(&bytes) != record.evaluation_key_sha256
         {

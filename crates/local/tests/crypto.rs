@@ -364,6 +364,21 @@ fn untrusted_client_specs_are_validated() {
     spec.input.positions[0][0].0 = spec.input.num_cts;
     a.client_spec = spec;
     fails(crypto.generate_keys(&a), ErrorCode::InvalidArgument);
+
+    // Valid 128-bit parameters at N = 2^15, but 700 rotation keys: about 15 GiB of keys, more
+    // than a local server generates. Refused at once, before any key is made.
+    let params = cipherinfer_ckks::Preset::Pn15Depth16.build().unwrap();
+    let mut spec = served().info.client_spec.clone();
+    spec.parameters = params.literal().clone();
+    spec.parameter_id = params.id_hex();
+    spec.input_level = params.max_level();
+    spec.rotation_steps = (1..=700).collect();
+    a.client_spec = spec;
+    let msg = fails(crypto.generate_keys(&a), ErrorCode::ObjectTooLarge);
+    assert!(
+        msg.contains("700 rotation keys") && msg.contains("GiB"),
+        "{msg}"
+    );
     assert!(crypto.store().list().unwrap().is_empty());
 }
 

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cipherinfer_ckks::Parameters;
-use cipherinfer_compiler::degree::{DEFAULT_TARGET_AGREEMENT, Degree, compile_package};
-use cipherinfer_compiler::{
-    Artifact, Compiled, HeModel, ServingOptions, Shape, compile_for_serving,
+use cipherinfer_compiler::degree::{
+    DEFAULT_TARGET_AGREEMENT, Degree, SHIPPED_SEARCH_IMAGES, compile_choosing_degree,
+    compile_package,
 };
+use cipherinfer_compiler::{Artifact, Compiled, HeModel, ServingOptions, Shape};
 use cipherinfer_model::manifest::InputSpec;
 use cipherinfer_model::{Manifest, ModelPackage, plain};
 use cipherinfer_protocol::AlgorithmId;
@@ -65,17 +66,26 @@ fn prepare_shipped(manifest: &Manifest, name: &str) -> Result<Prepared, BoxErr> 
     let ir = cipherinfer_model::onnx::import(&manifest.read_model(name)?.bytes)?;
     let samples = manifest.load_samples(&entry.dataset)?;
     let options = ServingOptions::default();
-    let calibration: Vec<_> = plain::sample_inputs(&samples, &entry.input)?
+    let inputs: Vec<_> = plain::sample_inputs(&samples, &entry.input)?
         .into_iter()
-        .take(options.convert.calibration_images)
+        .take(SHIPPED_SEARCH_IMAGES)
         .map(|(t, _)| t)
         .collect();
+    let calibration = &inputs[..inputs.len().min(options.convert.calibration_images)];
+    // The activation degree is chosen as for a package, on the first sample images.
+    let (compiled, _) = compile_choosing_degree(
+        &ir,
+        calibration,
+        &inputs,
+        &options,
+        DEFAULT_TARGET_AGREEMENT,
+    )?;
     Ok(Prepared {
         name: name.to_string(),
         description: entry.description.clone(),
         labels: entry.classes.clone(),
         input: entry.input.clone(),
-        compiled: compile_for_serving(&ir, &calibration, &options)?,
+        compiled,
     })
 }
 
@@ -184,6 +194,16 @@ impl ServedModel {
     pub fn params(&self) -> &Arc<Parameters> {
         self.model.parameters()
     }
+
+    /// Bytes of the evaluation-key bundle a client uploads for this model (as encoded).
+    pub fn key_bundle_bytes(&self) -> u64 {
+        let bytes = cipherinfer_ckks::serialization::evaluation_keys_bytes(
+            self.params(),
+            self.model.rotation_steps().len(),
+            self.model.plan().needs_relinearization(),
+        );
+        u64::try_from(bytes).unwrap_or(u64::MAX)
+    }
 }
 
 /// The object name of input ciphertext `i` in a session.
@@ -256,6 +276,15 @@ impl Registry {
     /// The default model's name.
     pub fn default_model(&self) -> &str {
         &self.default_model
+    }
+
+    /// The largest evaluation-key bundle of a served model.
+    pub fn max_key_bundle_bytes(&self) -> u64 {
+        self.models
+            .values()
+            .map(ServedModel::key_bundle_bytes)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Every served model.

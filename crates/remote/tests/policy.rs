@@ -736,3 +736,27 @@ async fn chunk_counts_hold_across_concurrent_chunks_and_restarts() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An operator's key-bundle limit below what a served model's keys take would make the model
+/// unusable: the server raises it to the largest key set it serves, announces the raised limit,
+/// and Step 0 of that model goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_bundle_limit_admits_every_served_model() {
+    let dir = temp_dir("bundle-limit");
+    let mut o = options(&dir);
+    o.service.limits.max_key_bundle_bytes = 1024 * 1024;
+    let server = start_with(o).await;
+    let needed = server.service.registry().max_key_bundle_bytes();
+    let bundle = material().bundle.len() as u64;
+    assert_eq!(
+        needed, bundle,
+        "the formula gives the encoded bundle's size"
+    );
+    assert!(needed > 1024 * 1024);
+    let (peer, _p) = connect(&server.url).await;
+    let caps = ok(&peer, "describe_capabilities", json!({})).await;
+    let announced = caps["limits"]["max_key_bundle_bytes"].as_u64().unwrap();
+    assert!(announced >= needed, "{announced} < {needed}");
+    enroll(&peer, "alice").await;
+    server.stop().await;
+}

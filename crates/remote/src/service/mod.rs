@@ -204,8 +204,14 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service over a store and compiled models.
-    pub fn new(store: Store, registry: Arc<Registry>, config: ServiceConfig) -> Result<Self> {
+    /// A service over a store and compiled models. The key-bundle limit is raised, if needed,
+    /// to the largest key set a served model takes (plus 1 MiB), so that every served model can
+    /// be provisioned.
+    pub fn new(store: Store, registry: Arc<Registry>, mut config: ServiceConfig) -> Result<Self> {
+        let needed = registry.max_key_bundle_bytes().saturating_add(1 << 20);
+        if config.limits.max_key_bundle_bytes < needed {
+            config.limits.max_key_bundle_bytes = needed;
+        }
         let permits = config.max_concurrent_inferences.max(1);
         let identity = match &config.server_identity {
             Some(k) => k.clone(),
