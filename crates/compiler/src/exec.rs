@@ -36,7 +36,7 @@ struct EncodedLinear {
 
 enum EncodedStep {
     Linear(EncodedLinear),
-    Save,
+    Save(usize),
     Square,
     Poly(Polynomial),
 }
@@ -209,7 +209,7 @@ impl HeModel {
                         &mut level,
                     )?);
                 }
-                Step::Save { .. } => steps.push(EncodedStep::Save),
+                Step::Save { register } => steps.push(EncodedStep::Save(*register)),
             }
         }
         let input_scale = params.default_scale();
@@ -402,7 +402,12 @@ impl HeModel {
                     .iter()
                     .map(|c| ev.evaluate_polynomial(c, p, None))
                     .collect::<std::result::Result<_, _>>()?,
-                EncodedStep::Save => {
+                EncodedStep::Save(register) => {
+                    if *register != registers.len() {
+                        return Err(CompileError::Input(format!(
+                            "register {register} saved out of order"
+                        )));
+                    }
                     registers.push(cts.clone());
                     cts
                 }

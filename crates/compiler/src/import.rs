@@ -213,40 +213,72 @@ enum PathItem {
     },
 }
 
-/// Values from which `value` is computed (itself included).
-fn ancestors(model: &Model, value: &str) -> std::collections::HashSet<String> {
-    let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![value.to_string()];
-    while let Some(v) = stack.pop() {
-        if !seen.insert(v.clone()) {
-            continue;
-        }
-        if let Some(n) = model.node(&v) {
-            stack.extend(n.inputs.iter().cloned());
-        }
-    }
-    seen
+/// The graph by name, for the walks of [`Network::from_ir`].
+struct Graph<'a> {
+    model: &'a Model,
+    index: HashMap<&'a str, usize>,
 }
 
-/// The shortcut of a residual `Add` read as `main + side`: walking back from `side` through
-/// single-input linear nodes to a value that `main` is computed from. Returns the kept value
-/// and the branch's nodes in order, or `None` when `side` is not such a shortcut.
-fn shortcut(model: &Model, side: &str, main: &str) -> Option<(String, Vec<usize>)> {
-    let before_main = ancestors(model, main);
-    let mut branch = Vec::new();
-    let mut v = side.to_string();
-    while !before_main.contains(&v) {
-        let i = model.node_index(&v)?;
-        let node = &model.nodes()[i];
-        if node.inputs.len() != 1 || !(node.op.is_linear() || matches!(node.op, Op::Reshape { .. }))
-        {
-            return None;
-        }
-        branch.push(i);
-        v = node.inputs[0].clone();
+impl<'a> Graph<'a> {
+    fn new(model: &'a Model) -> Self {
+        let index = model
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
+        Self { model, index }
     }
-    branch.reverse();
-    Some((v, branch))
+
+    /// Values from which `value` is computed (itself included), as node-indexed flags plus
+    /// whether the model input is among them.
+    fn ancestors(&self, value: &str) -> (Vec<bool>, bool) {
+        let mut seen = vec![false; self.model.nodes().len()];
+        let mut input = false;
+        let mut stack = vec![value];
+        while let Some(v) = stack.pop() {
+            match self.index.get(v) {
+                Some(&i) if !seen[i] => {
+                    seen[i] = true;
+                    stack.extend(self.model.nodes()[i].inputs.iter().map(String::as_str));
+                }
+                Some(_) => {}
+                None => input |= v == self.model.input_name(),
+            }
+        }
+        (seen, input)
+    }
+
+    /// The shortcut of a residual `Add` read as `main + side`: walking back from `side` through
+    /// single-input linear nodes to a value that `main` is computed from. Returns the kept value
+    /// and the branch's nodes in order, or `None` when `side` is not such a shortcut.
+    fn shortcut(&self, side: &str, main: &str) -> Option<(String, Vec<usize>)> {
+        let (before_main, input_before_main) = self.ancestors(main);
+        let mut branch = Vec::new();
+        let mut v = side;
+        loop {
+            let Some(&i) = self.index.get(v) else {
+                // The model input: a shortcut from it only if main is computed from it.
+                return input_before_main.then(|| {
+                    branch.reverse();
+                    (v.to_string(), branch)
+                });
+            };
+            if before_main[i] {
+                break;
+            }
+            let node = &self.model.nodes()[i];
+            if node.inputs.len() != 1
+                || !(node.op.is_linear() || matches!(node.op, Op::Reshape { .. }))
+            {
+                return None;
+            }
+            branch.push(i);
+            v = &node.inputs[0];
+        }
+        branch.reverse();
+        Some((v.to_string(), branch))
+    }
 }
 
 /// The layer of a single-input HE-friendly node.
@@ -318,12 +350,14 @@ impl Network {
     pub fn from_ir(model: &Model) -> Result<Self> {
         let nodes = model.nodes();
         let input = model.input_name();
+        let graph = Graph::new(model);
         // Walk back from the output along the main path.
         let mut path = Vec::with_capacity(nodes.len());
         let mut v = model.output().to_string();
         while v != input {
-            let i = model
-                .node_index(&v)
+            let i = *graph
+                .index
+                .get(v.as_str())
                 .ok_or_else(|| unsupported(&v, "unknown value"))?;
             let node = &nodes[i];
             if matches!(node.op, Op::Add) {
@@ -331,7 +365,9 @@ impl Network {
                 let (kept, branch, main) = [(b, a), (a, b)]
                     .into_iter()
                     .filter_map(|(side, main)| {
-                        shortcut(model, side, main).map(|(kept, branch)| (kept, branch, main))
+                        graph
+                            .shortcut(side, main)
+                            .map(|(kept, branch)| (kept, branch, main))
                     })
                     .min_by_key(|(_, branch, _)| branch.len())
                     .ok_or_else(|| {

@@ -441,7 +441,12 @@ impl Plan {
         let n = self.slots;
         for step in &self.steps {
             cts = match step {
-                Step::Save { .. } => {
+                Step::Save { register } => {
+                    if *register != registers.len() {
+                        return Err(CompileError::Input(format!(
+                            "register {register} saved out of order"
+                        )));
+                    }
                     registers.push(cts.clone());
                     cts
                 }

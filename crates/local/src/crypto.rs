@@ -7,6 +7,7 @@ use std::time::Instant;
 use cipherinfer_ckks::serialization::{ToBytes, evaluation_keys_bytes};
 use cipherinfer_ckks::{EvaluationKeys, KeyGenerator};
 use cipherinfer_compiler::Shape;
+use cipherinfer_compiler::report::key_memory_bytes;
 use cipherinfer_model::Manifest;
 use cipherinfer_protocol::AlgorithmId;
 use cipherinfer_protocol::error::{ErrorCode, Result, ToolError};
@@ -22,8 +23,9 @@ use rayon::prelude::*;
 use crate::fsutil::{Confinement, FILE_MODE, read_limited, write_atomic};
 use crate::output::{self, MAX_RESULT_FILE_BYTES};
 use crate::store::{
-    ClientRecord, KeyStore, LoadedClient, MAX_EVALUATION_KEY_BYTES, RECORD_FORMAT,
-    identity_preprocessing, now, parse_preprocessing, shape_len, validate_client_spec,
+    ClientRecord, KeyStore, LoadedClient, MAX_EVALUATION_KEY_BYTES, MAX_KEY_GENERATION_MEMORY,
+    RECORD_FORMAT, identity_preprocessing, now, parse_preprocessing, shape_len,
+    validate_client_spec,
 };
 
 /// Largest `inline_max_bytes` honoured: bigger requests are capped so that one tool result
@@ -150,15 +152,6 @@ impl LocalCrypto {
 
         let mut kg = KeyGenerator::new(params.clone())
             .map_err(|e| ToolError::from_ckks(&e, ErrorCode::Internal))?;
-        let sk = kg.secret_key();
-        let mut keys = EvaluationKeys::new(params.clone());
-        if spec.relinearization {
-            let rk = kg
-                .relinearization_key(&sk)
-                .map_err(|e| ToolError::from_ckks(&e, ErrorCode::Internal))?;
-            keys.set_relinearization_key(rk)
-                .map_err(|e| ToolError::from_ckks(&e, ErrorCode::Internal))?;
-        }
         let mut elements: Vec<u64> = spec
             .rotation_steps
             .iter()
@@ -167,18 +160,35 @@ impl LocalCrypto {
             .collect();
         elements.sort_unstable();
         elements.dedup();
+        // The keys in memory (both halves of every digit, 8 bytes per residue) plus their
+        // serialized copy: refused before any key is made when that passes the bound.
         let bundle = evaluation_keys_bytes(&params, elements.len(), spec.relinearization) as u64;
-        if bundle > MAX_EVALUATION_KEY_BYTES {
+        let memory = key_memory_bytes(&params, elements.len(), spec.relinearization) as u64;
+        if bundle > MAX_EVALUATION_KEY_BYTES
+            || memory.saturating_add(bundle) > MAX_KEY_GENERATION_MEMORY
+        {
             return Err(ToolError::new(
                 ErrorCode::ObjectTooLarge,
                 format!(
-                    "the model asks for {} rotation keys, {:.1} GiB of evaluation keys; this \
-                     local server generates at most {} GiB",
+                    "the model asks for {} rotation keys: {:.1} GiB of evaluation keys, {:.1} GiB \
+                     of memory to make them; this local server makes at most {} GiB of keys \
+                     in {} GiB of memory",
                     elements.len(),
                     bundle as f64 / (1u64 << 30) as f64,
-                    MAX_EVALUATION_KEY_BYTES >> 30
+                    memory.saturating_add(bundle) as f64 / (1u64 << 30) as f64,
+                    MAX_EVALUATION_KEY_BYTES >> 30,
+                    MAX_KEY_GENERATION_MEMORY >> 30
                 ),
             ));
+        }
+        let sk = kg.secret_key();
+        let mut keys = EvaluationKeys::new(params.clone());
+        if spec.relinearization {
+            let rk = kg
+                .relinearization_key(&sk)
+                .map_err(|e| ToolError::from_ckks(&e, ErrorCode::Internal))?;
+            keys.set_relinearization_key(rk)
+                .map_err(|e| ToolError::from_ckks(&e, ErrorCode::Internal))?;
         }
         // One OS-seeded generator per key: independent randomness, no shared state.
         let galois = elements

@@ -55,6 +55,9 @@ pub const MAX_CLIENT_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest evaluation-key bundle generated or read (8 GiB): a conventional CNN at N = 2^15
 /// takes 1–3 GB; a client specification asking for more is refused before any key is made.
 pub const MAX_EVALUATION_KEY_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+/// Largest memory key generation may take: the keys as held (both halves of every digit) plus
+/// their serialized copy (16 GiB; LeNet-5 at N = 2^15 takes about 11 GiB).
+pub const MAX_KEY_GENERATION_MEMORY: u64 = 16 * 1024 * 1024 * 1024;
 /// Largest credentials file read.
 pub const MAX_CREDENTIALS_BYTES: u64 = 64 * 1024;
 /// Directory of the clients' identity keys.

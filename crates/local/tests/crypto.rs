@@ -365,8 +365,8 @@ fn untrusted_client_specs_are_validated() {
     a.client_spec = spec;
     fails(crypto.generate_keys(&a), ErrorCode::InvalidArgument);
 
-    // Valid 128-bit parameters at N = 2^15, but 700 rotation keys: about 15 GiB of keys, more
-    // than a local server generates. Refused at once, before any key is made.
+    // Valid 128-bit parameters at N = 2^15, but 700 rotation keys: about 15 GiB of keys and
+    // more of memory, above what a local server makes. Refused before any key is made.
     let params = cipherinfer_ckks::Preset::Pn15Depth16.build().unwrap();
     let mut spec = served().info.client_spec.clone();
     spec.parameters = params.literal().clone();

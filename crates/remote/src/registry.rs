@@ -194,16 +194,6 @@ impl ServedModel {
     pub fn params(&self) -> &Arc<Parameters> {
         self.model.parameters()
     }
-
-    /// Bytes of the evaluation-key bundle a client uploads for this model (as encoded).
-    pub fn key_bundle_bytes(&self) -> u64 {
-        let bytes = cipherinfer_ckks::serialization::evaluation_keys_bytes(
-            self.params(),
-            self.model.rotation_steps().len(),
-            self.model.plan().needs_relinearization(),
-        );
-        u64::try_from(bytes).unwrap_or(u64::MAX)
-    }
 }
 
 /// The object name of input ciphertext `i` in a session.
@@ -278,11 +268,33 @@ impl Registry {
         &self.default_model
     }
 
-    /// The largest evaluation-key bundle of a served model.
+    /// The largest evaluation-key bundle of a parameter set: every key its served models
+    /// take together.
+    pub fn key_bundle_bytes_for(&self, parameter_id: &str) -> Option<u64> {
+        let models: Vec<&ServedModel> = self
+            .models
+            .values()
+            .filter(|m| m.info.parameter_id == parameter_id)
+            .collect();
+        let first = models.first()?;
+        let galois: std::collections::BTreeSet<u64> = models
+            .iter()
+            .flat_map(|m| m.info.galois_elements.iter().copied())
+            .collect();
+        let relin = models.iter().any(|m| m.info.relinearization);
+        let bytes = cipherinfer_ckks::serialization::evaluation_keys_bytes(
+            first.params(),
+            galois.len(),
+            relin,
+        );
+        Some(u64::try_from(bytes).unwrap_or(u64::MAX))
+    }
+
+    /// The largest evaluation-key bundle of a served parameter set.
     pub fn max_key_bundle_bytes(&self) -> u64 {
         self.models
             .values()
-            .map(ServedModel::key_bundle_bytes)
+            .filter_map(|m| self.key_bundle_bytes_for(&m.info.parameter_id))
             .max()
             .unwrap_or(0)
     }

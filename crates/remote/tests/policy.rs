@@ -759,4 +759,26 @@ async fn the_key_bundle_limit_admits_every_served_model() {
     assert!(announced >= needed, "{announced} < {needed}");
     enroll(&peer, "alice").await;
     server.stop().await;
+
+    // With a generous operator limit, an upload is still bounded by its own parameter set's
+    // key set: a client cannot park a bundle sized for the limit.
+    let mut o = options(&temp_dir("bundle-limit-2"));
+    o.service.limits.max_key_bundle_bytes = 64 * 1024 * 1024;
+    let server = start_with(o).await;
+    let (peer, _p) = connect(&server.url).await;
+    let m = material();
+    let mut args = common::remote::begin_args("bob", &m.info, &m.bundle, 40);
+    args["bundle_bytes"] = json!(needed + 2 * 1024 * 1024);
+    let v = fails(
+        &peer,
+        "provision_keys_begin",
+        args,
+        "ERROR_OBJECT_TOO_LARGE",
+    )
+    .await;
+    assert!(
+        v.to_string().contains("every key of this parameter set"),
+        "{v}"
+    );
+    server.stop().await;
 }

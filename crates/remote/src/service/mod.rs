@@ -205,11 +205,18 @@ impl std::fmt::Debug for Service {
 
 impl Service {
     /// A service over a store and compiled models. The key-bundle limit is raised, if needed,
-    /// to the largest key set a served model takes (plus 1 MiB), so that every served model can
-    /// be provisioned.
+    /// to the largest key set of a served parameter set (plus 1 MiB), so that every served model
+    /// can be provisioned; each upload is still bounded by its own parameter set's key set.
     pub fn new(store: Store, registry: Arc<Registry>, mut config: ServiceConfig) -> Result<Self> {
-        let needed = registry.max_key_bundle_bytes().saturating_add(1 << 20);
+        let needed = registry
+            .max_key_bundle_bytes()
+            .saturating_add(provisioning::KEY_BUNDLE_SLACK);
         if config.limits.max_key_bundle_bytes < needed {
+            tracing::warn!(
+                configured = config.limits.max_key_bundle_bytes,
+                raised_to = needed,
+                "key-bundle limit raised to the key set of the largest served parameter set"
+            );
             config.limits.max_key_bundle_bytes = needed;
         }
         let permits = config.max_concurrent_inferences.max(1);

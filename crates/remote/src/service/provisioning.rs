@@ -24,6 +24,9 @@ use crate::ratelimit::Caller;
 use crate::store::ChunkWrite;
 use crate::usage::Admission;
 
+/// Bytes a key bundle may exceed the exact size of its parameter set's key set by (1 MiB).
+pub(super) const KEY_BUNDLE_SLACK: u64 = 1 << 20;
+
 /// What `provision_keys_begin` announced for a Step 0 upload, kept until commit or expiry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ProvisioningMeta {
@@ -76,6 +79,23 @@ impl Service {
             return Err(err(
                 ErrorCode::ParameterMismatch,
                 "parameter_id is not the parameter set of any served model",
+            ));
+        }
+        // No more than every key of this parameter set's models (plus framing slack): a client
+        // of a small model cannot fill the server with a bundle sized for the largest one.
+        let most = self
+            .registry
+            .key_bundle_bytes_for(&args.parameter_id)
+            .unwrap_or(0)
+            .saturating_add(KEY_BUNDLE_SLACK);
+        if args.bundle_bytes > most {
+            return Err(err(
+                ErrorCode::ObjectTooLarge,
+                format!(
+                    "bundle_bytes {} is more than the {most} bytes every key of this parameter \
+                     set takes",
+                    args.bundle_bytes
+                ),
             ));
         }
         if let Some(m) = &args.model {
