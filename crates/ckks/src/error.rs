@@ -84,6 +84,16 @@ pub enum Error {
         /// The Galois element, for rotation keys.
         galois_element: Option<u64>,
     },
+    /// A key generated for lower levels than the ciphertext it must switch.
+    #[error("the {kind} key serves levels up to {key_level}, the ciphertext is at level {level}")]
+    KeyLevel {
+        /// Which kind of key (relinearization, rotation, conjugation).
+        kind: &'static str,
+        /// Highest level the key serves.
+        key_level: usize,
+        /// Level of the ciphertext.
+        level: usize,
+    },
     /// Input vector is too long, or otherwise unusable for encoding.
     #[error("encoding error: {0}")]
     Encoding(String),
@@ -169,6 +179,7 @@ impl Error {
             Self::OutOfLevels => "out_of_levels",
             Self::CiphertextDegree { .. } => "ciphertext_degree",
             Self::MissingKey { .. } => "missing_key",
+            Self::KeyLevel { .. } => "key_level",
             Self::Encoding(_) => "encoding",
             Self::OutOfRange(_) => "out_of_range",
             Self::Decode { code, .. } => code.as_str(),

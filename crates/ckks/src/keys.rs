@@ -90,9 +90,15 @@ impl PublicKey {
     }
 }
 
-/// A hybrid key-switching key: for each digit `j`, `(b_j, a_j)` over all primes with
-/// `b_j = -a_j·s + e_j + P·g_j·s'`, where `g_j` is the digit's CRT gadget; `a_j` is expanded
-/// from `seed` (stream `1 + j`; stream 0 is the public key's).
+/// A hybrid key-switching key: for each digit `j`, `(b_j, a_j)` with `b_j = -a_j·s + e_j +
+/// P·g_j·s'`, where `g_j` is the digit's CRT gadget; `a_j` is expanded from `seed` (stream
+/// `1 + j`; stream 0 is the public key's).
+///
+/// **Level-aware keys.** A key with `d ≤ dnum` digits holds the residues of `q_0..=q_top` and of
+/// P only, `top = min(d·α, L + 1) − 1`: it switches ciphertexts at levels up to `top`, which is all
+/// a rotation used only low in the circuit needs, at `d·(top + 1 + |P|)` residue polynomials
+/// instead of `dnum·(L + 1 + |P|)`. The gadget's residues do not depend on the other primes, so
+/// such a key is exactly the full key's restriction.
 #[derive(Clone)]
 pub struct SwitchingKey {
     pub(crate) params: Arc<Parameters>,
@@ -110,12 +116,51 @@ impl fmt::Debug for SwitchingKey {
     }
 }
 
+/// Highest level a key of `digits` digits serves.
+pub(crate) fn key_top(params: &Parameters, digits: usize) -> usize {
+    (digits * params.alpha()).clamp(1, params.num_q()) - 1
+}
+
+/// Digits and residue polynomials per digit (ciphertext primes up to the key's top level, then
+/// the special primes) of a key serving levels up to `level`.
+pub fn key_shape_for_level(params: &Parameters, level: usize) -> (usize, usize) {
+    let digits = key_digits_for_level(params, level);
+    (digits, key_top(params, digits) + 1 + params.num_p())
+}
+
+/// Digits a key needs to switch ciphertexts at levels up to `level`.
+pub fn key_digits_for_level(params: &Parameters, level: usize) -> usize {
+    (level.min(params.max_level()) + 1)
+        .div_ceil(params.alpha())
+        .clamp(1, params.dnum())
+}
+
 impl SwitchingKey {
-    pub(crate) fn expand_a(params: &Parameters, seed: &[u8; 32], dnum: usize) -> Vec<Vec<u64>> {
-        let all: Vec<usize> = (0..params.num_q() + params.num_p()).collect();
-        (0..dnum)
-            .map(|j| expand_uniform(params, seed, 1 + j as u64, &all))
+    pub(crate) fn expand_a(params: &Parameters, seed: &[u8; 32], digits: usize) -> Vec<Vec<u64>> {
+        let residues = params.ext_indices(key_top(params, digits));
+        (0..digits)
+            .map(|j| expand_uniform(params, seed, 1 + j as u64, &residues))
             .collect()
+    }
+
+    /// Digits of the key (the parameters' `dnum` for a full key).
+    pub fn digits(&self) -> usize {
+        self.b.len()
+    }
+
+    /// Highest level the key switches.
+    pub fn max_level(&self) -> usize {
+        key_top(&self.params, self.b.len())
+    }
+
+    /// Where residue `g` (global prime index) sits in the key's polynomials.
+    pub(crate) fn position(&self, g: usize) -> usize {
+        let top = self.max_level();
+        if g <= top {
+            g
+        } else {
+            top + 1 + (g - self.params.num_q())
+        }
     }
 
     /// Rebuilds a key from its `b` polynomials and seed (the only constructor decoders use).
@@ -128,6 +173,13 @@ impl SwitchingKey {
 /// Relinearization key: switches from s² to s.
 #[derive(Clone, Debug)]
 pub struct RelinearizationKey(pub(crate) SwitchingKey);
+
+impl RelinearizationKey {
+    /// Highest level the key serves.
+    pub fn max_level(&self) -> usize {
+        self.0.max_level()
+    }
+}
 
 /// Galois key for the automorphism X -> X^g (a rotation or conjugation): switches from σ_g(s)
 /// to s.
@@ -149,6 +201,11 @@ impl GaloisKey {
     /// The Galois element g of the automorphism X -> X^g.
     pub fn galois_element(&self) -> u64 {
         self.galois_element
+    }
+
+    /// Highest level the key serves.
+    pub fn max_level(&self) -> usize {
+        self.key.max_level()
     }
 }
 
@@ -239,6 +296,11 @@ impl KeyGenerator {
         })
     }
 
+    /// The parameters keys are made for.
+    pub fn parameters(&self) -> &Arc<Parameters> {
+        &self.params
+    }
+
     /// A fresh secret key.
     pub fn secret_key(&mut self) -> SecretKey {
         let coeffs = sampling::sample_secret(&self.params, &mut self.rng);
@@ -266,21 +328,26 @@ impl KeyGenerator {
         })
     }
 
-    /// A switching key from `s_from` (NTT over all primes) to `sk`.
-    fn switching_key(&mut self, sk: &SecretKey, s_from: &[u64]) -> Result<SwitchingKey> {
+    /// A switching key of `digits` digits from `s_from` (NTT over all primes) to `sk`.
+    fn switching_key(
+        &mut self,
+        sk: &SecretKey,
+        s_from: &[u64],
+        digits: usize,
+    ) -> Result<SwitchingKey> {
         let params = self.params.clone();
         let n = params.n();
-        let all: Vec<usize> = (0..params.num_q() + params.num_p()).collect();
-        let dnum = params.dnum();
+        let residues = params.ext_indices(key_top(&params, digits));
+        let s = sk.limbs(&residues);
         let alpha = params.alpha();
         let seed = os_seed()?;
-        let a = SwitchingKey::expand_a(&params, &seed, dnum);
-        let mut b = Vec::with_capacity(dnum);
+        let a = SwitchingKey::expand_a(&params, &seed, digits);
+        let mut b = Vec::with_capacity(digits);
         for (j, aj) in a.iter().enumerate() {
             let e = Zeroizing::new(sample_gaussian(n, &mut self.rng));
-            let mut bj = small_to_ntt(&params, &e, &all);
-            let mut as_ = ring::mul(&params, aj, &sk.ntt, &all);
-            ring::sub_assign(&params, &mut bj, &as_, &all);
+            let mut bj = small_to_ntt(&params, &e, &residues);
+            let mut as_ = ring::mul(&params, aj, &s, &residues);
+            ring::sub_assign(&params, &mut bj, &as_, &residues);
             as_.zeroize();
             for t in (j * alpha)..((j + 1) * alpha).min(params.num_q()) {
                 let m = params.modulus(t);
@@ -301,11 +368,26 @@ impl KeyGenerator {
         check_params(&self.params, &sk.params)?;
         let all: Vec<usize> = (0..self.params.num_q() + self.params.num_p()).collect();
         let s2 = Zeroizing::new(ring::mul(&self.params, &sk.ntt, &sk.ntt, &all));
-        Ok(RelinearizationKey(self.switching_key(sk, &s2)?))
+        Ok(RelinearizationKey(self.switching_key(
+            sk,
+            &s2,
+            self.params.dnum(),
+        )?))
     }
 
     /// The Galois key for X -> X^g.
     pub fn galois_key(&mut self, sk: &SecretKey, g: u64) -> Result<GaloisKey> {
+        self.galois_key_to_level(sk, g, self.params.max_level())
+    }
+
+    /// The Galois key for X -> X^g serving ciphertexts at levels up to `level` only (smaller:
+    /// see [`SwitchingKey`]).
+    pub fn galois_key_to_level(
+        &mut self,
+        sk: &SecretKey,
+        g: u64,
+        level: usize,
+    ) -> Result<GaloisKey> {
         check_params(&self.params, &sk.params)?;
         let two_n = 2 * self.params.n() as u64;
         if g.is_multiple_of(2) || g >= two_n {
@@ -315,14 +397,15 @@ impl KeyGenerator {
         }
         let perm = self.params.automorphism_permutation(g);
         let s_g = Zeroizing::new(ring::permute(&sk.ntt, &perm, self.params.n()));
+        let digits = key_digits_for_level(&self.params, level);
         Ok(GaloisKey {
             galois_element: g,
-            key: self.switching_key(sk, &s_g)?,
+            key: self.switching_key(sk, &s_g, digits)?,
         })
     }
 
     /// Evaluation keys: relinearization (if asked), one Galois key per distinct rotation step,
-    /// and the conjugation key (if asked).
+    /// and the conjugation key (if asked), all serving every level.
     pub fn evaluation_keys(
         &mut self,
         sk: &SecretKey,
@@ -330,22 +413,42 @@ impl KeyGenerator {
         rotation_steps: &[i64],
         conjugation: bool,
     ) -> Result<EvaluationKeys> {
+        let top = self.params.max_level();
+        let steps: Vec<(i64, usize)> = rotation_steps.iter().map(|&k| (k, top)).collect();
+        self.evaluation_keys_to_levels(sk, relinearization, &steps, conjugation)
+    }
+
+    /// [`KeyGenerator::evaluation_keys`] with each rotation key serving levels up to the one
+    /// given with its step (a step listed twice gets the higher level).
+    pub fn evaluation_keys_to_levels(
+        &mut self,
+        sk: &SecretKey,
+        relinearization: bool,
+        rotation_steps: &[(i64, usize)],
+        conjugation: bool,
+    ) -> Result<EvaluationKeys> {
         let mut keys = EvaluationKeys::new(self.params.clone());
         if relinearization {
             keys.relin = Some(self.relinearization_key(sk)?);
         }
-        let mut elements: Vec<u64> = rotation_steps
-            .iter()
-            .map(|&k| self.params.galois_element(k))
-            .filter(|&g| g != 1)
-            .collect();
-        if conjugation {
-            elements.push(self.params.galois_element_conjugate());
+        let mut elements: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut want = |g: u64, level: usize| {
+            if g != 1 {
+                let l = elements.entry(g).or_insert(level);
+                *l = (*l).max(level);
+            }
+        };
+        for &(k, level) in rotation_steps {
+            want(self.params.galois_element(k), level);
         }
-        elements.sort_unstable();
-        elements.dedup();
-        for g in elements {
-            let k = self.galois_key(sk, g)?;
+        if conjugation {
+            want(
+                self.params.galois_element_conjugate(),
+                self.params.max_level(),
+            );
+        }
+        for (g, level) in elements {
+            let k = self.galois_key_to_level(sk, g, level)?;
             keys.galois.insert(g, k);
         }
         Ok(keys)

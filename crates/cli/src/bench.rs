@@ -25,7 +25,7 @@ use cipherinfer_compiler::{
     Network, ServingOptions, compile, compile_choosing_degree, compile_model_batch,
     select_parameters,
 };
-use cipherinfer_model::convert::{ConvertOptions, convert};
+use cipherinfer_model::convert::{ConvertOptions, convert_with_degrees};
 use cipherinfer_model::{Manifest, Model, ModelPackage, SampleSet, Tensor, onnx, plain};
 
 use crate::BoxErr;
@@ -228,8 +228,8 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
         if calibration.is_empty() {
             return Err("the network needs calibration images to be converted".into());
         }
-        let (degree, margin) = match opts.degree {
-            Degree::Fixed(d) => (d, ConvertOptions::default().margin),
+        let (degree, margin, degrees) = match opts.degree {
+            Degree::Fixed(d) => (d, ConvertOptions::default().margin, Vec::new()),
             Degree::Auto => {
                 let (_, search) = compile_choosing_degree(
                     &ir,
@@ -239,23 +239,23 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
                     DEFAULT_TARGET_AGREEMENT,
                 )?;
                 let search = search.ok_or("no degree search for a network to convert")?;
+                let chosen = search.chosen_trial().ok_or("no degree chosen")?;
                 eprintln!(
                     "degree {} chosen ({})",
-                    search.chosen().unwrap_or_default(),
+                    chosen.describe_degree(),
                     search
                         .trials
                         .iter()
                         .map(|t| format!(
                             "{} (margin {}) -> {:.1}%",
-                            t.degree,
+                            t.describe_degree(),
                             t.margin,
                             100.0 * t.top1_agreement
                         ))
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                let chosen = search.chosen_trial().ok_or("no degree chosen")?;
-                (chosen.degree, chosen.margin)
+                (chosen.degree, chosen.margin, chosen.degrees.clone())
             }
         };
         let options = ConvertOptions {
@@ -263,10 +263,11 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
             margin,
             ..ConvertOptions::default()
         };
-        let conversion = convert(&ir, &calibration, &options)?;
+        let conversion = convert_with_degrees(&ir, &calibration, &options, &degrees)?;
         eprintln!("{}", conversion.report);
         conversion_json = serde_json::json!({
             "degree": degree,
+            "degrees": degrees,
             "margin": margin,
             "calibration_images": calibration.len().min(options.calibration_images),
         });
@@ -319,7 +320,7 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
     let t = Instant::now();
     let mut kg = KeyGenerator::new(params.clone())?;
     let sk = kg.secret_key();
-    let keys = kg.evaluation_keys(&sk, plan.needs_relinearization(), &steps, false)?;
+    let keys = spec.evaluation_keys(&mut kg, &sk)?;
     let keygen_s = t.elapsed().as_secs_f64();
     let key_bytes = keys.to_bytes().len();
     let ev = Evaluator::new(keys);

@@ -59,6 +59,12 @@ pub struct ServeArgs {
     /// Inferences evaluated at once.
     #[arg(long, default_value_t = 1)]
     max_concurrent_inferences: usize,
+    /// Memory the server may plan for, in MiB: the models' masks, one client's keys and one
+    /// evaluation's working memory per concurrent inference, and the key sets kept decoded.
+    /// Start-up refuses more concurrent inferences than it holds and keeps fewer key sets when
+    /// needed (default: 90% of the machine's memory; 0: no check).
+    #[arg(long)]
+    memory_budget_mib: Option<u64>,
     /// Most threads one evaluation uses (default: the machine's cores); a client's
     /// `omp_threads` can only lower it.
     #[arg(long)]
@@ -153,6 +159,14 @@ fn enrollment_hash(path: &std::path::Path) -> Result<cipherinfer_protocol::Token
     Ok(token.hash()?)
 }
 
+/// The machine's memory (`MemTotal` of /proc/meminfo), where the system says.
+fn machine_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 pub async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
     // Refuse a bad channel before anything slow (compiling models) or lasting (token files).
     // clap makes each of --tls-cert and --tls-key require the other.
@@ -176,6 +190,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
     options.service.session_ttl = Duration::from_secs(args.session_ttl_s);
     options.service.max_sessions_per_client = args.max_sessions_per_client;
     options.service.max_concurrent_inferences = args.max_concurrent_inferences;
+    options.service.memory_budget_bytes = match args.memory_budget_mib {
+        Some(0) => None,
+        Some(mib) => Some(mib.saturating_mul(1 << 20)),
+        None => machine_memory_bytes().map(|b| b / 10 * 9),
+    };
     if let Some(t) = args.max_eval_threads {
         options.service.max_eval_threads = t.max(1);
     }

@@ -44,6 +44,11 @@ pub struct ClientSpec {
     pub input_scale: f64,
     /// Rotation steps to generate keys for.
     pub rotation_steps: Vec<i64>,
+    /// The highest level each rotation key serves, in the order of `rotation_steps` (empty:
+    /// every level). A key for rotations that run only low in the circuit holds fewer primes
+    /// and digits, so it is smaller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotation_key_levels: Vec<usize>,
     /// Whether a relinearization key is needed.
     pub relinearization: bool,
     /// Where each output value is.
@@ -149,6 +154,79 @@ fn check_map(map: &SlotMap, slots: usize, features: usize, what: &str) -> Result
 }
 
 impl ClientSpec {
+    /// Each rotation key to generate, by Galois element, with the highest level it serves.
+    pub fn galois_key_levels(&self, params: &Parameters) -> std::collections::BTreeMap<u64, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for (i, &s) in self.rotation_steps.iter().enumerate() {
+            let g = params.galois_element(s);
+            if g == 1 {
+                continue;
+            }
+            let level = self
+                .rotation_key_levels
+                .get(i)
+                .copied()
+                .unwrap_or(params.max_level())
+                .min(params.max_level());
+            let l = out.entry(g).or_insert(level);
+            *l = (*l).max(level);
+        }
+        out
+    }
+
+    /// Generates the evaluation keys the model needs, each rotation key serving only the
+    /// levels it is used at.
+    pub fn evaluation_keys(
+        &self,
+        kg: &mut cipherinfer_ckks::KeyGenerator,
+        sk: &cipherinfer_ckks::SecretKey,
+    ) -> Result<cipherinfer_ckks::EvaluationKeys> {
+        let params = kg.parameters().clone();
+        let steps: Vec<(i64, usize)> = self
+            .rotation_steps
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                (
+                    s,
+                    self.rotation_key_levels
+                        .get(i)
+                        .copied()
+                        .unwrap_or(params.max_level()),
+                )
+            })
+            .collect();
+        Ok(kg.evaluation_keys_to_levels(sk, self.relinearization, &steps, false)?)
+    }
+
+    /// Bytes of the evaluation keys as uploaded (seeded).
+    pub fn evaluation_keys_bytes(&self, params: &Parameters) -> usize {
+        let levels: Vec<usize> = self.galois_key_levels(params).into_values().collect();
+        cipherinfer_ckks::serialization::evaluation_keys_bytes_to_levels(
+            params,
+            &levels,
+            self.relinearization,
+        )
+    }
+
+    /// Bytes a server holds for the evaluation keys: per key and digit, two polynomials over its
+    /// primes, 8 bytes per residue.
+    pub fn key_memory_bytes(&self, params: &Parameters) -> usize {
+        let per_key = |level: usize| {
+            let (digits, residues) = cipherinfer_ckks::keys::key_shape_for_level(params, level);
+            digits * 2 * residues * params.n() * 8
+        };
+        self.galois_key_levels(params)
+            .into_values()
+            .map(per_key)
+            .sum::<usize>()
+            + if self.relinearization {
+                per_key(params.max_level())
+            } else {
+                0
+            }
+    }
+
     /// Rebuilds the parameters (refusing anything below 128-bit security) and checks every
     /// field against them.
     pub fn validate(&self) -> Result<Arc<Parameters>> {
@@ -189,6 +267,15 @@ impl ClientSpec {
                 .any(|s| s.unsigned_abs() as usize >= slots)
         {
             return Err(bad("rotation steps out of range"));
+        }
+        if !(self.rotation_key_levels.is_empty()
+            || self.rotation_key_levels.len() == self.rotation_steps.len())
+            || self
+                .rotation_key_levels
+                .iter()
+                .any(|&l| l > params.max_level())
+        {
+            return Err(bad("rotation key levels out of range"));
         }
         Ok(params)
     }

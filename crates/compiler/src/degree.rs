@@ -10,10 +10,17 @@
 //! agreement and fits a parameter set is taken; when a degree no longer fits, or none reaches the
 //! target, the one of highest agreement that fits (the lowest such degree on a tie). The search
 //! also stops when two degrees in a row bring no better agreement.
+//!
+//! **Levels moved between activations.** Before a degree `d` that misses the target gives way to
+//! `2d + 1` (one more level per activation, often a larger ring), the search tries the same depth
+//! spent unevenly: one activation at `2d + 1`, another at `(d − 1) / 2`. Which ones comes from how
+//! much each alone moves the agreement when raised or lowered (`2k` conversions for `k`
+//! activations, not recorded as trials); the pair that gains most is tried as a trial of degree
+//! `d` with its per-activation `degrees`.
 
 use cipherinfer_model::ModelPackage;
-use cipherinfer_model::convert::convert;
-use cipherinfer_model::ir::Model;
+use cipherinfer_model::convert::{Conversion, ConvertOptions, convert, convert_with_degrees};
+use cipherinfer_model::ir::{Model, Op};
 use cipherinfer_model::plain::{self, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +49,10 @@ pub struct DegreeTrial {
     pub degree: usize,
     /// The range margin (fraction of each measured range's half-width added on each side).
     pub margin: f64,
+    /// Per activation, in network order, when they differ (levels moved between activations);
+    /// empty when every activation has `degree`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub degrees: Vec<usize>,
     /// Top-1 agreement of the approximated network with the network as given, on the images.
     pub top1_agreement: f64,
     /// Depth of the compiled plan, when a parameter set holds it (`None`: not compiled, or no
@@ -62,6 +73,21 @@ pub struct DegreeSearch {
     pub trials: Vec<DegreeTrial>,
 }
 
+impl DegreeTrial {
+    /// The degree, or the per-activation degrees joined by `/` when they differ.
+    pub fn describe_degree(&self) -> String {
+        if self.degrees.is_empty() {
+            self.degree.to_string()
+        } else {
+            self.degrees
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("/")
+        }
+    }
+}
+
 impl DegreeSearch {
     /// The degree taken.
     pub fn chosen(&self) -> Option<usize> {
@@ -77,6 +103,95 @@ impl DegreeSearch {
 fn predictions(model: &Model, images: &[Tensor]) -> Result<Vec<Option<usize>>> {
     plain::predict(model, images).map_err(|e| CompileError::Input(e.to_string()))
 }
+
+/// The uneven spending of degree `degree`'s levels the module describes: the per-activation
+/// degrees, their conversion and agreement, or `None` when there is nothing to move (fewer than
+/// two activations, or no degree below).
+fn moved_levels(
+    ir: &Model,
+    calibration: &[Tensor],
+    images: &[Tensor],
+    given: &[Option<usize>],
+    options: &ConvertOptions,
+) -> Result<Option<(Vec<usize>, Conversion, f64)>> {
+    let k = ir
+        .nodes()
+        .iter()
+        .filter(|n| matches!(n.op, Op::Activation(_)))
+        .count();
+    let d = options.degree;
+    let (up, down) = (2 * d + 1, (d - 1) / 2);
+    if k < 2 || down < 3 || up > *AUTO_DEGREES.last().unwrap_or(&d) {
+        return Ok(None);
+    }
+    let moved = |raise: usize, lower: usize| {
+        let mut v = vec![d; k];
+        v[raise] = up;
+        v[lower] = down;
+        v
+    };
+    let pairs: Vec<(usize, usize)> = if k <= MOVED_PAIRS_ALL {
+        (0..k)
+            .flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j)))
+            .collect()
+    } else {
+        // Each activation alone raised, then alone lowered: the most sensitive one gets the
+        // level of the least sensitive.
+        let alone = |at: usize, degree: usize| -> Result<f64> {
+            let mut v = vec![d; k];
+            v[at] = degree;
+            let c = convert_with_degrees(ir, calibration, options, &v)?;
+            top1_agreement(given, &c.model, images)
+        };
+        let raised = (0..k).map(|a| alone(a, up)).collect::<Result<Vec<_>>>()?;
+        let lowered = (0..k).map(|a| alone(a, down)).collect::<Result<Vec<_>>>()?;
+        let mut best: Option<(f64, usize, usize)> = None;
+        for (i, r) in raised.iter().enumerate() {
+            for (j, l) in lowered.iter().enumerate() {
+                if i != j && best.is_none_or(|b| r + l > b.0) {
+                    best = Some((r + l, i, j));
+                }
+            }
+        }
+        best.map(|(_, i, j)| vec![(i, j)]).unwrap_or_default()
+    };
+    // Top-1 agreement first; on a tie (a few hundred images tie often), the smaller mean squared
+    // difference of the outputs from the network's as given.
+    let given_out = images
+        .iter()
+        .map(|x| plain::run(ir, x).map_err(|e| CompileError::Input(e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    let mut best: Option<((f64, f64), Vec<usize>, Conversion)> = None;
+    for (i, j) in pairs {
+        let degrees = moved(i, j);
+        let conversion = convert_with_degrees(ir, calibration, options, &degrees)?;
+        let (mut same, mut sq, mut count) = (0usize, 0.0, 0usize);
+        for (x, want) in images.iter().zip(&given_out) {
+            let got =
+                plain::run(&conversion.model, x).map_err(|e| CompileError::Input(e.to_string()))?;
+            same += usize::from(got.argmax() == want.argmax());
+            for (a, b) in got.data().iter().zip(want.data()) {
+                sq += (a - b) * (a - b);
+                count += 1;
+            }
+        }
+        let score = (
+            same as f64 / images.len().max(1) as f64,
+            sq / count.max(1) as f64,
+        );
+        if best
+            .as_ref()
+            .is_none_or(|(b, ..)| score.0 > b.0 || (score.0 == b.0 && score.1 < b.1))
+        {
+            best = Some((score, degrees, conversion));
+        }
+    }
+    Ok(best.map(|((agreement, _), degrees, conversion)| (degrees, conversion, agreement)))
+}
+
+/// Up to this many activations, every (raised, lowered) pair is tried when levels are moved;
+/// above, one pair chosen from each activation's own sensitivity.
+const MOVED_PAIRS_ALL: usize = 4;
 
 fn top1_agreement(given: &[Option<usize>], approximated: &Model, images: &[Tensor]) -> Result<f64> {
     let got = predictions(approximated, images)?;
@@ -147,6 +262,7 @@ pub fn compile_choosing_degree(
             search.trials.push(DegreeTrial {
                 degree,
                 margin,
+                degrees: Vec::new(),
                 top1_agreement: agreement,
                 depth: None,
                 chosen: false,
@@ -171,6 +287,48 @@ pub fn compile_choosing_degree(
                 }
             }
         }
+        // Every margin missed the target at this degree: the same depth spent unevenly, at the
+        // margin that did best.
+        let Some(at_best) = search
+            .trials
+            .iter()
+            .filter(|t| t.degree == degree)
+            .max_by(|a, b| a.top1_agreement.total_cmp(&b.top1_agreement))
+            .map(|t| t.margin)
+        else {
+            continue;
+        };
+        let mut opts = *options;
+        opts.convert.degree = degree;
+        opts.convert.margin = at_best;
+        let Some((degrees, conversion, agreement)) =
+            moved_levels(ir, calibration, images, &given, &opts.convert)?
+        else {
+            continue;
+        };
+        let index = search.trials.len();
+        search.trials.push(DegreeTrial {
+            degree,
+            margin: at_best,
+            degrees,
+            top1_agreement: agreement,
+            depth: None,
+            chosen: false,
+        });
+        if agreement >= target {
+            match compile_converted(conversion.clone(), calibration, &opts) {
+                Ok(compiled) => {
+                    search.trials[index].depth = Some(compiled.he.depth());
+                    search.trials[index].chosen = true;
+                    return Ok((compiled, Some(search)));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    break 'search;
+                }
+            }
+        }
+        candidates.push((agreement, index, conversion));
     }
     // No degree reached the target within what fits: the best agreement that fits (the
     // cheapest on a tie).

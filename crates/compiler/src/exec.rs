@@ -37,6 +37,7 @@ struct EncodedLinear {
 enum EncodedStep {
     Linear(EncodedLinear),
     Save(usize),
+    RotateSum(Vec<Vec<i64>>),
     Square,
     Poly(Polynomial),
 }
@@ -210,6 +211,12 @@ impl HeModel {
                     )?);
                 }
                 Step::Save { register } => steps.push(EncodedStep::Save(*register)),
+                Step::RotateSum { stages } => steps.push(EncodedStep::RotateSum(
+                    stages
+                        .iter()
+                        .map(|st| st.iter().map(|&o| (o * batch) as i64).collect())
+                        .collect(),
+                )),
             }
         }
         let input_scale = params.default_scale();
@@ -253,6 +260,68 @@ impl HeModel {
         self.mask_bytes
     }
 
+    /// Working memory of one evaluation at its largest step, beyond the model's masks and the
+    /// client's keys (an upper estimate from the plan): the live ciphertexts and kept registers;
+    /// for a linear step, every input's hoisted rotations in the extended basis Q ∪ P, one
+    /// decomposition, the output accumulators and, with lazy masks, one group's masks; for an
+    /// activation, its power basis.
+    pub fn working_memory_bytes(&self) -> usize {
+        let p = &self.params;
+        let n = p.n();
+        let special = p.p_primes().len();
+        let ct = |level: usize| 2 * (level + 1) * n * 8;
+        let ext = |level: usize| (level + 1 + special) * n * 8;
+        let mut level = self.input_level;
+        let mut cts = self.plan.input.num_cts;
+        let mut registers = 0usize;
+        let mut peak = 0usize;
+        for step in &self.plan.steps {
+            let here = match step {
+                Step::Linear(l) => {
+                    let n1 = l.baby_steps.max(1);
+                    let mut babies = vec![std::collections::BTreeSet::new(); l.in_cts];
+                    let mut per_group = std::collections::BTreeMap::new();
+                    for (&(o, i), d) in &l.diagonals {
+                        for &k in d.keys() {
+                            babies[i].insert(k % n1);
+                            *per_group.entry((o, k / n1)).or_insert(0usize) += 1;
+                        }
+                    }
+                    let rotations: usize = babies.iter().map(|b| b.len()).sum();
+                    let lazy = if self.lazy_masks {
+                        per_group.values().copied().max().unwrap_or(0) * ext(level)
+                    } else {
+                        0
+                    };
+                    let digits = cipherinfer_ckks::keys::key_shape_for_level(p, level).0;
+                    let w = l.in_cts * ct(level)
+                        + rotations * 3 * ext(level)
+                        + digits * ext(level)
+                        + l.out_cts * 2 * ext(level)
+                        + lazy;
+                    cts = l.out_cts;
+                    w
+                }
+                Step::Poly { coeffs } | Step::Chebyshev { coeffs, .. } => {
+                    let terms = coeffs.len().next_power_of_two().trailing_zeros() as usize;
+                    cts * ct(level) + (coeffs.len().isqrt() + terms + 4) * ct(level)
+                }
+                Step::RotateSum { stages } => {
+                    let widest = stages.iter().map(Vec::len).max().unwrap_or(0);
+                    let digits = cipherinfer_ckks::keys::key_shape_for_level(p, level).0;
+                    cts * ct(level) + (widest + 1) * ct(level) + digits * ext(level)
+                }
+                Step::Save { .. } => {
+                    registers += cts * ct(level);
+                    0
+                }
+            };
+            peak = peak.max(here + registers);
+            level = level.saturating_sub(step.depth());
+        }
+        peak
+    }
+
     /// The plan.
     pub fn plan(&self) -> &Plan {
         &self.plan
@@ -291,6 +360,17 @@ impl HeModel {
             .collect()
     }
 
+    /// The highest level each rotation key must serve, in the order of
+    /// [`HeModel::rotation_steps`].
+    pub fn rotation_key_levels(&self) -> Vec<usize> {
+        let levels = self.plan.rotation_key_levels();
+        self.plan
+            .rotation_steps()
+            .iter()
+            .map(|s| levels.get(s).copied().unwrap_or(self.input_level))
+            .collect()
+    }
+
     /// Refuses an evaluation before any work when `max_depth` (a caller's bound on the
     /// multiplicative depth) is below the plan's depth.
     pub fn check_depth_bound(&self, max_depth: usize) -> Result<()> {
@@ -318,7 +398,9 @@ impl HeModel {
         let missing: Vec<i64> = self
             .rotation_steps()
             .into_iter()
-            .filter(|&s| !ev.can_rotate(s))
+            .zip(self.rotation_key_levels())
+            .filter(|&(s, level)| !ev.can_rotate_at(s, level))
+            .map(|(s, _)| s)
             .collect();
         if !missing.is_empty() {
             return Err(CompileError::MissingRotationKeys { steps: missing });
@@ -345,6 +427,7 @@ impl HeModel {
             input_level: self.input_level,
             input_scale: self.input_scale,
             rotation_steps: self.rotation_steps(),
+            rotation_key_levels: self.rotation_key_levels(),
             relinearization: self.plan.needs_relinearization(),
             output: self.plan.output.clone(),
             output_shape: self.plan.output_shape,
@@ -402,6 +485,16 @@ impl HeModel {
                     .iter()
                     .map(|c| ev.evaluate_polynomial(c, p, None))
                     .collect::<std::result::Result<_, _>>()?,
+                EncodedStep::RotateSum(stages) => {
+                    for stage in stages {
+                        for ct in cts.iter_mut() {
+                            for rotated in ev.rotate_hoisted(ct, stage)? {
+                                ev.add_assign(ct, &rotated)?;
+                            }
+                        }
+                    }
+                    cts
+                }
                 EncodedStep::Save(register) => {
                     if *register != registers.len() {
                         return Err(CompileError::Input(format!(

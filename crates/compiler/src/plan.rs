@@ -7,6 +7,19 @@
 //! grid anchored at the input pixels they start from (a stride-1 convolution moves no data: its
 //! diagonals are its taps); vector outputs use the replicated-block method — `m` diagonals, then
 //! log2(span/m) rotate-and-add steps — leaving feature `r` in slot `r`. Activations are slot-wise.
+//!
+//! Two layouts keep convolutions cheap after pooling and strides:
+//!
+//! - **Window sums.** An average pooling that a convolution follows is not fused into it (that
+//!   would multiply the convolution's diagonals by the window's offsets: 9 taps become 36 after a
+//!   2×2 pool). It becomes a [`Step::RotateSum`] — each ciphertext plus its rotations by the
+//!   window's column and row offsets, no level and no masks — and its `1/(kh·kw)` goes into the
+//!   convolution, which reads each window's sum where the window starts.
+//! - **Multiplexed outputs.** After a stride (or a window sum), a channel occupies one slot in
+//!   `sy·sx` of its block. A strided output grid puts up to `sy·sx` channels in one block, each in
+//!   its own lane of those gaps ([`Lanes`]), so the tensor fills fewer ciphertexts: later
+//!   activations and layers touch fewer ciphertexts, and a convolution still finds each channel's
+//!   neighbours at fixed slot distances (Lee et al.'s multiplexed packing).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,19 +48,120 @@ pub struct Grid {
     pub col_stride: usize,
     /// Channel blocks per ciphertext.
     pub channels_per_ct: usize,
+    /// Channels sharing one block in the gaps a stride leaves (multiplexed packing); absent
+    /// for one channel per block.
+    #[serde(default, skip_serializing_if = "Lanes::is_single")]
+    pub lanes: Lanes,
+}
+
+/// Multiplexed packing: after a stride, `rows × cols` channels share one block, channel lane
+/// `(a, b)` offset by `a · row_step + b · col_step` slots from the grid positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Lanes {
+    /// Lanes down.
+    pub rows: usize,
+    /// Lanes across.
+    pub cols: usize,
+    /// Slot distance between lanes down.
+    pub row_step: usize,
+    /// Slot distance between lanes across.
+    pub col_step: usize,
+}
+
+impl Default for Lanes {
+    fn default() -> Self {
+        Self {
+            rows: 1,
+            cols: 1,
+            row_step: 0,
+            col_step: 0,
+        }
+    }
+}
+
+impl Lanes {
+    /// Whether a block holds one channel (no multiplexing).
+    pub fn is_single(&self) -> bool {
+        *self == Lanes::default()
+    }
+
+    /// Channels per block.
+    pub fn count(&self) -> usize {
+        self.rows * self.cols
+    }
 }
 
 impl Grid {
     /// (ciphertext, slot) of element (c, y, x).
     pub fn position(&self, c: usize, y: usize, x: usize) -> (usize, usize) {
+        let m = self.lanes.count().max(1);
+        let (block, lane) = (c / m, c % m);
+        let offset = (lane / self.lanes.cols.max(1)) * self.lanes.row_step
+            + (lane % self.lanes.cols.max(1)) * self.lanes.col_step;
         (
-            c / self.channels_per_ct,
-            (c % self.channels_per_ct) * self.block + y * self.row_stride + x * self.col_stride,
+            block / self.channels_per_ct,
+            (block % self.channels_per_ct) * self.block
+                + y * self.row_stride
+                + x * self.col_stride
+                + offset,
         )
     }
     /// Ciphertexts needed.
     pub fn num_cts(&self) -> usize {
-        self.c.div_ceil(self.channels_per_ct)
+        self.c
+            .div_ceil(self.lanes.count().max(1))
+            .div_ceil(self.channels_per_ct)
+    }
+
+    /// Whether every element has its own slot inside its channel's block.
+    fn is_injective(&self) -> bool {
+        let m = self.lanes.count().max(1).min(self.c);
+        let mut seen = BTreeSet::new();
+        for lane in 0..m {
+            for y in 0..self.h {
+                for x in 0..self.w {
+                    let (_, s) = self.position(lane, y, x);
+                    if s >= self.block || !seen.insert(s) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// The densest multiplexed form of this grid: as many channels per block as the gaps left
+    /// by its strides hold (powers of two, no more than needed), so a strided layer's output
+    /// fills fewer ciphertexts. Lanes sit at fractions of the strides, so a later convolution
+    /// still finds each channel's neighbours at fixed slot distances.
+    pub fn multiplexed(self) -> Grid {
+        let plain = Grid {
+            lanes: Lanes::default(),
+            ..self
+        };
+        let mut best = plain;
+        let mut rows = 1;
+        while rows <= self.row_stride && self.row_stride.is_multiple_of(rows) {
+            let mut cols = 1;
+            while cols <= self.col_stride && self.col_stride.is_multiple_of(cols) {
+                let lanes = Lanes {
+                    rows,
+                    cols,
+                    row_step: self.row_stride / rows,
+                    col_step: self.col_stride / cols,
+                };
+                let g = Grid { lanes, ..plain };
+                if lanes.count() <= self.c.next_power_of_two()
+                    && g.is_injective()
+                    && (g.num_cts(), lanes.count()) < (best.num_cts(), best.lanes.count())
+                {
+                    best = g;
+                }
+                cols *= 2;
+            }
+            rows *= 2;
+        }
+        best
     }
 }
 
@@ -90,6 +204,7 @@ impl SlotMap {
             row_stride,
             col_stride: 1,
             channels_per_ct: slots / block,
+            lanes: Lanes::default(),
         };
         let mut positions = Vec::with_capacity(c * h * w);
         for ch in 0..c {
@@ -214,6 +329,13 @@ pub enum Step {
         /// The register.
         register: usize,
     },
+    /// Sums each ciphertext with rotations of itself, stage by stage: `x ← x + Σ_o rot(x, o)`
+    /// for the offsets `o` of each stage (hoisted within a stage). A pooling window summed this
+    /// way costs rotations but no level and no masks; its `1/(kh·kw)` goes into the next step.
+    RotateSum {
+        /// Offsets of each stage.
+        stages: Vec<Vec<usize>>,
+    },
 }
 
 /// The CKKS polynomial of a Chebyshev step.
@@ -233,7 +355,7 @@ impl Step {
     pub fn depth(&self) -> usize {
         match self {
             Step::Linear(_) => 1,
-            Step::Save { .. } => 0,
+            Step::Save { .. } | Step::RotateSum { .. } => 0,
             Step::Poly { coeffs } => poly_depth(coeffs),
             Step::Chebyshev { coeffs, interval } => chebyshev_polynomial(coeffs, *interval)
                 .map(|p| p.depth())
@@ -262,6 +384,10 @@ impl Step {
                 }
             ),
             Step::Save { register } => format!("keep for a residual sum: register {register}"),
+            Step::RotateSum { stages } => format!(
+                "window sum: {} rotations per ciphertext",
+                stages.iter().map(Vec::len).sum::<usize>()
+            ),
             Step::Poly { coeffs } => {
                 format!("activation: degree {}", coeffs.len().saturating_sub(1))
             }
@@ -383,6 +509,7 @@ fn share_keys(steps: &mut [Step], slots: usize) {
                 .filter(|(j, _)| *j != i)
                 .filter_map(|(_, s)| match s {
                     Step::Linear(l) => Some(step_keys(&l.keys(), l.baby_steps, &l.block_sum)),
+                    Step::RotateSum { stages } => Some(stages.iter().flatten().copied().collect()),
                     Step::Poly { .. } | Step::Chebyshev { .. } | Step::Save { .. } => None,
                 })
                 .flatten()
@@ -414,16 +541,54 @@ impl Plan {
     pub fn rotation_steps(&self) -> Vec<i64> {
         let mut out = BTreeSet::new();
         for step in &self.steps {
-            if let Step::Linear(l) = step {
-                out.extend(
-                    bsgs_rotation_steps(l.keys(), l.baby_steps)
-                        .into_iter()
-                        .map(|s| s as i64),
-                );
-                out.extend(l.block_sum.iter().map(|&s| s as i64));
+            match step {
+                Step::Linear(l) => {
+                    out.extend(
+                        bsgs_rotation_steps(l.keys(), l.baby_steps)
+                            .into_iter()
+                            .map(|s| s as i64),
+                    );
+                    out.extend(l.block_sum.iter().map(|&s| s as i64));
+                }
+                Step::RotateSum { stages } => {
+                    out.extend(stages.iter().flatten().map(|&s| s as i64));
+                }
+                _ => {}
             }
         }
         out.into_iter().collect()
+    }
+
+    /// Every rotation step with the highest level it runs at (the input is at level
+    /// [`Plan::depth`]), by step: a key need serve no level above it.
+    pub fn rotation_key_levels(&self) -> BTreeMap<i64, usize> {
+        let mut out: BTreeMap<i64, usize> = BTreeMap::new();
+        let mut want = |step: usize, level: usize| {
+            let l = out.entry(step as i64).or_insert(level);
+            *l = (*l).max(level);
+        };
+        let mut level = self.depth();
+        for step in &self.steps {
+            match step {
+                Step::Linear(l) => {
+                    for s in bsgs_rotation_steps(l.keys(), l.baby_steps) {
+                        want(s, level);
+                    }
+                    // The block sums run after the step's rescale.
+                    for &s in &l.block_sum {
+                        want(s, level.saturating_sub(1));
+                    }
+                }
+                Step::RotateSum { stages } => {
+                    for &s in stages.iter().flatten() {
+                        want(s, level);
+                    }
+                }
+                Step::Poly { .. } | Step::Chebyshev { .. } | Step::Save { .. } => {}
+            }
+            level = level.saturating_sub(step.depth());
+        }
+        out
     }
 
     /// Whether any step needs relinearization (ciphertext products).
@@ -448,6 +613,19 @@ impl Plan {
                         )));
                     }
                     registers.push(cts.clone());
+                    cts
+                }
+                Step::RotateSum { stages } => {
+                    for stage in stages {
+                        for ct in cts.iter_mut() {
+                            let base = ct.clone();
+                            for &o in stage {
+                                for (s, v) in ct.iter_mut().enumerate() {
+                                    *v += base[(s + o) % n];
+                                }
+                            }
+                        }
+                    }
                     cts
                 }
                 Step::Chebyshev { coeffs, interval } => {
@@ -522,7 +700,7 @@ fn lower(
     };
     let (out_map, out_cts, block_sum) = match (op.out_shape, out_grid) {
         (Shape::Chw(c, h, w), Some(g)) => {
-            let grid = Grid { c, h, w, ..g };
+            let grid = Grid { c, h, w, ..g }.multiplexed();
             let mut positions = Vec::with_capacity(op.rows.len());
             for (f, row) in op.rows.iter().enumerate() {
                 let (ch, y, x) = (f / (h * w), (f / w) % h, f % w);
@@ -597,6 +775,57 @@ fn lower(
         saved: Vec::new(),
     };
     Ok((step, out_map))
+}
+
+/// A 2-D average pooling on a grid as a [`Step::RotateSum`]: the step, the map of the pooled
+/// tensor (each window's sum sits where its first element was) and the operator that scales it
+/// by `1/(kh·kw)` for the next linear step. `None` for other layers or a tensor off a grid.
+fn window_sum(layer: &Layer, input: Shape, current: &SlotMap) -> Option<(Step, SlotMap, LinearOp)> {
+    let (Layer::AvgPool2d { kernel, stride }, Some(g)) = (layer, current.grid) else {
+        return None;
+    };
+    let out = layer.output_shape(input, 0).ok()?;
+    let (Shape::Chw(c, h, w), Shape::Chw(_, oh, ow)) = (input, out) else {
+        return None;
+    };
+    let stages: Vec<Vec<usize>> = [
+        (1..kernel.1)
+            .map(|dx| dx * g.col_stride)
+            .collect::<Vec<_>>(),
+        (1..kernel.0).map(|dy| dy * g.row_stride).collect(),
+    ]
+    .into_iter()
+    .filter(|s| !s.is_empty())
+    .collect();
+    let mut positions = Vec::with_capacity(c * oh * ow);
+    for ch in 0..c {
+        for y in 0..oh {
+            for x in 0..ow {
+                positions
+                    .push(current.positions[(ch * h + y * stride.0) * w + x * stride.1].clone());
+            }
+        }
+    }
+    let grid = Grid {
+        h: oh,
+        w: ow,
+        row_stride: g.row_stride * stride.0,
+        col_stride: g.col_stride * stride.1,
+        ..g
+    };
+    let map = SlotMap {
+        num_cts: current.num_cts,
+        positions,
+        grid: Some(grid),
+    };
+    let mut scaled = LinearOp::identity(out);
+    let inv = 1.0 / (kernel.0 * kernel.1) as f64;
+    for row in &mut scaled.rows {
+        for (_, w) in row.iter_mut() {
+            *w *= inv;
+        }
+    }
+    Some((Step::RotateSum { stages }, map, scaled))
 }
 
 /// Where the inputs of a register start in the input of a fused run that has `saved` before it
@@ -676,8 +905,22 @@ pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Res
         // kept tensor to the operator's input.
         let mut op: Option<LinearOp> = None;
         let mut saved: Vec<usize> = Vec::new();
-        let mut grid = current.grid;
+        let mut run_inputs = shapes[i].len();
         let mut j = i;
+        // A pooling that a convolution follows: summed by rotations (no level, no masks), so
+        // the convolution keeps its own taps instead of one per tap and window offset.
+        if let (Some(pooled), Some(Layer::Conv2d { .. })) = (
+            window_sum(&net.layers[i], shapes[i], &current),
+            net.layers.get(i + 1),
+        ) {
+            let (step, map, scaled) = pooled;
+            steps.push(step);
+            run_inputs = map.positions.len();
+            current = map;
+            op = Some(scaled);
+            j = i + 1;
+        }
+        let mut grid = current.grid;
         loop {
             let layer = &net.layers[j];
             op = Some(match (layer, op.take()) {
@@ -689,7 +932,7 @@ pub fn compile_with(net: &Network, slots: usize, options: CompileOptions) -> Res
                         saved.push(*register);
                         saved.len() - 1
                     });
-                    let offset = saved_offset(&saved[..at], &register_shapes, shapes[i].len());
+                    let offset = saved_offset(&saved[..at], &register_shapes, run_inputs);
                     first.plus_branch(branch, kept, offset)?
                 }
                 (layer, None) => LinearOp::from_layer(layer, shapes[j])?,

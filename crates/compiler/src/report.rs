@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use cipherinfer_ckks::serialization::{ciphertext_bytes, evaluation_keys_bytes};
+use cipherinfer_ckks::serialization::ciphertext_bytes;
 use cipherinfer_ckks::{Encoder, Evaluator, KeyGenerator, Parameters, secret_key_pair};
 use cipherinfer_model::convert::ConversionReport;
 use cipherinfer_model::ir::Model;
@@ -135,6 +135,8 @@ pub struct CompileReport {
 }
 
 fn step_rows(plan: &Plan) -> Vec<StepRow> {
+    // Ciphertexts the current tensor fills: slot-wise steps act on each.
+    let mut cts = plan.input.num_cts;
     plan.steps
         .iter()
         .map(|step| {
@@ -158,22 +160,28 @@ fn step_rows(plan: &Plan) -> Vec<StepRow> {
                     }
                     let hoisted = babies.iter().map(|b| b.len()).sum::<usize>();
                     let products = l.diagonals.values().map(|d| d.len()).sum();
+                    cts = l.out_cts;
                     (giants.len() + l.block_sum.len(), hoisted, products, 0)
                 }
                 Step::Save { .. } => (0, 0, 0, 0),
-                Step::Poly { coeffs } if is_pure_square(coeffs) => (0, 0, 0, 1),
+                // Per ciphertext and stage, one decomposition: its first rotation is a full one.
+                Step::RotateSum { stages } => {
+                    let all: usize = stages.iter().map(Vec::len).sum();
+                    (cts * stages.len(), cts * (all - stages.len()), 0, 0)
+                }
+                Step::Poly { coeffs } if is_pure_square(coeffs) => (0, 0, 0, cts),
                 Step::Poly { coeffs } => (
                     0,
                     0,
                     0,
-                    cipherinfer_ckks::Polynomial::monomial(coeffs.clone())
+                    cts * cipherinfer_ckks::Polynomial::monomial(coeffs.clone())
                         .map_or(0, |p| p.products()),
                 ),
                 Step::Chebyshev { coeffs, interval } => (
                     0,
                     0,
                     0,
-                    chebyshev_polynomial(coeffs, *interval).map_or(0, |p| p.products()),
+                    cts * chebyshev_polynomial(coeffs, *interval).map_or(0, |p| p.products()),
                 ),
             };
             StepRow {
@@ -338,16 +346,10 @@ impl CompileReport {
             parameters: parameter_row(params),
             rotation_keys: spec.rotation_steps.len(),
             relinearization: spec.relinearization,
-            eval_keys_bytes: evaluation_keys_bytes(
-                params,
-                spec.rotation_steps.len(),
-                spec.relinearization,
-            ),
-            server_memory_bytes: he.mask_bytes().saturating_add(key_memory_bytes(
-                params,
-                spec.rotation_steps.len(),
-                spec.relinearization,
-            )),
+            eval_keys_bytes: spec.evaluation_keys_bytes(params),
+            server_memory_bytes: he
+                .mask_bytes()
+                .saturating_add(spec.key_memory_bytes(params)),
             input_bytes: spec.input.num_cts * ciphertext_bytes(params, input_level, true),
             output_bytes: plan.output.num_cts
                 * ciphertext_bytes(params, input_level.saturating_sub(depth), false),
@@ -472,7 +474,7 @@ impl fmt::Display for CompileReport {
                     let fits = if t.chosen { " (chosen)" } else { "" };
                     format!(
                         "{} (margin {}) -> {:.1}%{fits}",
-                        t.degree,
+                        t.describe_degree(),
                         t.margin,
                         100.0 * t.top1_agreement
                     )

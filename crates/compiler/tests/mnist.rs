@@ -326,18 +326,27 @@ fn missing_keys_and_depth_bounds_are_refused_before_any_work() {
     assert_eq!(err.code(), "depth_exceeded");
 }
 
-#[test]
-fn mnist_relu_converted_runs_encrypted_at_128_bits() {
-    use cipherinfer_compiler::compile_model_auto;
-    use cipherinfer_model::convert::{ConvertOptions, convert};
-    // Degree-4 ReLU polynomials keep the depth at 13, which fits N = 2^14 (the bench also runs
-    // the default degree 8 at N = 2^15).
+/// The shipped conventional network (ReLU, MaxPool) and its labelled sample images.
+fn mnist_relu() -> (
+    cipherinfer_model::ir::Model,
+    Vec<(cipherinfer_model::plain::Tensor, u8)>,
+) {
     let manifest = Manifest::shipped().expect("manifest");
     let entry = manifest.model("mnist-relu").expect("entry").clone();
     let ir =
         onnx::import(&manifest.read_model("mnist-relu").expect("model").bytes).expect("import");
     let samples = manifest.load_samples(&entry.dataset).expect("samples");
     let labelled = plain::sample_inputs(&samples, &entry.input).expect("inputs");
+    (ir, labelled)
+}
+
+#[test]
+fn mnist_relu_converted_runs_encrypted_at_128_bits() {
+    use cipherinfer_compiler::compile_model_auto;
+    use cipherinfer_model::convert::{ConvertOptions, convert};
+    // Degree-4 ReLU polynomials keep the depth at 13, which fits N = 2^14 (the degree search
+    // below finds 7 / 15 / 3 at the same depth).
+    let (ir, labelled) = mnist_relu();
     let calibration: Vec<_> = labelled.iter().take(200).map(|(t, _)| t.clone()).collect();
     let options = ConvertOptions {
         degree: 4,
@@ -351,7 +360,33 @@ fn mnist_relu_converted_runs_encrypted_at_128_bits() {
     let params = model.parameters().clone();
     assert_eq!(params.log_n(), 14);
     assert_eq!(model.depth(), 13);
-    assert!(model.lazy_masks(), "the masks exceed the default budget");
+    // The first pooling is summed by rotations before the second convolution, whose 32
+    // channels then share one ciphertext four to a block (multiplexed): its masks fit the
+    // default budget.
+    assert!(
+        model
+            .plan()
+            .steps
+            .iter()
+            .any(|s| matches!(s, cipherinfer_compiler::Step::RotateSum { .. }))
+    );
+    let conv2 = model
+        .plan()
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            cipherinfer_compiler::Step::Linear(l) => Some(l),
+            _ => None,
+        })
+        .nth(1)
+        .expect("second linear step");
+    assert_eq!((conv2.in_cts, conv2.out_cts), (2, 1));
+    assert!(!model.lazy_masks(), "the masks fit the default budget");
+    // Masks encoded as each step runs give the same results.
+    let on_use =
+        cipherinfer_compiler::HeModel::with_mask_budget(model.plan().clone(), params.clone(), 0)
+            .expect("bind");
+    assert!(on_use.lazy_masks());
     let mut kg = KeyGenerator::new(params.clone()).expect("kg");
     let sk = kg.secret_key();
     let keys = kg
@@ -360,7 +395,7 @@ fn mnist_relu_converted_runs_encrypted_at_128_bits() {
     let ev = Evaluator::new(keys);
     let encoder = Encoder::new(params);
     let (mut sym, dec) = secret_key_pair(sk).expect("secret key");
-    for (x, _) in labelled.iter().take(2) {
+    for ((x, _), model) in labelled.iter().zip([&model, &on_use]) {
         let want = plain::run(&converted, x).expect("reference").into_data();
         let cts = model
             .client_spec()
@@ -402,4 +437,51 @@ fn the_server_view_round_trips_through_serialization() {
             model.plan().execute_cleartext(x).expect("cleartext")
         );
     }
+}
+
+#[test]
+fn the_degree_search_moves_levels_to_where_the_network_is_sensitive() {
+    use cipherinfer_compiler::degree::{DEFAULT_TARGET_AGREEMENT, SHIPPED_SEARCH_IMAGES};
+    use cipherinfer_compiler::{ServingOptions, compile_choosing_degree};
+    // mnist-relu (three ReLUs): degree 7 everywhere fits N = 2^14 (depth 13) but agrees with the
+    // network as given on fewer than 99% of the search images, and degree 15 everywhere needs
+    // N = 2^15. The same depth spent as 15 / 7 / 3 on the right activations reaches 99%.
+    let (ir, labelled) = mnist_relu();
+    let images: Vec<_> = labelled
+        .iter()
+        .take(SHIPPED_SEARCH_IMAGES)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let calibration = &images[..200];
+    let (compiled, search) = compile_choosing_degree(
+        &ir,
+        calibration,
+        &images,
+        &ServingOptions::default(),
+        DEFAULT_TARGET_AGREEMENT,
+    )
+    .expect("compile");
+    let search = search.expect("a search");
+    let chosen = search.chosen_trial().expect("chosen");
+    assert!(
+        chosen.top1_agreement >= DEFAULT_TARGET_AGREEMENT,
+        "{search:?}"
+    );
+    let mut degrees = chosen.degrees.clone();
+    degrees.sort_unstable();
+    assert_eq!(degrees, vec![3, 7, 15], "{search:?}");
+    assert_eq!(chosen.depth, Some(13));
+    assert_eq!(compiled.he.parameters().log_n(), 14);
+    // The conversion report shows the degrees the activations got.
+    let report = compiled.conversion.expect("converted");
+    let mut got: Vec<usize> = report.activations.iter().map(|a| a.degree).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![3, 7, 15]);
+    // Uniform degree 7 missed the target before levels were moved.
+    assert!(
+        search
+            .trials
+            .iter()
+            .any(|t| t.degree == 7 && t.degrees.is_empty() && t.top1_agreement < 0.99)
+    );
 }

@@ -60,6 +60,50 @@ fn small_net(seed: u64, padding: usize) -> Network {
     }
 }
 
+fn conv(rng: &mut ChaCha20Rng, in_c: usize, out_c: usize, stride: usize) -> Layer {
+    Layer::Conv2d {
+        in_c,
+        out_c,
+        kernel: (3, 3),
+        stride: (stride, stride),
+        padding: (1, 1, 1, 1),
+        groups: 1,
+        weight: rand_vec(rng, out_c * in_c * 9, 0.5),
+        bias: rand_vec(rng, out_c, 0.1),
+    }
+}
+
+/// conv 1->4, square, avgpool 2, conv 4->8, square, conv 8->8 stride 2, square, dense 32->5:
+/// a pooling before a convolution and strided outputs that share blocks.
+fn pooled_net(seed: u64) -> Network {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let square = Layer::Poly {
+        coeffs: vec![0.0, 0.0, 1.0],
+    };
+    Network {
+        input: (1, 8, 8),
+        layers: vec![
+            conv(&mut rng, 1, 4, 1),
+            square.clone(),
+            Layer::AvgPool2d {
+                kernel: (2, 2),
+                stride: (2, 2),
+            },
+            conv(&mut rng, 4, 8, 1),
+            square.clone(),
+            conv(&mut rng, 8, 8, 2),
+            square,
+            Layer::Flatten,
+            Layer::Dense {
+                in_f: 32,
+                out_f: 5,
+                weight: rand_vec(&mut rng, 160, 0.3),
+                bias: rand_vec(&mut rng, 5, 0.1),
+            },
+        ],
+    }
+}
+
 fn image(seed: u64) -> Vec<f64> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     rand_vec(&mut rng, 64, 1.0)
@@ -100,9 +144,51 @@ fn cleartext_plan_equals_the_network() {
     }
 }
 
+#[test]
+fn a_pooling_before_a_convolution_is_a_window_sum_and_strided_outputs_share_blocks() {
+    for slots in [128usize, 512] {
+        let net = pooled_net(3);
+        let plan = compile(&net, slots).expect("compile");
+        assert_eq!(plan.depth(), 7, "four linear steps and three squares");
+        let sums: Vec<_> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                cipherinfer_compiler::Step::RotateSum { stages } => Some(stages.clone()),
+                _ => None,
+            })
+            .collect();
+        // The 2x2 window: one column and one row neighbour on the 8x8 input grid.
+        assert_eq!(sums, vec![vec![vec![1], vec![8]]]);
+        let linear: Vec<_> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                cipherinfer_compiler::Step::Linear(l) => Some(l),
+                _ => None,
+            })
+            .collect();
+        // The second convolution keeps its 9 taps per block pair (no taps × window offsets),
+        // and writes its 8 channels four to a block in the gaps of the pooled grid.
+        let blocks = slots / 64;
+        let keys = linear[1].keys().len();
+        assert!(keys <= 9 * blocks * 4, "{keys} diagonal indices");
+        assert_eq!(linear[1].out_cts, 8usize.div_ceil(4 * blocks));
+        for s in 0..3 {
+            let x = image(20 + s);
+            let want = net.forward(&x).expect("forward");
+            let got = plan.execute_cleartext(&x).expect("cleartext");
+            assert!(
+                max_err(&got, &want) < 1e-9,
+                "slots {slots}: {got:?} vs {want:?}"
+            );
+        }
+    }
+}
+
 fn insecure_params(log_n: u32) -> std::sync::Arc<cipherinfer_ckks::Parameters> {
     let lit: ParametersLiteral = serde_json::from_str(&format!(
-        r#"{{"log_n":{log_n},"log_q":[50,36,36,36,36,36],"log_p":[55,55],"log_scale":36,"dnum":3}}"#
+        r#"{{"log_n":{log_n},"log_q":[50,36,36,36,36,36,36,36],"log_p":[55,55],"log_scale":36,"dnum":4}}"#
     ))
     .expect("literal");
     lit.build_insecure_for_tests()
@@ -111,9 +197,12 @@ fn insecure_params(log_n: u32) -> std::sync::Arc<cipherinfer_ckks::Parameters> {
 
 #[test]
 fn encrypted_execution_matches_cleartext_with_the_derived_keys() {
-    for log_n in [10u32, 8] {
+    for (log_n, net) in [
+        (10u32, small_net(2, 1)),
+        (8, small_net(2, 1)),
+        (8, pooled_net(4)),
+    ] {
         let params = insecure_params(log_n);
-        let net = small_net(2, 1);
         let plan = compile(&net, params.slots()).expect("compile");
         let steps = plan.rotation_steps();
         let model = HeModel::new(plan.clone(), params.clone()).expect("bind");

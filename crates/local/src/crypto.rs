@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use cipherinfer_ckks::serialization::{ToBytes, evaluation_keys_bytes};
+use cipherinfer_ckks::serialization::ToBytes;
 use cipherinfer_ckks::{EvaluationKeys, KeyGenerator};
 use cipherinfer_compiler::Shape;
-use cipherinfer_compiler::report::key_memory_bytes;
 use cipherinfer_model::Manifest;
 use cipherinfer_protocol::AlgorithmId;
 use cipherinfer_protocol::error::{ErrorCode, Result, ToolError};
@@ -152,18 +151,12 @@ impl LocalCrypto {
 
         let mut kg = KeyGenerator::new(params.clone())
             .map_err(|e| ToolError::from_ckks(&e, ErrorCode::Internal))?;
-        let mut elements: Vec<u64> = spec
-            .rotation_steps
-            .iter()
-            .map(|&s| params.galois_element(s))
-            .filter(|&g| g != 1)
-            .collect();
-        elements.sort_unstable();
-        elements.dedup();
+        // Each rotation key serves only the levels its rotations run at (smaller keys).
+        let elements: Vec<(u64, usize)> = spec.galois_key_levels(&params).into_iter().collect();
         // The keys in memory (both halves of every digit, 8 bytes per residue) plus their
         // serialized copy: refused before any key is made when that passes the bound.
-        let bundle = evaluation_keys_bytes(&params, elements.len(), spec.relinearization) as u64;
-        let memory = key_memory_bytes(&params, elements.len(), spec.relinearization) as u64;
+        let bundle = spec.evaluation_keys_bytes(&params) as u64;
+        let memory = spec.key_memory_bytes(&params) as u64;
         if bundle > MAX_EVALUATION_KEY_BYTES
             || memory.saturating_add(bundle) > MAX_KEY_GENERATION_MEMORY
         {
@@ -193,7 +186,10 @@ impl LocalCrypto {
         // One OS-seeded generator per key: independent randomness, no shared state.
         let galois = elements
             .par_iter()
-            .map(|&g| KeyGenerator::new(params.clone()).and_then(|mut kg| kg.galois_key(&sk, g)))
+            .map(|&(g, level)| {
+                KeyGenerator::new(params.clone())
+                    .and_then(|mut kg| kg.galois_key_to_level(&sk, g, level))
+            })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| ToolError::from_ckks(&e, ErrorCode::Internal))?;
         for k in galois {

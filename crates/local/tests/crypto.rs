@@ -359,6 +359,16 @@ fn untrusted_client_specs_are_validated() {
     a.client_spec = spec;
     fails(crypto.generate_keys(&a), ErrorCode::InvalidArgument);
 
+    // Key levels that do not match the steps, or above the parameters' top level.
+    let mut spec = served().info.client_spec.clone();
+    spec.rotation_key_levels.push(0);
+    a.client_spec = spec;
+    fails(crypto.generate_keys(&a), ErrorCode::InvalidArgument);
+    let mut spec = served().info.client_spec.clone();
+    spec.rotation_key_levels[0] = 99;
+    a.client_spec = spec;
+    fails(crypto.generate_keys(&a), ErrorCode::InvalidArgument);
+
     // An input map that points outside its ciphertexts.
     let mut spec = served().info.client_spec.clone();
     spec.input.positions[0][0].0 = spec.input.num_cts;
@@ -373,6 +383,8 @@ fn untrusted_client_specs_are_validated() {
     spec.parameter_id = params.id_hex();
     spec.input_level = params.max_level();
     spec.rotation_steps = (1..=700).collect();
+    // Every key at the top level (no levels given: the largest keys).
+    spec.rotation_key_levels.clear();
     a.client_spec = spec;
     let msg = fails(crypto.generate_keys(&a), ErrorCode::ObjectTooLarge);
     assert!(

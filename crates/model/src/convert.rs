@@ -233,11 +233,24 @@ pub fn convert(
     calibration: &[Tensor],
     options: &ConvertOptions,
 ) -> Result<Conversion> {
-    if options.degree == 0 || options.degree > MAX_FIT_DEGREE {
-        return Err(ConvertError::InvalidOption(format!(
-            "degree {} (1 to {MAX_FIT_DEGREE})",
-            options.degree
-        )));
+    convert_with_degrees(model, calibration, options, &[])
+}
+
+/// [`convert`] with the `k`-th activation replaced by a polynomial of degree `degrees[k]`
+/// (activations beyond the list take `options.degree`): levels moved to where the network is
+/// sensitive, at the same total depth.
+pub fn convert_with_degrees(
+    model: &Model,
+    calibration: &[Tensor],
+    options: &ConvertOptions,
+    degrees: &[usize],
+) -> Result<Conversion> {
+    for &degree in std::iter::once(&options.degree).chain(degrees) {
+        if degree == 0 || degree > MAX_FIT_DEGREE {
+            return Err(ConvertError::InvalidOption(format!(
+                "degree {degree} (1 to {MAX_FIT_DEGREE})"
+            )));
+        }
     }
     if !(options.margin.is_finite() && options.margin >= 0.0) {
         return Err(ConvertError::InvalidOption(format!(
@@ -267,7 +280,8 @@ pub fn convert(
                 let obs = observe_input(&model, images, i, true)?;
                 let interval = widen(obs.range, options.margin);
                 let f = |x| act.apply(x);
-                let poly = fit_polynomial(f, interval, options.degree, options.fit, &obs.samples);
+                let degree = degrees.get(fitted.len()).copied().unwrap_or(options.degree);
+                let poly = fit_polynomial(f, interval, degree, options.fit, &obs.samples);
                 let report = ActivationReport {
                     node: node.name.clone(),
                     original: act.name().into(),

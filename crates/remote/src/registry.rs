@@ -173,6 +173,17 @@ fn served(p: Prepared) -> Result<ServedModel, BoxErr> {
     Ok(ServedModel { model, info })
 }
 
+/// What the served models take in memory ([`Registry::memory_needs`]), in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryNeeds {
+    /// Every model's kept masks (once for the server).
+    pub masks: u64,
+    /// One client's decoded evaluation keys.
+    pub keys_per_client: u64,
+    /// One evaluation's working memory.
+    pub working_per_inference: u64,
+}
+
 /// One served model: the encrypted executor and what clients are told about it.
 pub struct ServedModel {
     /// The executor (latency mode).
@@ -288,6 +299,47 @@ impl Registry {
             relin,
         );
         Some(u64::try_from(bytes).unwrap_or(u64::MAX))
+    }
+
+    /// Memory the server plans for: every model's kept masks, the decoded key set of one client
+    /// (the largest over the served parameter sets: every key its models use, each at the
+    /// highest level one of them needs), and one evaluation's working memory (the largest).
+    pub fn memory_needs(&self) -> MemoryNeeds {
+        let masks = self
+            .models
+            .values()
+            .map(|m| m.model.mask_bytes() as u64)
+            .sum();
+        let mut keys = 0u64;
+        for first in self.models.values() {
+            let id = &first.info.parameter_id;
+            let mut union = first.info.client_spec.clone();
+            union.rotation_steps.clear();
+            union.rotation_key_levels.clear();
+            union.relinearization = false;
+            for m in self.models.values().filter(|m| &m.info.parameter_id == id) {
+                for &s in &m.info.client_spec.rotation_steps {
+                    let g = m.params().galois_element(s);
+                    if let Some(&level) = m.info.client_spec.galois_key_levels(m.params()).get(&g) {
+                        union.rotation_steps.push(s);
+                        union.rotation_key_levels.push(level);
+                    }
+                }
+                union.relinearization |= m.info.relinearization;
+            }
+            keys = keys.max(union.key_memory_bytes(first.params()) as u64);
+        }
+        let working = self
+            .models
+            .values()
+            .map(|m| m.model.working_memory_bytes() as u64)
+            .max()
+            .unwrap_or(0);
+        MemoryNeeds {
+            masks,
+            keys_per_client: keys,
+            working_per_inference: working,
+        }
     }
 
     /// The largest evaluation-key bundle of a served parameter set.

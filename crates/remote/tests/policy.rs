@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use cipherinfer_protocol::validate::{encode_base64, sha256_hex};
 use common::legacy::LegacyClient;
 use common::remote::{
-    call, chunks, connect, connect_with_bearer, enroll, fails, material, ok, options, session_args,
-    start, start_with, temp_dir, upload_input,
+    call, chunks, connect, connect_with_bearer, enroll, fails, material, ok, options, provision,
+    session_args, start, start_with, temp_dir, upload_input,
 };
 use futures::future::join_all;
 use rmcp::model::{CallToolRequestParams, ClientRequest, Request};
@@ -781,4 +781,125 @@ async fn the_key_bundle_limit_admits_every_served_model() {
         "{v}"
     );
     server.stop().await;
+}
+
+/// Level-aware keys: a bundle whose rotation keys serve only the levels the model uses them at
+/// (as `client_spec.rotation_key_levels` asks) is smaller and accepted; one with a key below the
+/// level its rotations run at is refused at Step 0, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keys_need_serve_only_the_levels_they_are_used_at() {
+    use cipherinfer_ckks::KeyGenerator;
+    use cipherinfer_ckks::serialization::ToBytes;
+    let dir = temp_dir("key-levels");
+    let server = start(&dir).await;
+    let (peer, _p) = connect(&server.url).await;
+    let m = material();
+    assert_eq!(
+        m.spec.rotation_key_levels.len(),
+        m.spec.rotation_steps.len()
+    );
+    let mut kg = KeyGenerator::new(m.params.clone()).unwrap();
+    let sk = kg.secret_key();
+    let fitted = m.spec.evaluation_keys(&mut kg, &sk).unwrap().to_bytes();
+    assert!(
+        fitted.len() < m.bundle.len(),
+        "{} >= {}",
+        fitted.len(),
+        m.bundle.len()
+    );
+    assert_eq!(fitted.len(), m.spec.evaluation_keys_bytes(&m.params));
+    let commit = provision(&peer, "fitted", &m.info, &fitted).await;
+    let v = ok(&peer, "provision_keys_commit", commit).await;
+    assert!(v["auth_token"].is_string(), "{v}");
+
+    // The step used highest in the circuit, its key made for level 0 only.
+    let (at, _) = m
+        .spec
+        .rotation_key_levels
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, l)| **l)
+        .unwrap();
+    assert!(m.spec.rotation_key_levels[at] > 1);
+    let steps: Vec<(i64, usize)> = m
+        .spec
+        .rotation_steps
+        .iter()
+        .zip(&m.spec.rotation_key_levels)
+        .enumerate()
+        .map(|(i, (&s, &l))| (s, if i == at { 0 } else { l }))
+        .collect();
+    let low = kg
+        .evaluation_keys_to_levels(&sk, m.spec.relinearization, &steps, false)
+        .unwrap()
+        .to_bytes();
+    let commit = provision(&peer, "too-low", &m.info, &low).await;
+    let v = fails(
+        &peer,
+        "provision_keys_commit",
+        commit,
+        "ERROR_INVALID_GALOIS_KEY",
+    )
+    .await;
+    assert!(v.to_string().contains("serve fewer levels"), "{v}");
+    let g = m.params.galois_element(m.spec.rotation_steps[at]);
+    assert!(v.to_string().contains(&g.to_string()), "{v}");
+    server.stop().await;
+}
+
+/// With a memory budget the server plans its memory at start: it lowers the key sets it keeps
+/// decoded to what fits, and refuses more concurrent inferences than the budget holds, with an
+/// error that says how many fit and why.
+#[test]
+fn the_memory_budget_bounds_concurrent_inferences_and_the_key_cache() {
+    use cipherinfer_remote::registry::MemoryNeeds;
+    use cipherinfer_remote::service::fit_memory_budget;
+    const MIB: u64 = 1 << 20;
+    let needs = MemoryNeeds {
+        masks: 100 * MIB,
+        keys_per_client: 200 * MIB,
+        working_per_inference: 50 * MIB,
+    };
+    let mut config = cipherinfer_remote::ServiceConfig {
+        max_concurrent_inferences: 2,
+        key_cache_entries: 8,
+        ..Default::default()
+    };
+    // 100 + 2 x 250 = 600 MiB for two inferences; 400 MiB left hold two more key sets.
+    fit_memory_budget(&needs, 1000 * MIB, &mut config).unwrap();
+    assert_eq!(config.key_cache_entries, 4);
+    // A generous budget leaves the cache as configured.
+    let mut roomy = config.clone();
+    roomy.key_cache_entries = 8;
+    fit_memory_budget(&needs, 100_000 * MIB, &mut roomy).unwrap();
+    assert_eq!(roomy.key_cache_entries, 8);
+    // Four inferences need 1,100 MiB: refused, saying three fit.
+    config.max_concurrent_inferences = 4;
+    let e = fit_memory_budget(&needs, 1000 * MIB, &mut config).unwrap_err();
+    assert_eq!(
+        e.error_code,
+        cipherinfer_protocol::ErrorCode::InvalidArgument
+    );
+    assert!(
+        e.message.contains("holds 3 concurrent inferences"),
+        "{}",
+        e.message
+    );
+
+    // The served test model's own needs are measured from its plan and keys, and a server with
+    // a budget below them does not start.
+    let registry = common::remote::registry();
+    let real = registry.memory_needs();
+    assert!(real.keys_per_client > 0 && real.working_per_inference > 0);
+    let m = material();
+    assert_eq!(
+        real.keys_per_client,
+        m.spec.key_memory_bytes(&m.params) as u64
+    );
+    let mut o = options(&temp_dir("memory-budget"));
+    o.service.memory_budget_bytes = Some(real.keys_per_client / 2);
+    let Err(refused) = cipherinfer_remote::Server::with_registry(o, registry.clone()) else {
+        panic!("a budget below one client's keys is refused");
+    };
+    assert!(refused.to_string().contains("memory budget"), "{refused}");
 }

@@ -82,11 +82,20 @@ impl Evaluator {
     }
 
     /// Inner product of a decomposition with a switching key, over Q_level ∪ P (NTT domain).
+    /// A key generated for lower levels than the decomposition's is refused.
     pub(super) fn inner_product(
         &self,
         dec: &Decomposition,
         key: &SwitchingKey,
-    ) -> (Vec<u64>, Vec<u64>) {
+        kind: &'static str,
+    ) -> Result<(Vec<u64>, Vec<u64>)> {
+        if key.max_level() < dec.level || key.digits() < dec.digits.len() {
+            return Err(Error::KeyLevel {
+                kind,
+                key_level: key.max_level(),
+                level: dec.level,
+            });
+        }
         let p = &*self.params;
         let n = p.n();
         let ext = p.ext_indices(dec.level);
@@ -94,11 +103,12 @@ impl Evaluator {
         let mut acc1 = vec![0u64; ext.len() * n];
         let inner = |(d, (o0, o1)): (usize, (&mut [u64], &mut [u64]))| {
             let g = ext[d];
+            let at = key.position(g);
             let plan = p.plan(g);
             for (j, digit) in dec.digits.iter().enumerate() {
                 let x = &digit[d * n..(d + 1) * n];
-                plan.mul_accumulate(o0, x, &key.b[j][g * n..(g + 1) * n]);
-                plan.mul_accumulate(o1, x, &key.a[j][g * n..(g + 1) * n]);
+                plan.mul_accumulate(o0, x, &key.b[j][at * n..(at + 1) * n]);
+                plan.mul_accumulate(o1, x, &key.a[j][at * n..(at + 1) * n]);
             }
         };
         if rayon::current_num_threads() > 1 {
@@ -112,15 +122,23 @@ impl Evaluator {
                 .enumerate()
                 .for_each(inner);
         }
-        (acc0, acc1)
+        Ok((acc0, acc1))
     }
 
     /// Key switch: inner product with the key, then division by P. Returns the two NTT-domain
     /// polynomials over Q_level.
-    pub(super) fn switch(&self, dec: &Decomposition, key: &SwitchingKey) -> (Vec<u64>, Vec<u64>) {
-        let (acc0, acc1) = self.inner_product(dec, key);
+    pub(super) fn switch(
+        &self,
+        dec: &Decomposition,
+        key: &SwitchingKey,
+        kind: &'static str,
+    ) -> Result<(Vec<u64>, Vec<u64>)> {
+        let (acc0, acc1) = self.inner_product(dec, key, kind)?;
         let level = dec.level;
-        rayon::join(|| self.mod_down(acc0, level), || self.mod_down(acc1, level))
+        Ok(rayon::join(
+            || self.mod_down(acc0, level),
+            || self.mod_down(acc1, level),
+        ))
     }
 
     /// Fused division by P·q_level: from Q_level ∪ P (NTT) to Q_{level-1} (NTT), rounding.

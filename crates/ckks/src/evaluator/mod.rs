@@ -104,6 +104,17 @@ impl Evaluator {
         g == 1 || self.galois.contains_key(&g)
     }
 
+    /// Whether a rotation by `step` is possible at `level` (a key serving that level present,
+    /// or a trivial step).
+    pub fn can_rotate_at(&self, step: i64, level: usize) -> bool {
+        let g = self.params.galois_element(step);
+        g == 1
+            || self
+                .galois
+                .get(&g)
+                .is_some_and(|k| k.key.max_level() >= level)
+    }
+
     /// Whether the relinearization key is present.
     pub fn has_relinearization_key(&self) -> bool {
         self.relin.is_some()
@@ -380,7 +391,7 @@ impl Evaluator {
         let level = d.level;
         let n = self.params.n();
         let dec = self.decompose_poly(&d.polys[2], level);
-        let (acc0, acc1) = self.inner_product(&dec, key);
+        let (acc0, acc1) = self.inner_product(&dec, key, "relinearization")?;
         // Lift c_0, c_1 to the extended basis as P·c_i (zero modulo the special primes).
         let lift = |mut acc: Vec<u64>, c: &[u64]| {
             let mut pm = vec![0u64; n];
@@ -429,7 +440,7 @@ impl Evaluator {
             galois_element: None,
         })?;
         let dec = self.decompose_poly(&ct.polys[2], ct.level);
-        let (k0, k1) = self.switch(&dec, key);
+        let (k0, k1) = self.switch(&dec, key, "relinearization")?;
         let idx = ct.indices();
         let mut c0 = ct.polys[0].clone();
         let mut c1 = ct.polys[1].clone();

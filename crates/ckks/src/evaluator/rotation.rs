@@ -56,7 +56,7 @@ impl Evaluator {
             return Ok(ct.clone());
         }
         let gk = self.galois_key(g)?;
-        let (mut k0, k1) = self.switch(dec, &gk.key);
+        let (mut k0, k1) = self.switch(dec, &gk.key, "rotation")?;
         let n = self.params.n();
         ring::add_assign(&self.params, &mut k0, &ct.polys[0], &ct.indices());
         Ok(Ciphertext {
@@ -172,7 +172,7 @@ impl Evaluator {
                 continue;
             }
             let gk = self.galois_key(g)?;
-            let (a0, a1) = self.inner_product(dec, &gk.key);
+            let (a0, a1) = self.inner_product(dec, &gk.key, "rotation")?;
             let ((a0, a1), c0) = rayon::join(
                 || {
                     (

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::envelope::{open, small_u8, unsupported, write_header};
-use super::packing::{all_primes, pack_poly, packed_len, switching_key_payload_size};
+use super::packing::{key_primes, pack_poly, packed_len, switching_key_payload_size};
 use super::{FLAG_SEEDED, FromBytes, HEADER_LEN, ObjectType, SEED_LEN, ToBytes, v1};
 use crate::error::Result;
 use crate::keys::{
@@ -30,8 +30,14 @@ impl ToBytes for PublicKey {
 
 fn write_switching_key(out: &mut Vec<u8>, key: &SwitchingKey) {
     out.push(small_u8(key.b.len()));
+    let n = key.params.n();
     for b in &key.b {
-        pack_poly(out, &key.params, b, all_primes(&key.params));
+        let mut at = 0;
+        for primes in key_primes(&key.params, key.b.len()) {
+            let end = at + primes.len() * n;
+            pack_poly(out, &key.params, &b[at..end], primes);
+            at = end;
+        }
     }
     out.extend_from_slice(&key.seed);
 }

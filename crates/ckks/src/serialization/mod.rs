@@ -36,15 +36,21 @@
 //!   Flags 0.
 //! * **Public key** (3): `b` packed over all ciphertext primes, then the seed of `a` (stream 0).
 //!   Flag seeded (always).
-//! * **Relinearization key** (4): `dnum` u8 (must equal [`Parameters::dnum`]), `dnum`
-//!   polynomials `b_j` each packed over all primes (ciphertext then special), then the seed of
-//!   the `a_j` (stream `1 + j`). Flag seeded (always).
+//! * **Relinearization key** (4): `digits` u8 (1 to [`Parameters::dnum`]), then `digits`
+//!   polynomials `b_j`, each packed over the key's primes — the ciphertext primes `q_0..=q_top`
+//!   with `top = min(digits·α, L + 1) − 1` (α ciphertext primes per digit), then the special
+//!   primes — then the seed of the `a_j` (stream `1 + j`, expanded over the same primes). With
+//!   `digits = dnum` the key holds every prime and serves every level; with fewer it serves the
+//!   levels up to `top` only (a *level-aware* key, see
+//!   [`SwitchingKey`](crate::keys::SwitchingKey)). Flag seeded (always).
 //! * **Galois key** (5): Galois element u64 (odd, `< 2N`, `≠ 1`), then as the relinearization
 //!   key. Flag seeded (always).
 //! * **Evaluation keys** (6): `has_relin` u8 (0 or 1), `count` u32 (number of Galois keys,
 //!   `≤ N − 1`), then the complete encoding (with its own envelope) of the relinearization key
 //!   if present, then of each Galois key, by strictly increasing Galois element. Flags 0. Every
-//!   nested encoding has a length fixed by the parameters, so no length prefixes are needed.
+//!   nested encoding's length follows from the parameters and its digit count, so no length
+//!   prefixes are needed: the decoder walks the digit counts and checks the total length before
+//!   decoding any key.
 //! * **Secret key** (7): the N ternary coefficients, 2 bits each, four per byte, least
 //!   significant bits first: `00` = 0, `01` = +1, `11` = −1 (`10` is invalid). Flags 0.
 //!
@@ -212,6 +218,17 @@ pub fn evaluation_keys_bytes(
     galois_keys: usize,
     relinearization: bool,
 ) -> usize {
+    let top = params.max_level();
+    evaluation_keys_bytes_to_levels(params, &vec![top; galois_keys], relinearization)
+}
+
+/// [`evaluation_keys_bytes`] with each rotation key serving levels up to the one listed for it
+/// (see [`KeyGenerator::evaluation_keys_to_levels`](crate::KeyGenerator::evaluation_keys_to_levels)).
+pub fn evaluation_keys_bytes_to_levels(
+    params: &Parameters,
+    galois_key_levels: &[usize],
+    relinearization: bool,
+) -> usize {
     HEADER_LEN
         + 5
         + if relinearization {
@@ -219,7 +236,12 @@ pub fn evaluation_keys_bytes(
         } else {
             0
         }
-        + galois_keys * packing::galois_key_size(params)
+        + galois_key_levels
+            .iter()
+            .map(|&l| {
+                packing::galois_key_size(params, crate::keys::key_digits_for_level(params, l))
+            })
+            .sum::<usize>()
 }
 
 /// Encodes an object in the current wire format.

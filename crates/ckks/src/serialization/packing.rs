@@ -188,10 +188,6 @@ impl BitReader<'_> {
     }
 }
 
-pub(super) fn all_primes(params: &Parameters) -> Range<usize> {
-    0..params.num_q() + params.num_p()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Sizes (shared by encoders and the decoders' length checks).
 
@@ -211,14 +207,29 @@ pub(super) fn ciphertext_size(
         }
 }
 
-pub(super) fn switching_key_payload_size(params: &Parameters, dnum: usize) -> usize {
-    1 + dnum * packed_len(params, all_primes(params)) + SEED_LEN
+/// The primes a switching key of `digits` digits holds: `q_0..=q_top`, then the special primes.
+pub(super) fn key_primes(params: &Parameters, digits: usize) -> [Range<usize>; 2] {
+    let top = crate::keys::key_top(params, digits);
+    [0..top + 1, params.num_q()..params.num_q() + params.num_p()]
+}
+
+/// Byte length of one packed polynomial of a switching key of `digits` digits.
+pub(super) fn key_poly_len(params: &Parameters, digits: usize) -> usize {
+    key_primes(params, digits)
+        .into_iter()
+        .map(|r| packed_len(params, r))
+        .sum()
+}
+
+pub(super) fn switching_key_payload_size(params: &Parameters, digits: usize) -> usize {
+    1 + digits * key_poly_len(params, digits) + SEED_LEN
 }
 
 pub(super) fn relin_key_size(params: &Parameters) -> usize {
     HEADER_LEN + switching_key_payload_size(params, params.dnum())
 }
 
-pub(super) fn galois_key_size(params: &Parameters) -> usize {
-    HEADER_LEN + 8 + switching_key_payload_size(params, params.dnum())
+/// Encoded length of a Galois key of `digits` digits.
+pub(super) fn galois_key_size(params: &Parameters, digits: usize) -> usize {
+    HEADER_LEN + 8 + switching_key_payload_size(params, digits)
 }

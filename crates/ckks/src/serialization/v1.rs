@@ -8,9 +8,10 @@ use zeroize::Zeroizing;
 use super::checks::{check_galois_element, check_level, check_scale};
 use super::envelope::{err, require_flags};
 use super::packing::{
-    Cursor, all_primes, galois_key_size, packed_len, relin_key_size, unpack_poly,
+    Cursor, galois_key_size, key_poly_len, key_primes, packed_len, switching_key_payload_size,
+    unpack_poly,
 };
-use super::{FLAG_SEEDED, FromBytes, Header, SEED_LEN};
+use super::{FLAG_SEEDED, FromBytes, HEADER_LEN, Header, SEED_LEN};
 use crate::ciphertext::{Ciphertext, Plaintext};
 use crate::error::{DecodeErrorCode, Result};
 use crate::keys::{
@@ -114,24 +115,34 @@ pub(super) fn public_key(
     Ok(PublicKey::from_parts(params.clone(), b, seed))
 }
 
-/// The switching-key part shared by relinearization and Galois keys.
-fn switching_key(params: &Arc<Parameters>, mut c: Cursor<'_>, what: &str) -> Result<SwitchingKey> {
-    let dnum = c.u8()? as usize;
-    if dnum != params.dnum() {
+/// A key's digit count: 1 to the parameters' `dnum` (fewer digits: a key for the lower levels).
+fn check_digits(params: &Parameters, digits: usize, what: &str) -> Result<()> {
+    if digits == 0 || digits > params.dnum() {
         return Err(err(
             DecodeErrorCode::NonConformant,
             format!(
-                "{what}: {dnum} digits, the parameters use {}",
+                "{what}: {digits} digits, the parameters allow 1 to {}",
                 params.dnum()
             ),
         ));
     }
-    let primes = all_primes(params);
-    let poly_len = packed_len(params, primes.clone());
-    c.expect_remaining(Some(dnum * poly_len + SEED_LEN), what)?;
-    let mut b = Vec::with_capacity(dnum);
-    for _ in 0..dnum {
-        b.push(unpack_poly(c.take(poly_len)?, params, primes.clone())?);
+    Ok(())
+}
+
+/// The switching-key part shared by relinearization and Galois keys.
+fn switching_key(params: &Arc<Parameters>, mut c: Cursor<'_>, what: &str) -> Result<SwitchingKey> {
+    let digits = c.u8()? as usize;
+    check_digits(params, digits, what)?;
+    let poly_len = key_poly_len(params, digits);
+    c.expect_remaining(Some(digits * poly_len + SEED_LEN), what)?;
+    let mut b = Vec::with_capacity(digits);
+    for _ in 0..digits {
+        let mut poly = Vec::new();
+        for primes in key_primes(params, digits) {
+            let len = packed_len(params, primes.clone());
+            poly.extend(unpack_poly(c.take(len)?, params, primes)?);
+        }
+        b.push(poly);
     }
     let seed = c.array::<SEED_LEN>()?;
     c.finish()?;
@@ -185,19 +196,39 @@ pub(super) fn evaluation_keys(
             ),
         ));
     }
-    let relin_len = relin_key_size(params);
-    let galois_len = galois_key_size(params);
-    let expected = count
-        .checked_mul(galois_len)
-        .and_then(|g| g.checked_add(usize::from(has_relin) * relin_len));
-    c.expect_remaining(expected, "evaluation keys")?;
+    // Each nested key's length follows from its digit count (after its envelope, and a Galois
+    // key's element): walk them to check the total length before decoding anything.
+    let digits_at = |offset: usize, what: &str| -> Result<usize> {
+        let digits = payload.get(5 + offset).copied().ok_or_else(|| {
+            err(
+                DecodeErrorCode::Truncated,
+                format!("evaluation keys end inside a {what}"),
+            )
+        })? as usize;
+        check_digits(params, digits, what)?;
+        Ok(digits)
+    };
+    let relin_len = if has_relin == 1 {
+        HEADER_LEN
+            + switching_key_payload_size(params, digits_at(HEADER_LEN, "relinearization key")?)
+    } else {
+        0
+    };
+    let mut lengths = Vec::with_capacity(count.min(1 << 16));
+    let mut at = relin_len;
+    for _ in 0..count {
+        let len = galois_key_size(params, digits_at(at + HEADER_LEN + 8, "Galois key")?);
+        lengths.push(len);
+        at += len;
+    }
+    c.expect_remaining(Some(at), "evaluation keys")?;
     let mut keys = EvaluationKeys::new(params.clone());
     if has_relin == 1 {
         let k = RelinearizationKey::from_bytes(params, c.take(relin_len)?, relin_len)?;
         keys.set_relinearization_key(k)?;
     }
     let mut previous = 1u64;
-    for _ in 0..count {
+    for galois_len in lengths {
         let k = GaloisKey::from_bytes(params, c.take(galois_len)?, galois_len)?;
         if k.galois_element <= previous {
             return Err(err(

@@ -354,7 +354,12 @@ impl Service {
         ext.check_matches(&served.info.parameters)?;
         ext.check_depth_bound(served.info.multiplicative_depth)?;
         ext.check_galois_available(&record.galois_elements)?;
-        check_model_keys(served, record.relinearization, &record.galois_elements)?;
+        check_model_keys(
+            served,
+            record.relinearization,
+            &record.galois_elements,
+            None,
+        )?;
 
         // Inputs: complete objects, then decoded with a size limit and conformance checks.
         let t_load = Instant::now();

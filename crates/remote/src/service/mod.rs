@@ -72,6 +72,10 @@ pub struct ServiceConfig {
     pub auth_failures_per_minute_per_peer: u32,
     /// Evaluation-key sets kept decoded in memory.
     pub key_cache_entries: usize,
+    /// Memory the server may plan for (masks, decoded key sets, evaluations): with a budget,
+    /// [`Service::new`] lowers `key_cache_entries` to what fits and refuses a
+    /// `max_concurrent_inferences` the budget cannot hold (`None`: no check).
+    pub memory_budget_bytes: Option<u64>,
     /// Whether every call but `describe_capabilities` must carry a `request_signature` (and
     /// Step 0 a `bundle_signature`). A client whose identity is pinned must always sign.
     pub require_signatures: bool,
@@ -104,6 +108,7 @@ impl Default for ServiceConfig {
             auth_failures_per_minute: 10,
             auth_failures_per_minute_per_peer: 100,
             key_cache_entries: 8,
+            memory_budget_bytes: None,
             require_signatures: true,
             registered_identities: HashMap::new(),
             require_registered_identity: false,
@@ -218,6 +223,9 @@ impl Service {
                 "key-bundle limit raised to the key set of the largest served parameter set"
             );
             config.limits.max_key_bundle_bytes = needed;
+        }
+        if let Some(budget) = config.memory_budget_bytes {
+            fit_memory_budget(&registry.memory_needs(), budget, &mut config)?;
         }
         let permits = config.max_concurrent_inferences.max(1);
         let identity = match &config.server_identity {
@@ -417,11 +425,73 @@ fn check_chunk_digest(declared: Option<&str>, bytes: &[u8]) -> Result<()> {
 }
 
 /// Whether a key set covers a model: relinearization if needed, and every Galois element.
-fn check_model_keys(model: &ServedModel, relin: bool, galois: &[u64]) -> Result<()> {
-    let missing: Vec<u64> = model
-        .info
-        .galois_elements
-        .iter()
+/// Fits the server's memory plan into `budget`: every model's masks, plus per concurrent
+/// inference one client's keys and one evaluation's working memory, plus the key sets the cache
+/// keeps beyond those. Lowers the key cache when that suffices; refuses concurrency the budget
+/// cannot hold with `ERROR_INVALID_ARGUMENT` naming what fits.
+pub fn fit_memory_budget(
+    needs: &crate::registry::MemoryNeeds,
+    budget: u64,
+    config: &mut ServiceConfig,
+) -> Result<()> {
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    let concurrent = config.max_concurrent_inferences.max(1) as u64;
+    let per_inference = needs
+        .keys_per_client
+        .saturating_add(needs.working_per_inference);
+    let fixed = needs
+        .masks
+        .saturating_add(concurrent.saturating_mul(per_inference));
+    if fixed > budget {
+        let fits = budget.saturating_sub(needs.masks) / per_inference.max(1);
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "a memory budget of {:.0} MiB holds {fits} concurrent inferences of the served                  models, not {concurrent}: the models' masks take {:.0} MiB, each inference                  {:.0} MiB (a client's keys {:.0} MiB, working memory {:.0} MiB); lower the                  concurrent inferences or raise the budget",
+                mib(budget),
+                mib(needs.masks),
+                mib(per_inference),
+                mib(needs.keys_per_client),
+                mib(needs.working_per_inference),
+            ),
+        ));
+    }
+    // Key sets the cache may keep beyond those of running inferences.
+    let spare = (budget - fixed) / needs.keys_per_client.max(1);
+    let cache = usize::try_from(concurrent.saturating_add(spare)).unwrap_or(usize::MAX);
+    if cache < config.key_cache_entries {
+        tracing::warn!(
+            configured = config.key_cache_entries,
+            lowered_to = cache,
+            budget_mib = mib(budget),
+            "decoded key sets kept in memory lowered to fit the memory budget"
+        );
+        config.key_cache_entries = cache.max(1);
+    }
+    tracing::info!(
+        budget_mib = mib(budget),
+        masks_mib = mib(needs.masks),
+        keys_per_client_mib = mib(needs.keys_per_client),
+        working_per_inference_mib = mib(needs.working_per_inference),
+        concurrent,
+        key_cache_entries = config.key_cache_entries,
+        "memory plan"
+    );
+    Ok(())
+}
+
+/// Checks that a key bundle's Galois elements (ascending) hold every rotation key the model
+/// needs and, given the highest level each key serves (at provisioning, from the keys
+/// themselves), that each serves the levels the model uses it at.
+fn check_model_keys(
+    model: &ServedModel,
+    relin: bool,
+    galois: &[u64],
+    levels: Option<&std::collections::BTreeMap<u64, usize>>,
+) -> Result<()> {
+    let needed = model.info.client_spec.galois_key_levels(model.params());
+    let missing: Vec<u64> = needed
+        .keys()
         .copied()
         .filter(|g| galois.binary_search(g).is_err())
         .collect();
@@ -434,6 +504,21 @@ fn check_model_keys(model: &ServedModel, relin: bool, galois: &[u64]) -> Result<
             ),
         )
         .with_details(serde_json::json!({ "missing_galois_elements": missing })));
+    }
+    let too_low: Vec<u64> = needed
+        .iter()
+        .filter(|(g, level)| levels.is_some_and(|l| l.get(g).is_some_and(|have| have < level)))
+        .map(|(g, _)| *g)
+        .collect();
+    if !too_low.is_empty() {
+        return Err(err(
+            ErrorCode::InvalidGaloisKey,
+            format!(
+                "{} rotation keys serve fewer levels than the model uses them at",
+                too_low.len()
+            ),
+        )
+        .with_details(serde_json::json!({ "low_level_galois_elements": too_low })));
     }
     if model.info.relinearization && !relin {
         return Err(err(

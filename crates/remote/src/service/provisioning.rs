@@ -392,20 +392,34 @@ impl Service {
         .map_err(|e| ToolError::from_ckks(&e, ErrorCode::MalformedKeys))?;
         let mut galois_elements = keys.galois_elements();
         galois_elements.sort_unstable();
+        let key_levels: std::collections::BTreeMap<u64, usize> = galois_elements
+            .iter()
+            .filter_map(|&g| keys.galois_key(g).map(|k| (g, k.max_level())))
+            .collect();
         let relinearization = keys.relinearization_key().is_some();
+        if keys
+            .relinearization_key()
+            .is_some_and(|k| k.max_level() < served.params().max_level())
+        {
+            return Err(err(
+                ErrorCode::MalformedKeys,
+                "the relinearization key must serve every level",
+            ));
+        }
         if let Some(m) = &meta.model {
             let model = self
                 .registry
                 .get(m)
                 .ok_or_else(|| err(ErrorCode::UnknownModel, format!("no model {m:?}")))?;
-            check_model_keys(model, relinearization, &galois_elements)?;
+            check_model_keys(model, relinearization, &galois_elements, Some(&key_levels))?;
         }
         let models = self
             .registry
             .all()
             .filter(|m| {
                 m.info.parameter_id == meta.parameter_id
-                    && check_model_keys(m, relinearization, &galois_elements).is_ok()
+                    && check_model_keys(m, relinearization, &galois_elements, Some(&key_levels))
+                        .is_ok()
             })
             .map(|m| m.info.name.clone())
             .collect();
