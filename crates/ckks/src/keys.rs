@@ -153,6 +153,15 @@ impl SwitchingKey {
         key_top(&self.params, self.b.len())
     }
 
+    /// Bytes of residues the key holds in memory (both halves of every digit).
+    pub fn memory_bytes(&self) -> usize {
+        self.b
+            .iter()
+            .chain(&self.a)
+            .map(|p| p.len() * std::mem::size_of::<u64>())
+            .sum()
+    }
+
     /// Where residue `g` (global prime index) sits in the key's polynomials.
     pub(crate) fn position(&self, g: usize) -> usize {
         let top = self.max_level();
@@ -253,6 +262,15 @@ impl EvaluationKeys {
     /// The Galois key for an element.
     pub fn galois_key(&self, g: u64) -> Option<&GaloisKey> {
         self.galois.get(&g)
+    }
+    /// Bytes of residues the keys hold in memory, as allocated.
+    pub fn memory_bytes(&self) -> usize {
+        self.relin.as_ref().map_or(0, |k| k.0.memory_bytes())
+            + self
+                .galois
+                .values()
+                .map(|k| k.key.memory_bytes())
+                .sum::<usize>()
     }
     /// Rotation steps (in `0..slots`) covered by the Galois keys present.
     pub fn rotation_steps(&self) -> Vec<i64> {

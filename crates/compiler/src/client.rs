@@ -153,6 +153,26 @@ fn check_map(map: &SlotMap, slots: usize, features: usize, what: &str) -> Result
     Ok(())
 }
 
+/// Bytes a server holds for a set of evaluation keys: per rotation key (given by the highest
+/// level it serves) and digit, two polynomials over its primes, 8 bytes per residue; a
+/// relinearization key serves every level.
+pub fn key_memory_bytes(
+    params: &Parameters,
+    rotation_key_levels: impl IntoIterator<Item = usize>,
+    relinearization: bool,
+) -> usize {
+    let per_key = |level: usize| {
+        let (digits, residues) = cipherinfer_ckks::keys::key_shape_for_level(params, level);
+        digits * 2 * residues * params.n() * 8
+    };
+    rotation_key_levels.into_iter().map(per_key).sum::<usize>()
+        + if relinearization {
+            per_key(params.max_level())
+        } else {
+            0
+        }
+}
+
 impl ClientSpec {
     /// Each rotation key to generate, by Galois element, with the highest level it serves.
     pub fn galois_key_levels(&self, params: &Parameters) -> std::collections::BTreeMap<u64, usize> {
@@ -209,22 +229,13 @@ impl ClientSpec {
         )
     }
 
-    /// Bytes a server holds for the evaluation keys: per key and digit, two polynomials over its
-    /// primes, 8 bytes per residue.
+    /// Bytes a server holds for the evaluation keys (see [`key_memory_bytes`]).
     pub fn key_memory_bytes(&self, params: &Parameters) -> usize {
-        let per_key = |level: usize| {
-            let (digits, residues) = cipherinfer_ckks::keys::key_shape_for_level(params, level);
-            digits * 2 * residues * params.n() * 8
-        };
-        self.galois_key_levels(params)
-            .into_values()
-            .map(per_key)
-            .sum::<usize>()
-            + if self.relinearization {
-                per_key(params.max_level())
-            } else {
-                0
-            }
+        key_memory_bytes(
+            params,
+            self.galois_key_levels(params).into_values(),
+            self.relinearization,
+        )
     }
 
     /// Rebuilds the parameters (refusing anything below 128-bit security) and checks every

@@ -373,14 +373,6 @@ impl CompileReport {
     }
 }
 
-/// Bytes a server holds for one client's evaluation keys: per key, `dnum` digits of two
-/// polynomials over every prime, 8 bytes per residue.
-pub fn key_memory_bytes(params: &Parameters, rotation_keys: usize, relinearization: bool) -> usize {
-    let primes = params.q_primes().len() + params.p_primes().len();
-    let per_key = params.dnum() * 2 * primes * params.n() * 8;
-    per_key * (rotation_keys + usize::from(relinearization))
-}
-
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / f64::from(1u32 << 20)
 }

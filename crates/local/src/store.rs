@@ -56,7 +56,7 @@ pub const MAX_CLIENT_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// takes 1–3 GB; a client specification asking for more is refused before any key is made.
 pub const MAX_EVALUATION_KEY_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 /// Largest memory key generation may take: the keys as held (both halves of every digit) plus
-/// their serialized copy (16 GiB; by `key_memory_bytes` and the bundle size, LeNet-5 at
+/// their serialized copy (16 GiB; by `ClientSpec::key_memory_bytes` and the bundle size, LeNet-5 at
 /// N = 2^15 with 3.0 GB of keys needs about 11 GiB).
 pub const MAX_KEY_GENERATION_MEMORY: u64 = 16 * 1024 * 1024 * 1024;
 /// Largest credentials file read.

@@ -310,25 +310,30 @@ impl Registry {
             .values()
             .map(|m| m.model.mask_bytes() as u64)
             .sum();
-        let mut keys = 0u64;
-        for first in self.models.values() {
-            let id = &first.info.parameter_id;
-            let mut union = first.info.client_spec.clone();
-            union.rotation_steps.clear();
-            union.rotation_key_levels.clear();
-            union.relinearization = false;
-            for m in self.models.values().filter(|m| &m.info.parameter_id == id) {
-                for &s in &m.info.client_spec.rotation_steps {
-                    let g = m.params().galois_element(s);
-                    if let Some(&level) = m.info.client_spec.galois_key_levels(m.params()).get(&g) {
-                        union.rotation_steps.push(s);
-                        union.rotation_key_levels.push(level);
-                    }
-                }
-                union.relinearization |= m.info.relinearization;
+        // A client holds one key set per parameter set: the union of its models' keys, each
+        // Galois element at the highest level any of them uses.
+        let mut unions: BTreeMap<&str, (&Parameters, BTreeMap<u64, usize>, bool)> = BTreeMap::new();
+        for m in self.models.values() {
+            let (_, levels, relin) = unions
+                .entry(m.info.parameter_id.as_str())
+                .or_insert_with(|| (m.params(), BTreeMap::new(), false));
+            for (g, level) in m.info.client_spec.galois_key_levels(m.params()) {
+                let l = levels.entry(g).or_insert(level);
+                *l = (*l).max(level);
             }
-            keys = keys.max(union.key_memory_bytes(first.params()) as u64);
+            *relin |= m.info.relinearization;
         }
+        let keys = unions
+            .values()
+            .map(|(params, levels, relin)| {
+                cipherinfer_compiler::client::key_memory_bytes(
+                    params,
+                    levels.values().copied(),
+                    *relin,
+                ) as u64
+            })
+            .max()
+            .unwrap_or(0);
         let working = self
             .models
             .values()

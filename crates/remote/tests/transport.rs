@@ -272,6 +272,13 @@ async fn streamable_http_body_limit() {
     .await;
     assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
     assert!(raw.contains(r#""code":"body_too_large""#), "{raw}");
+    // The body was refused unread, so the connection is not reusable: the client is told so
+    // (without it, a pooled client writes its next request into a closing socket).
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{raw}"
+    );
     client.cancel().await.unwrap();
     server.stop().await;
 }
@@ -469,6 +476,11 @@ async fn legacy_sse_session() {
     .await;
     assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
     assert!(raw.contains(r#""code":"body_too_large""#), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{raw}"
+    );
 
     // Malformed JSON and non-MCP JSON: 400 with a JSON error.
     let response = client.post("{not json").await;

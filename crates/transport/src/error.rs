@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
@@ -34,4 +34,19 @@ pub(crate) fn json_error(status: StatusCode, code: &str, message: impl Into<Stri
         },
     };
     (status, Json(body)).into_response()
+}
+
+/// 413 `body_too_large`, with `Connection: close`: the body was refused unread, so the
+/// connection cannot carry another request and a client must not return it to its pool (a
+/// client that did would write its next request into a socket the server is closing).
+pub(crate) fn body_too_large(max_body_bytes: usize) -> Response {
+    let mut response = json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body exceeds this server's limit of {max_body_bytes} bytes"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

@@ -9,7 +9,7 @@ use axum::{
     response::Response,
 };
 
-use super::error::json_error;
+use super::error::{body_too_large, json_error};
 
 /// Which `Host` and `Origin` values the server accepts. Built from
 /// [`HttpConfig`](super::HttpConfig)'s lists; entries that do not parse are ignored.
@@ -202,11 +202,7 @@ pub(crate) async fn check_declared_length(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body_bytes as u64) {
-        return json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body exceeds this server's limit of {max_body_bytes} bytes"),
-        );
+        return body_too_large(max_body_bytes);
     }
     next.run(request).await
 }

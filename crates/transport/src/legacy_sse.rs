@@ -44,7 +44,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{HttpConfig, MESSAGES_PATH, SSE_PATH, error::json_error};
+use super::{
+    HttpConfig, MESSAGES_PATH, SSE_PATH,
+    error::{body_too_large, json_error},
+};
 
 /// The error a legacy session's transport reports once its SSE stream has gone.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -273,16 +276,7 @@ async fn post_message(
         );
     };
 
-    let too_large = || {
-        json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!(
-                "the request body exceeds this server's limit of {} bytes",
-                legacy.max_body_bytes
-            ),
-        )
-    };
+    let too_large = || body_too_large(legacy.max_body_bytes);
     let (parts, body) = request.into_parts();
     let declared = parts
         .headers
