@@ -43,7 +43,7 @@ pub use ciphertext::{Ciphertext, ExtendedPlaintext, Plaintext};
 pub use encoder::Encoder;
 pub use encryption::{Decryptor, Encryptor, SymmetricEncryptor, secret_key_pair};
 pub use error::{DecodeErrorCode, Error, Result};
-pub use evaluator::{Decomposition, Evaluator, ExtendedRotations};
+pub use evaluator::{Decomposition, Evaluator, ExtendedRotations, power_of_two_parts};
 pub use keys::{EvaluationKeys, GaloisKey, KeyGenerator, PublicKey, RelinearizationKey, SecretKey};
 pub use linear::{
     Diagonals, EncodedLinearTransform, LinearTransform, MaskEncoding, bsgs_rotation_steps,

@@ -7,8 +7,10 @@
 //!
 //! Cost of one application: per input, one decomposition and one key inner product per distinct
 //! baby step (shared by every output and giant step: double hoisting); per (output, giant step),
-//! two multiply-accumulates in Q ∪ P per diagonal, one division by P and one ordinary rotation;
-//! one rescale per output (one level).
+//! two multiply-accumulates in Q ∪ P per diagonal and a giant-step rotation that stays in Q ∪ P
+//! (only its `c_1` is divided by P, to be decomposed); per output, one division by P fused with
+//! the rescale (one level). A rotation step without its own key is composed of power-of-two keys
+//! ([`crate::Evaluator::rotation_parts`]).
 //!
 //! **Batch mode.** A transform defined over `n` slots, encoded for parameters with `B·n` slots,
 //! acts on `B` interleaved vectors — vector `b`'s slot `s` at slot `s·B + b` — each exactly as
@@ -28,7 +30,7 @@ use rayon::prelude::*;
 use crate::ciphertext::{Ciphertext, ExtendedPlaintext};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
-use crate::evaluator::Evaluator;
+use crate::evaluator::{Evaluator, ExtendedCiphertext};
 use crate::params::Parameters;
 
 /// Non-zero diagonals of one block: diagonal index `k` -> values (one per slot).
@@ -505,12 +507,15 @@ impl Evaluator {
             .zip(&babies)
             .map(|(c, b)| self.rotations_extended(c, None, &b.iter().copied().collect::<Vec<_>>()))
             .collect::<Result<Vec<_>>>()?;
-        let mut outs: Vec<Option<Ciphertext>> = vec![None; lt.outputs];
+        // Per output, the giant-step terms are summed in Q ∪ P: each group's inner sum is
+        // rotated there (its c_0 never divided by P) and every output pays one division by P,
+        // fused with its rescale.
+        let mut outs: Vec<Option<ExtendedCiphertext>> = vec![None; lt.outputs];
         for (&(o, j), parts) in &lt.groups {
             if cancelled() {
                 return Err(Error::Cancelled);
             }
-            let mut inner: Option<Ciphertext> = None;
+            let mut inner: Option<ExtendedCiphertext> = None;
             for (i, terms) in parts {
                 let deferred: Vec<Option<ExtendedPlaintext>> = match &lt.encoder {
                     Some(enc) => terms
@@ -543,22 +548,22 @@ impl Evaluator {
                         }
                     })
                     .collect::<Result<Vec<(i64, &ExtendedPlaintext)>>>()?;
-                let part = self.combine_rotations(&rots[*i], &refs)?;
+                let part = self.combine_rotations_extended(&rots[*i], &refs)?;
                 match inner.as_mut() {
                     None => inner = Some(part),
-                    Some(acc) => self.add_assign(acc, &part)?,
+                    Some(acc) => self.add_extended_assign(acc, &part)?,
                 }
             }
             let Some(inner) = inner else { continue };
-            let moved = self.rotate(&inner, (j * lt.giant_unit) as i64)?;
+            let moved = self.rotate_extended(&inner, (j * lt.giant_unit) as i64)?;
             match outs[o].as_mut() {
                 None => outs[o] = Some(moved),
-                Some(acc) => self.add_assign(acc, &moved)?,
+                Some(acc) => self.add_extended_assign(acc, &moved)?,
             }
         }
         outs.into_iter()
             .map(|acc| match acc {
-                Some(acc) => self.rescale(&acc),
+                Some(acc) => self.mod_down_rescale_extended(acc),
                 // A block row without diagonals: the zero vector, at the same level and scale.
                 None => self.rescale(&self.mul_const(&inputs[0], 0.0, lt.scale)?),
             })

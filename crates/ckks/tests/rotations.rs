@@ -94,3 +94,70 @@ fn conjugation_and_slot_sums() {
     let bits = precision_bits(&c.decrypt(&s), &want);
     assert!(bits > 18.0, "sum_slots {bits:.1} bits");
 }
+
+/// With keys for powers of two only, every other step is composed of its set bits: single,
+/// hoisted and double-hoisted (linear transform) rotations all agree with plaintext, and a step
+/// whose parts lack a key is a typed error.
+#[test]
+fn rotations_composed_of_power_of_two_keys() {
+    use cipherinfer_ckks::{LinearTransform, power_of_two_parts};
+    let params = small_insecure();
+    let slots = params.slots();
+    let powers: Vec<i64> = (0..slots.trailing_zeros()).map(|b| 1i64 << b).collect();
+    let mut c = ctx(params.clone(), &powers, false);
+    let v = random_vec(slots, 21, 1.0);
+    let ct = c.encrypt(&v);
+    let steps = [3i64, 5, 7, slots as i64 - 1, -6, 100];
+    assert_eq!(
+        power_of_two_parts(-6, slots),
+        power_of_two_parts(slots as i64 - 6, slots)
+    );
+    assert_eq!(power_of_two_parts(7, slots), vec![1, 2, 4]);
+    for &k in &steps {
+        assert!(c.ev.can_rotate_at(k, ct.level()));
+        let got = c.decrypt(&c.ev.rotate(&ct, k).expect("composed rotation"));
+        let bits = precision_bits(&got, &rotated(&v, k));
+        assert!(bits > 20.0, "composed rotate {k}: {bits:.1} bits");
+    }
+    for (h, &k) in
+        c.ev.rotate_hoisted(&ct, &steps)
+            .expect("hoisted")
+            .iter()
+            .zip(&steps)
+    {
+        assert!(
+            precision_bits(&c.decrypt(h), &rotated(&v, k)) > 20.0,
+            "hoisted {k}"
+        );
+    }
+    // A banded transform whose baby and giant steps are not powers of two.
+    let mut diags = std::collections::BTreeMap::new();
+    for (t, k) in [0usize, 3, 5, 6, 13, 27, 45].into_iter().enumerate() {
+        diags.insert(k, random_vec(slots, 40 + t as u64, 1.0));
+    }
+    let lt = LinearTransform::new(slots, diags).expect("diagonals");
+    assert!(lt.rotation_steps().iter().any(|s| !powers.contains(s)));
+    let level = ct.level();
+    let enc = lt
+        .encode(&c.encoder, level, params.q_primes()[level] as f64)
+        .expect("encode");
+    let out =
+        c.ev.linear_transform(&ct, &enc)
+            .expect("composed transform");
+    let want = lt.apply_plain(&v).expect("plain");
+    let bits = precision_bits(&c.decrypt(&out), &want);
+    assert!(
+        bits > 17.0,
+        "transform with composed rotations: {bits:.1} bits"
+    );
+
+    // Without the key for 4, a step with that bit cannot be made; others still can.
+    let mut partial = ctx(params.clone(), &[1, 2, 8], false);
+    let ct = partial.encrypt(&v);
+    assert!(!partial.ev.can_rotate(5));
+    let err = partial.ev.rotate(&ct, 5).expect_err("no key for 4");
+    assert_eq!(err.code(), "missing_key");
+    assert!(partial.ev.rotate_hoisted(&ct, &[3, 5]).is_err());
+    let got = partial.decrypt(&partial.ev.rotate(&ct, 11).expect("8 + 2 + 1"));
+    assert!(precision_bits(&got, &rotated(&v, 11)) > 20.0);
+}

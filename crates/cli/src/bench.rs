@@ -5,12 +5,14 @@
 //! and peak memory. JSON on stdout, a summary on stderr.
 //!
 //! `cipherinfer bench model [--model NAME|DIR] [--images N|DIR | --all] [--threads 2]
-//! [--samples FILE] [--batch B] [--params auto|PRESET] [--degree D] [--encrypt K]`: NAME a shipped model, DIR
+//! [--samples FILE] [--batch B] [--params auto|PRESET] [--degree D] [--encrypt K] [--parallel] [--max-key-mib M]`: NAME a shipped model, DIR
 //! a model package (its `test/` images by default); `--images DIR` a folder of images with a
 //! `labels.txt` of `FILE LABEL` lines (LABEL a class index or name); FILE a sample set in the
 //! shipped format, e.g. the full test set written by `bench/export_full_test_set.py`; B images
 //! per ciphertext set in batch mode; `--encrypt K` encrypts only the first K images and runs
-//! all of them through the approximated network in cleartext; PRESET e.g. `PN13_DEPTH5`, default `auto`: the smallest
+//! all of them through the approximated network in cleartext; `--parallel` also measures
+//! throughput with the ciphertext sets evaluated side by side; `--max-key-mib M` keeps the
+//! evaluation keys within M MiB (rotations composed of power-of-two keys); PRESET e.g. `PN13_DEPTH5`, default `auto`: the smallest
 //! 128-bit set that fits; D: the degree of the ReLU polynomials when the model needs conversion.
 
 use std::sync::atomic::AtomicBool;
@@ -74,6 +76,15 @@ pub struct ModelBenchArgs {
     /// network in cleartext (`plaintext_simulation` in the report), e.g. a full test set.
     #[arg(long)]
     encrypt: Option<usize>,
+    /// Also measure throughput with ciphertext sets evaluated side by side (as a server does
+    /// for concurrent requests: each thread takes a set, and a thread with nothing left helps
+    /// another set's evaluation), after the one-at-a-time latency run.
+    #[arg(long)]
+    parallel: bool,
+    /// Keep the evaluation keys within this many MiB, composing the other rotations of
+    /// power-of-two keys (as `compile --max-key-mib`).
+    #[arg(long, value_parser = crate::compile::parse_mib)]
+    max_key_mib: Option<u64>,
 }
 
 /// Runs `cipherinfer bench model`.
@@ -88,6 +99,8 @@ pub fn model_bench(a: ModelBenchArgs) -> Result<(), BoxErr> {
         params: a.params,
         degree: a.degree,
         encrypt: a.encrypt,
+        parallel: a.parallel,
+        max_key_bytes: a.max_key_mib,
     };
     let input = BenchInput::load(&a.model, images_dir.as_deref(), a.samples.as_deref())?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -101,6 +114,8 @@ struct Opts {
     params: String,
     degree: Degree,
     encrypt: Option<usize>,
+    parallel: bool,
+    max_key_bytes: Option<u64>,
 }
 
 /// What a benchmark runs: the network as given, labelled images and calibration inputs.
@@ -309,6 +324,7 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
     };
     let t = Instant::now();
     let (_net, model) = compile_model_batch(&ir, params.clone(), &calibration, opts.batch)?;
+    let model = model.with_key_budget(opts.max_key_bytes)?;
     model.warm()?;
     let compile_s = t.elapsed().as_secs_f64();
     let plan = model.plan();
@@ -368,6 +384,43 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
             correct_plain += usize::from(argmax(&want) == *label);
         }
     }
+    // Throughput with sets side by side: every set encrypted first, then all evaluated at once
+    // on the pool (checked against the one-at-a-time results).
+    let parallel = if opts.parallel {
+        use rayon::prelude::*;
+        let sets = inputs[..images]
+            .chunks(batch)
+            .map(|chunk| {
+                let xs: Vec<&[f64]> = chunk.iter().map(|(x, _)| x.as_slice()).collect();
+                spec.encrypt_batch(&encoder, &mut sym, &xs)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let t = Instant::now();
+        let outs = sets
+            .par_iter()
+            .with_max_len(1)
+            .map(|cts| {
+                model
+                    .evaluate(&ev, cts, &AtomicBool::new(false), |_, _, _| {})
+                    .map(|(out, _)| out)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let wall = t.elapsed().as_secs_f64();
+        let mut same = 0usize;
+        for (out, chunk) in outs.iter().zip(inputs[..images].chunks(batch)) {
+            for (got, (x, _)) in spec.decrypt_batch(&encoder, &dec, out)?.iter().zip(chunk) {
+                same += usize::from(argmax(got) == argmax(&plan.execute_cleartext(x)?));
+            }
+        }
+        Some(serde_json::json!({
+            "images": images,
+            "wall_s": wall,
+            "throughput_images_per_s": images as f64 / wall,
+            "argmax_agreement": same as f64 / images as f64,
+        }))
+    } else {
+        None
+    };
     // Every selected image through the approximated network in cleartext: what the encrypted
     // runs give up to CKKS noise (they agree with it on the images encrypted above).
     let tensors: Vec<Tensor> = labelled[..simulated]
@@ -410,6 +463,7 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
         "lazy_masks": model.lazy_masks(),
         "conversion": conversion_json,
         "throughput_images_per_s": images as f64 / total_eval_s,
+        "parallel": parallel,
         "depth": plan.depth(),
         "rotation_keys": steps.len(),
         "server_eval_ms_median_per_ciphertext_set": median(&mut eval_ms.clone()),
@@ -442,6 +496,13 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
         100.0 * agree as f64 / images as f64,
         100.0 * agree_original as f64 / images as f64
     );
+    if let Some(p) = &parallel {
+        eprintln!(
+            "sets side by side on {threads} thread(s): {:.1} images/s ({:.2}% argmax agreement with the compiled plan)",
+            p["throughput_images_per_s"].as_f64().unwrap_or(f64::NAN),
+            100.0 * p["argmax_agreement"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     if simulated > images {
         eprintln!(
             "approximated network in cleartext on all {simulated} images: accuracy {:.2}% (network as given: {:.2}%), agreement {:.2}%",

@@ -63,6 +63,11 @@ pub struct CompileArgs {
     /// many GiB (default: this machine's memory).
     #[arg(long)]
     max_memory_gib: Option<f64>,
+    /// Keep the evaluation keys a client uploads within this many MiB: rotation steps beyond
+    /// the budget get no key of their own and are composed of power-of-two keys when the model
+    /// runs (the steps that cost least time per byte go first). Default: one key per step.
+    #[arg(long, value_parser = parse_mib)]
+    max_key_mib: Option<u64>,
     /// Skip the latency estimate (it generates one key and times a few operations).
     #[arg(long)]
     no_estimate: bool,
@@ -83,6 +88,17 @@ fn machine_memory_gib() -> Option<f64> {
         .parse()
         .ok()?;
     Some(kib / f64::from(1u32 << 20))
+}
+
+/// Parses a size in MiB (e.g. `--max-key-mib 64`) into bytes.
+pub fn parse_mib(s: &str) -> Result<u64, String> {
+    let mib: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of MiB"))?;
+    if !(mib.is_finite() && mib > 0.0 && mib < 1e9) {
+        return Err(format!("{s} MiB is not a positive size"));
+    }
+    Ok((mib * f64::from(1u32 << 20)) as u64)
 }
 
 /// Parses `--degree`: `auto` or a degree.
@@ -122,8 +138,12 @@ pub fn compile(a: CompileArgs) -> Result<(), BoxErr> {
         security,
     };
     let started = Instant::now();
-    let (compiled, search) = compile_package(&package, a.degree, a.target_agreement, &options)
-        .map_err(|e| format!("{}: {e} [{}]", a.package.display(), e.code()))?;
+    let failed = |e: cipherinfer_compiler::CompileError| {
+        format!("{}: {e} [{}]", a.package.display(), e.code())
+    };
+    let (mut compiled, search) =
+        compile_package(&package, a.degree, a.target_agreement, &options).map_err(failed)?;
+    compiled.he = compiled.he.with_key_budget(a.max_key_mib).map_err(failed)?;
     let compile_s = started.elapsed().as_secs_f64();
 
     let (images, from) = agreement_images(&package);

@@ -159,6 +159,10 @@ pub struct Artifact {
     pub output_divisor: f64,
     /// What the conversion did (`None` when the network was HE-friendly as given).
     pub conversion: Option<ConversionReport>,
+    /// The budget (bytes of the evaluation-key bundle) the rotation keys were chosen against
+    /// (`compile --max-key-mib`); absent: one key per rotation step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_key_bytes: Option<u64>,
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> ArtifactError {
@@ -340,7 +344,9 @@ impl Artifact {
             output_divisor: self.output_divisor,
         };
         let plan = compile_with(&net, params.slots(), options).map_err(wrap)?;
-        let he = HeModel::new(plan, params).map_err(wrap)?;
+        let he = HeModel::new(plan, params)
+            .and_then(|he| he.with_key_budget(self.max_key_bytes))
+            .map_err(wrap)?;
         Ok((net, he))
     }
 }

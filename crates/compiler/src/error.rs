@@ -43,6 +43,16 @@ pub enum CompileError {
     /// The plan multiplies ciphertexts and no relinearization key was given.
     #[error("missing the relinearization key")]
     MissingRelinearizationKey,
+    /// Even the smallest rotation-key set (powers of two) exceeds the key budget.
+    #[error(
+        "the evaluation keys need at least {smallest} bytes (rotations composed of powers of two), above the budget of {budget} bytes"
+    )]
+    KeyBudget {
+        /// The budget, bytes.
+        budget: u64,
+        /// The smallest bundle, bytes.
+        smallest: u64,
+    },
     /// Replacing ReLU-like activations or MaxPool by polynomials failed.
     #[error("conversion: {0}")]
     Conversion(#[from] cipherinfer_model::ConvertError),
@@ -65,6 +75,7 @@ impl CompileError {
             CompileError::DepthExceeded { .. } => "depth_exceeded",
             CompileError::MissingRotationKeys { .. } => "invalid_galois_key",
             CompileError::MissingRelinearizationKey => "missing_relinearization_key",
+            CompileError::KeyBudget { .. } => "key_budget_exceeded",
             CompileError::Conversion(_) => "conversion_failed",
             CompileError::NeedsCalibration(_) => "needs_calibration",
         }

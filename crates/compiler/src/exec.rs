@@ -9,6 +9,7 @@
 //! (the interleaving is an isomorphism of the slot algebra). The rotation keys are the plan's
 //! steps times `B`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -81,6 +82,10 @@ pub struct HeModel {
     steps: Vec<EncodedStep>,
     lazy_masks: bool,
     mask_bytes: usize,
+    /// The rotation keys the client generates: step (times the batch) → highest level served.
+    rotation_keys: BTreeMap<i64, usize>,
+    /// The budget they were chosen against, bytes of the evaluation-key bundle.
+    key_budget: Option<u64>,
 }
 
 impl std::fmt::Debug for HeModel {
@@ -220,7 +225,7 @@ impl HeModel {
             }
         }
         let input_scale = params.default_scale();
-        Ok(Self {
+        let mut model = Self {
             plan,
             params,
             batch,
@@ -229,7 +234,50 @@ impl HeModel {
             steps,
             lazy_masks,
             mask_bytes: if lazy_masks { 0 } else { mask_bytes },
-        })
+            rotation_keys: BTreeMap::new(),
+            key_budget: None,
+        };
+        model.rotation_keys = model.choose_rotation_keys(None)?;
+        Ok(model)
+    }
+
+    fn choose_rotation_keys(&self, max_bytes: Option<u64>) -> Result<BTreeMap<i64, usize>> {
+        let uses = self
+            .plan
+            .rotation_uses()
+            .into_iter()
+            .map(|(s, u)| (s * self.batch as i64, u))
+            .collect();
+        crate::keyset::choose_rotation_keys(
+            &self.params,
+            &uses,
+            self.plan.needs_relinearization(),
+            max_bytes,
+        )
+    }
+
+    /// The model with its rotation keys chosen so the evaluation-key bundle takes at most
+    /// `max_bytes` (see [`crate::keyset`]): some rotations are then composed of power-of-two
+    /// keys at evaluation time. `None` gives every rotation step its own key.
+    pub fn with_key_budget(mut self, max_bytes: Option<u64>) -> Result<Self> {
+        self.rotation_keys = self.choose_rotation_keys(max_bytes)?;
+        self.key_budget = max_bytes;
+        Ok(self)
+    }
+
+    /// Rotation steps the evaluation uses that have no key of their own (composed of
+    /// power-of-two keys under the key budget).
+    pub fn composed_rotations(&self) -> usize {
+        self.plan
+            .rotation_uses()
+            .keys()
+            .filter(|&&s| !self.rotation_keys.contains_key(&(s * self.batch as i64)))
+            .count()
+    }
+
+    /// The evaluation-key budget the rotation keys were chosen against, if any.
+    pub fn key_budget(&self) -> Option<u64> {
+        self.key_budget
     }
 
     /// Encodes every mask that is kept but not encoded yet, so that the next evaluation runs at
@@ -279,15 +327,13 @@ impl HeModel {
             let here = match step {
                 Step::Linear(l) => {
                     let n1 = l.baby_steps.max(1);
-                    let mut babies = vec![std::collections::BTreeSet::new(); l.in_cts];
                     let mut per_group = std::collections::BTreeMap::new();
-                    for (&(o, i), d) in &l.diagonals {
+                    for (&(o, _), d) in &l.diagonals {
                         for &k in d.keys() {
-                            babies[i].insert(k % n1);
                             *per_group.entry((o, k / n1)).or_insert(0usize) += 1;
                         }
                     }
-                    let rotations: usize = babies.iter().map(|b| b.len()).sum();
+                    let rotations = l.bsgs_rotations(n1).0;
                     let lazy = if self.lazy_masks {
                         per_group.values().copied().max().unwrap_or(0) * ext(level)
                     } else {
@@ -350,25 +396,17 @@ impl HeModel {
     pub fn depth(&self) -> usize {
         self.plan.depth()
     }
-    /// The rotation steps the evaluation uses (the plan's, times the batch size): the minimal
-    /// rotation-key set.
+    /// The rotation keys the client generates, by step: by default every step the evaluation
+    /// rotates by (the plan's, times the batch size); under a key budget
+    /// ([`HeModel::with_key_budget`]) some of them replaced by powers of two.
     pub fn rotation_steps(&self) -> Vec<i64> {
-        self.plan
-            .rotation_steps()
-            .into_iter()
-            .map(|s| s * self.batch as i64)
-            .collect()
+        self.rotation_keys.keys().copied().collect()
     }
 
     /// The highest level each rotation key must serve, in the order of
     /// [`HeModel::rotation_steps`].
     pub fn rotation_key_levels(&self) -> Vec<usize> {
-        let levels = self.plan.rotation_key_levels();
-        self.plan
-            .rotation_steps()
-            .iter()
-            .map(|s| levels.get(s).copied().unwrap_or(self.input_level))
-            .collect()
+        self.rotation_keys.values().copied().collect()
     }
 
     /// Refuses an evaluation before any work when `max_depth` (a caller's bound on the

@@ -60,6 +60,7 @@ impl Compiled {
             parameters: self.he.parameters().literal().clone(),
             output_divisor: self.he.plan().output_multiplier,
             conversion: self.conversion.clone(),
+            max_key_bytes: self.he.key_budget(),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! lowers them to diagonals (with a cleartext executor of the plan); [`exec`] binds a plan to
 //! CKKS parameters and evaluates it on ciphertexts. [`import`] takes a network from the model
 //! IR (converting ReLU-like activations and MaxPool) and [`select`] chooses its parameters at a
-//! security level; [`artifact`] is the compiled-model file `serve` loads and [`report`] what
+//! security level; [`keyset`] chooses the rotation keys against a size budget; [`artifact`] is the compiled-model file `serve` loads and [`report`] what
 //! `compile` prints.
 
 pub mod artifact;
@@ -14,6 +14,7 @@ pub mod degree;
 pub mod error;
 pub mod exec;
 pub mod import;
+pub mod keyset;
 pub mod linear;
 pub mod network;
 pub mod plan;
@@ -30,6 +31,8 @@ pub use import::{
     compile_model_auto, compile_model_batch,
 };
 pub use network::{Layer, Network, Shape};
-pub use plan::{CompileOptions, Plan, SlotMap, Step, compile, compile_with, output_divisor_for};
+pub use plan::{
+    CompileOptions, Plan, RotationUse, SlotMap, Step, compile, compile_with, output_divisor_for,
+};
 pub use report::CompileReport;
 pub use select::{select_literal, select_parameters};

@@ -109,6 +109,11 @@ pub struct CompileReport {
     pub parameters: ParameterRow,
     /// Rotation keys a client generates.
     pub rotation_keys: usize,
+    /// Rotation steps without a key of their own, composed of power-of-two keys (under a key
+    /// budget).
+    pub composed_rotations: usize,
+    /// The evaluation-key budget the keys were chosen against (`--max-key-mib`), bytes.
+    pub key_budget_bytes: Option<u64>,
     /// Whether a relinearization key is needed.
     pub relinearization: bool,
     /// Bytes of the evaluation keys as uploaded (seeded).
@@ -143,25 +148,10 @@ fn step_rows(plan: &Plan) -> Vec<StepRow> {
             let (rotations, hoisted_rotations, plaintext_products, ciphertext_products) = match step
             {
                 Step::Linear(l) => {
-                    let n1 = l.baby_steps.max(1);
-                    // Per input ciphertext, one (hoisted) rotation per distinct baby step; per
-                    // output and giant step, one rotation; then the block sums.
-                    let mut babies = vec![std::collections::BTreeSet::new(); l.in_cts];
-                    let mut giants = std::collections::BTreeSet::new();
-                    for (&(o, i), d) in &l.diagonals {
-                        for &k in d.keys() {
-                            if k % n1 != 0 {
-                                babies[i].insert(k % n1);
-                            }
-                            if k / n1 != 0 {
-                                giants.insert((o, k / n1));
-                            }
-                        }
-                    }
-                    let hoisted = babies.iter().map(|b| b.len()).sum::<usize>();
+                    let (hoisted, giants) = l.bsgs_rotations(l.baby_steps);
                     let products = l.diagonals.values().map(|d| d.len()).sum();
                     cts = l.out_cts;
-                    (giants.len() + l.block_sum.len(), hoisted, products, 0)
+                    (giants + l.block_sum.len(), hoisted, products, 0)
                 }
                 Step::Save { .. } => (0, 0, 0, 0),
                 // Per ciphertext and stage, one decomposition: its first rotation is a full one.
@@ -345,6 +335,8 @@ impl CompileReport {
             depth,
             parameters: parameter_row(params),
             rotation_keys: spec.rotation_steps.len(),
+            composed_rotations: he.composed_rotations(),
+            key_budget_bytes: he.key_budget(),
             relinearization: spec.relinearization,
             eval_keys_bytes: spec.evaluation_keys_bytes(params),
             server_memory_bytes: he
@@ -427,6 +419,14 @@ impl fmt::Display for CompileReport {
             self.input_bytes as f64 / 1024.0,
             self.output_bytes as f64 / 1024.0
         )?;
+        if let Some(budget) = self.key_budget_bytes {
+            writeln!(
+                f,
+                "key budget: {:.1} MiB; {} rotation steps composed of power-of-two keys",
+                mib(budget as usize),
+                self.composed_rotations
+            )?;
+        }
         writeln!(
             f,
             "server memory: {:.2} GiB (encoded masks + one client's keys in memory)",

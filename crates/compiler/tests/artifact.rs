@@ -118,6 +118,20 @@ fn an_artifact_rebuilds_the_same_executor_and_reports_its_costs() {
         text.contains("depth 5") && text.contains("128-bit security"),
         "{text}"
     );
+
+    // A key budget travels in the artifact: the served model asks for the same, smaller keys.
+    let budget = report.eval_keys_bytes as u64 * 3 / 4;
+    let mut small = c;
+    small.he = small.he.with_key_budget(Some(budget)).expect("budget");
+    let artifact = small.artifact(mnist_card(), "00");
+    assert_eq!(artifact.max_key_bytes, Some(budget));
+    artifact.write(&path).expect("write");
+    let (_, he) = Artifact::read(&path)
+        .expect("read")
+        .instantiate(&path)
+        .expect("instantiate");
+    assert_eq!(he.client_spec(), small.he.client_spec());
+    assert!(he.client_spec().evaluation_keys_bytes(he.parameters()) as u64 <= budget);
     std::fs::remove_dir_all(dir).ok();
 }
 

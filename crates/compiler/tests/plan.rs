@@ -1,5 +1,6 @@
 //! The compiled plan computes the network: exactly in cleartext, and under encryption (INSECURE
 //! small rings, for speed) up to CKKS noise, with exactly the rotation keys the plan reports.
+#![allow(clippy::panic, reason = "tests fail loudly")]
 
 use std::sync::atomic::AtomicBool;
 
@@ -195,6 +196,46 @@ fn insecure_params(log_n: u32) -> std::sync::Arc<cipherinfer_ckks::Parameters> {
         .expect("INSECURE test parameters")
 }
 
+/// Packs an image as the plan's input and encrypts each block at the model's input level.
+fn encrypt_image(
+    model: &HeModel,
+    encoder: &Encoder,
+    sym: &mut cipherinfer_ckks::SymmetricEncryptor,
+    x: &[f64],
+) -> Vec<cipherinfer_ckks::Ciphertext> {
+    model
+        .plan()
+        .input
+        .pack(x, encoder.slots())
+        .expect("pack")
+        .iter()
+        .map(|v| {
+            let pt = encoder
+                .encode(v, model.input_level(), model.input_scale())
+                .expect("encode");
+            sym.encrypt(&pt).expect("encrypt")
+        })
+        .collect()
+}
+
+/// Decrypts the output blocks and unpacks the plan's output.
+fn decrypt_output(
+    plan: &cipherinfer_compiler::Plan,
+    encoder: &Encoder,
+    dec: &cipherinfer_ckks::Decryptor,
+    out: &[cipherinfer_ckks::Ciphertext],
+) -> Vec<f64> {
+    let slots: Vec<Vec<f64>> = out
+        .iter()
+        .map(|c| {
+            encoder
+                .decode(&dec.decrypt(c).expect("decrypt"))
+                .expect("decode")
+        })
+        .collect();
+    plan.finish_output(&plan.output.unpack(&slots))
+}
+
 #[test]
 fn encrypted_execution_matches_cleartext_with_the_derived_keys() {
     for (log_n, net) in [
@@ -215,33 +256,14 @@ fn encrypted_execution_matches_cleartext_with_the_derived_keys() {
         let encoder = Encoder::new(params.clone());
         let (mut sym, dec) = secret_key_pair(sk).expect("secret key");
         let x = image(77);
-        let packed = plan.input.pack(&x, params.slots()).expect("pack");
-        let cts: Vec<_> = packed
-            .iter()
-            .map(|v| {
-                sym.encrypt(
-                    &encoder
-                        .encode(v, model.input_level(), model.input_scale())
-                        .expect("enc"),
-                )
-                .expect("enc")
-            })
-            .collect();
+        let cts = encrypt_image(&model, &encoder, &mut sym, &x);
         let mut calls = 0;
         let (out, report) = model
             .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| calls += 1)
             .expect("evaluate");
         assert_eq!(report.depth_used, plan.depth());
         assert_eq!(calls, plan.steps.len() + 1);
-        let slots: Vec<Vec<f64>> = out
-            .iter()
-            .map(|c| {
-                encoder
-                    .decode(&dec.decrypt(c).expect("dec"))
-                    .expect("decode")
-            })
-            .collect();
-        let got = plan.finish_output(&plan.output.unpack(&slots));
+        let got = decrypt_output(&plan, &encoder, &dec, &out);
         let want = plan.execute_cleartext(&x).expect("cleartext");
         let err = max_err(&got, &want);
         eprintln!(
@@ -257,4 +279,86 @@ fn encrypted_execution_matches_cleartext_with_the_derived_keys() {
             Err(cipherinfer_compiler::CompileError::Cancelled)
         ));
     }
+}
+
+/// Under a key budget the client's bundle fits it, the rotations left without a key are
+/// composed of power-of-two keys, the result is unchanged, and a budget below the powers of
+/// two alone is refused with its own code.
+#[test]
+fn a_key_budget_composes_rotations_of_powers_of_two_and_keeps_the_result() {
+    let params = insecure_params(8);
+    let net = pooled_net(4);
+    let plan = compile(&net, params.slots()).expect("compile");
+    let direct = HeModel::new(plan.clone(), params.clone()).expect("bind");
+    let full_bytes = direct.client_spec().evaluation_keys_bytes(&params) as u64;
+    let direct_steps = direct.rotation_steps();
+    assert!(
+        direct_steps.iter().any(|&s| s.count_ones() > 1),
+        "the test needs steps that are not powers of two: {direct_steps:?}"
+    );
+    // No budget, or a roomy one: one key per step.
+    let roomy = HeModel::new(plan.clone(), params.clone())
+        .expect("bind")
+        .with_key_budget(Some(full_bytes))
+        .expect("roomy budget");
+    assert_eq!(roomy.rotation_steps(), direct_steps);
+
+    // The smallest set: every step composed.
+    let Err(e) = HeModel::new(plan.clone(), params.clone())
+        .expect("bind")
+        .with_key_budget(Some(1))
+    else {
+        panic!("a one-byte budget is refused");
+    };
+    assert_eq!(e.code(), "key_budget_exceeded");
+    let cipherinfer_compiler::CompileError::KeyBudget { smallest, .. } = e else {
+        panic!("{e}");
+    };
+    assert!(smallest < full_bytes);
+    let budget = (smallest + full_bytes) / 2;
+    let model = HeModel::new(plan.clone(), params.clone())
+        .expect("bind")
+        .with_key_budget(Some(budget))
+        .expect("budget between the smallest and the full set");
+    let spec = model.client_spec();
+    let bytes = spec.evaluation_keys_bytes(&params) as u64;
+    assert!(bytes <= budget, "{bytes} > {budget}");
+    assert_ne!(model.rotation_steps(), direct_steps);
+    assert_eq!(model.key_budget(), Some(budget));
+
+    // Keys made from the client specification, as a client makes them; the result matches.
+    let mut kg = KeyGenerator::new(params.clone()).expect("kg");
+    let sk = kg.secret_key();
+    let keys = spec.evaluation_keys(&mut kg, &sk).expect("keys");
+    assert_eq!(
+        cipherinfer_ckks::serialization::ToBytes::to_bytes(&keys).len() as u64,
+        bytes
+    );
+    let ev = Evaluator::new(keys);
+    model
+        .check_keys(&ev)
+        .expect("the budgeted keys serve the model");
+    let encoder = Encoder::new(params.clone());
+    let (mut sym, dec) = secret_key_pair(sk).expect("secret key");
+    let x = image(78);
+    let cts = encrypt_image(&model, &encoder, &mut sym, &x);
+    let (out, _) = model
+        .evaluate(&ev, &cts, &AtomicBool::new(false), |_, _, _| {})
+        .expect("evaluate with composed rotations");
+    let got = decrypt_output(&plan, &encoder, &dec, &out);
+    let want = plan.execute_cleartext(&x).expect("cleartext");
+    let err = max_err(&got, &want);
+    assert!(err < 1e-4, "error {err}");
+    // A bundle without one of the power-of-two keys fails the key check before any work.
+    let mut kg = KeyGenerator::new(params.clone()).expect("kg");
+    let sk = kg.secret_key();
+    let steps = model.rotation_steps();
+    let dropped = steps
+        .iter()
+        .copied()
+        .find(|s| s.count_ones() == 1)
+        .expect("a power-of-two key");
+    let some: Vec<i64> = steps.into_iter().filter(|&s| s != dropped).collect();
+    let partial = Evaluator::new(kg.evaluation_keys(&sk, true, &some, false).expect("keys"));
+    assert!(model.check_keys(&partial).is_err());
 }

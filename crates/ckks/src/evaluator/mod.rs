@@ -23,7 +23,19 @@ mod keyswitch;
 mod rotation;
 
 pub use keyswitch::Decomposition;
+pub(crate) use rotation::ExtendedCiphertext;
 pub use rotation::ExtendedRotations;
+
+/// The power-of-two rotations (set bits of `step` modulo `slots`, lowest first) whose
+/// composition rotates by `step`: how a rotation without its own key is made of the keys for
+/// powers of two.
+pub fn power_of_two_parts(step: i64, slots: usize) -> Vec<i64> {
+    let s = step.rem_euclid(slots as i64);
+    (0..63)
+        .map(|b| 1i64 << b)
+        .filter(|&bit| s & bit != 0)
+        .collect()
+}
 
 /// Relative tolerance under which two scales count as equal.
 const SCALE_TOLERANCE: f64 = 1e-9;
@@ -98,21 +110,49 @@ impl Evaluator {
         g
     }
 
-    /// Whether a rotation by `step` is possible (key present, or a trivial step).
+    /// Whether a rotation by `step` is possible (its key present, or the keys of its
+    /// power-of-two parts, or a trivial step).
     pub fn can_rotate(&self, step: i64) -> bool {
-        let g = self.params.galois_element(step);
-        g == 1 || self.galois.contains_key(&g)
+        self.rotation_parts(step).is_ok()
     }
 
     /// Whether a rotation by `step` is possible at `level` (a key serving that level present,
     /// or a trivial step).
     pub fn can_rotate_at(&self, step: i64, level: usize) -> bool {
+        self.rotation_parts(step).is_ok_and(|parts| {
+            parts.iter().all(|&s| {
+                self.galois
+                    .get(&self.params.galois_element(s))
+                    .is_some_and(|k| k.key.max_level() >= level)
+            })
+        })
+    }
+
+    /// The rotations that make up a rotation by `step`: none for a trivial step, the step
+    /// itself when its key is present, otherwise its power-of-two parts (the set bits of the
+    /// step modulo the slot count), each of which must have a key. A client may send keys for
+    /// powers of two only and let the server compose the other steps (fewer keys, more
+    /// rotations).
+    pub fn rotation_parts(&self, step: i64) -> Result<Vec<i64>> {
         let g = self.params.galois_element(step);
-        g == 1
-            || self
-                .galois
-                .get(&g)
-                .is_some_and(|k| k.key.max_level() >= level)
+        if g == 1 {
+            return Ok(Vec::new());
+        }
+        if self.galois.contains_key(&g) {
+            return Ok(vec![step]);
+        }
+        let parts = power_of_two_parts(step, self.params.slots());
+        if parts
+            .iter()
+            .all(|&s| self.galois.contains_key(&self.params.galois_element(s)))
+        {
+            Ok(parts)
+        } else {
+            Err(Error::MissingKey {
+                kind: "rotation",
+                galois_element: Some(g),
+            })
+        }
     }
 
     /// Whether the relinearization key is present.

@@ -14,6 +14,15 @@ use crate::ring;
 /// (key-switched c_0 part, c_1 part) over Q ∪ P, and σ(c_0) over Q.
 type RotatedParts = (Vec<u64>, Vec<u64>, Vec<u64>);
 
+/// A ciphertext held in the extended basis Q_level ∪ P as `P·(c_0, c_1)` (NTT domain), before
+/// the division by P that key switches end with.
+#[derive(Clone)]
+pub(crate) struct ExtendedCiphertext {
+    polys: [Vec<u64>; 2],
+    level: usize,
+    scale: f64,
+}
+
 /// Rotations of one ciphertext kept in the extended basis, from
 /// [`Evaluator::rotations_extended`].
 pub struct ExtendedRotations {
@@ -72,25 +81,23 @@ impl Evaluator {
     }
 
     /// Rotates the slots left by `step` (negative: right). Needs the rotation key for `step`.
+    /// Without the step's own key, the rotation is composed of its power-of-two parts
+    /// ([`Evaluator::rotation_parts`]), one key switch each.
     pub fn rotate(&self, ct: &Ciphertext, step: i64) -> Result<Ciphertext> {
-        let g = self.params.galois_element(step);
-        if g == 1 {
-            self.check(ct)?;
-            return Ok(ct.clone());
+        self.check(ct)?;
+        let mut out = ct.clone();
+        for part in self.rotation_parts(step)? {
+            let dec = self.decompose(&out)?;
+            out = self.automorphism_hoisted(&out, &dec, self.params.galois_element(part))?;
         }
-        self.galois_key(g)?;
-        let dec = self.decompose(ct)?;
-        self.automorphism_hoisted(ct, &dec, g)
+        Ok(out)
     }
 
     /// Rotations of one ciphertext by many steps from a single decomposition (hoisting): the
     /// expensive basis extension is done once instead of once per step.
     pub fn rotate_hoisted(&self, ct: &Ciphertext, steps: &[i64]) -> Result<Vec<Ciphertext>> {
         for &s in steps {
-            let g = self.params.galois_element(s);
-            if g != 1 {
-                self.galois_key(g)?;
-            }
+            self.rotation_parts(s)?;
         }
         let dec = self.decompose(ct)?;
         self.rotate_decomposed(ct, &dec, steps)
@@ -112,7 +119,15 @@ impl Evaluator {
         }
         steps
             .iter()
-            .map(|&s| self.automorphism_hoisted(ct, dec, self.params.galois_element(s)))
+            .map(|&s| {
+                let g = self.params.galois_element(s);
+                if g == 1 || self.galois.contains_key(&g) {
+                    self.automorphism_hoisted(ct, dec, g)
+                } else {
+                    // Composed of power-of-two rotations: not hoisted.
+                    self.rotate(ct, s)
+                }
+            })
             .collect()
     }
 
@@ -171,7 +186,15 @@ impl Evaluator {
             if g == 1 || by_step.contains_key(&g) {
                 continue;
             }
-            let gk = self.galois_key(g)?;
+            let Some(gk) = self.galois.get(&g) else {
+                // Composed of power-of-two rotations, then held as (0, P·r_1) and r_0: the
+                // same sum once divided by P.
+                let mut r = self.rotate(ct, step)?;
+                let a1 = self.lift_to_extended(&r.polys[1], level);
+                let a0 = vec![0u64; a1.len()];
+                by_step.insert(g, (a0, a1, std::mem::take(&mut r.polys[0])));
+                continue;
+            };
             let (a0, a1) = self.inner_product(dec, &gk.key, "rotation")?;
             let ((a0, a1), c0) = rayon::join(
                 || {
@@ -198,6 +221,29 @@ impl Evaluator {
         rots: &ExtendedRotations,
         terms: &[(i64, &ExtendedPlaintext)],
     ) -> Result<Ciphertext> {
+        let ExtendedCiphertext {
+            polys: [a, b],
+            level,
+            scale,
+        } = self.combine_rotations_extended(rots, terms)?;
+        let (c0, c1) = rayon::join(|| self.mod_down(a, level), || self.mod_down(b, level));
+        Ok(Ciphertext {
+            params: self.params.clone(),
+            polys: vec![c0, c1],
+            level,
+            scale,
+            seed: None,
+        })
+    }
+
+    /// [`Evaluator::combine_rotations`] without the division by P: the sum stays in Q ∪ P as
+    /// `P·(c_0, c_1)` for more work there ([`Evaluator::rotate_extended`], additions) before a
+    /// single division.
+    pub(crate) fn combine_rotations_extended(
+        &self,
+        rots: &ExtendedRotations,
+        terms: &[(i64, &ExtendedPlaintext)],
+    ) -> Result<ExtendedCiphertext> {
         let ct = &rots.ct;
         let Some(first) = terms.first() else {
             return Err(Error::Encoding(
@@ -227,7 +273,6 @@ impl Evaluator {
         let mut acc1 = vec![0u64; ext.len() * n];
         let mut out0 = vec![0u64; qn];
         let mut out1 = vec![0u64; qn];
-        let mut any_rotation = false;
         for (step, pt) in terms {
             let g = self.params.galois_element(*step);
             let mask_q = &pt.poly[..qn];
@@ -240,24 +285,129 @@ impl Evaluator {
                 kind: "rotation (not prepared)",
                 galois_element: Some(g),
             })?;
-            any_rotation = true;
             rayon::join(
                 || ring::mul_add_assign(p, &mut acc0, a0, &pt.poly, &ext),
                 || ring::mul_add_assign(p, &mut acc1, a1, &pt.poly, &ext),
             );
             ring::mul_add_assign(p, &mut out0, c0, mask_q, &q_idx);
         }
-        if any_rotation {
-            let (m0, m1) =
-                rayon::join(|| self.mod_down(acc0, level), || self.mod_down(acc1, level));
-            ring::add_assign(p, &mut out0, &m0, &q_idx);
-            ring::add_assign(p, &mut out1, &m1, &q_idx);
+        // The parts over Q alone enter as P·out (zero modulo the special primes).
+        for (acc, mut out) in [(&mut acc0, out0), (&mut acc1, out1)] {
+            self.mul_by_p(&mut out, level);
+            ring::add_assign(p, &mut acc[..qn], &out, &q_idx);
         }
-        Ok(Ciphertext {
-            params: self.params.clone(),
-            polys: vec![out0, out1],
+        Ok(ExtendedCiphertext {
+            polys: [acc0, acc1],
             level,
             scale: new_scale,
+        })
+    }
+
+    /// Rotates a ciphertext held in Q ∪ P and leaves the result there: `c_1` is divided by P
+    /// and decomposed for the key switch, `c_0` is never divided (the key switch's own division
+    /// by P is shared with it), so a sum of rotated terms pays one division at the end.
+    pub(crate) fn rotate_extended(
+        &self,
+        e: &ExtendedCiphertext,
+        step: i64,
+    ) -> Result<ExtendedCiphertext> {
+        let g = self.params.galois_element(step);
+        if g == 1 {
+            return Ok(e.clone());
+        }
+        let p = &*self.params;
+        let n = p.n();
+        let level = e.level;
+        let Some(gk) = self.galois.get(&g) else {
+            // Composed of power-of-two rotations: divided by P, rotated, lifted back.
+            let [a, b] = e.polys.clone();
+            let (c0, c1) = rayon::join(|| self.mod_down(a, level), || self.mod_down(b, level));
+            let ct = Ciphertext {
+                params: self.params.clone(),
+                polys: vec![c0, c1],
+                level,
+                scale: e.scale,
+                seed: None,
+            };
+            let r = self.rotate(&ct, step)?;
+            return Ok(ExtendedCiphertext {
+                polys: [
+                    self.lift_to_extended(&r.polys[0], level),
+                    self.lift_to_extended(&r.polys[1], level),
+                ],
+                level,
+                scale: e.scale,
+            });
+        };
+        let c1 = self.mod_down(e.polys[1].clone(), level);
+        let dec = self.decompose_poly(&c1, level);
+        let (mut k0, k1) = self.inner_product(&dec, &gk.key, "rotation")?;
+        ring::add_assign(p, &mut k0, &e.polys[0], &p.ext_indices(level));
+        let (r0, r1) = rayon::join(
+            || ring::permute(&k0, &gk.perm, n),
+            || ring::permute(&k1, &gk.perm, n),
+        );
+        Ok(ExtendedCiphertext {
+            polys: [r0, r1],
+            level,
+            scale: e.scale,
+        })
+    }
+
+    /// Multiplies a polynomial over Q_level by P.
+    fn mul_by_p(&self, c: &mut [u64], level: usize) {
+        let p_mod_q: Vec<u64> = (0..=level).map(|i| self.params.p_mod_q(i)).collect();
+        let q_idx: Vec<usize> = (0..=level).collect();
+        ring::mul_scalar_assign(&self.params, c, &p_mod_q, &q_idx);
+    }
+
+    /// A polynomial over Q_level as `P·c` over Q_level ∪ P (zero modulo the special primes):
+    /// exactly `c` again once divided by P.
+    fn lift_to_extended(&self, c: &[u64], level: usize) -> Vec<u64> {
+        let mut out = vec![0u64; self.params.ext_indices(level).len() * self.params.n()];
+        out[..c.len()].copy_from_slice(c);
+        self.mul_by_p(&mut out[..c.len()], level);
+        out
+    }
+
+    /// `a += b` for ciphertexts held in Q ∪ P (same level and scale).
+    pub(crate) fn add_extended_assign(
+        &self,
+        a: &mut ExtendedCiphertext,
+        b: &ExtendedCiphertext,
+    ) -> Result<()> {
+        if a.level != b.level {
+            return Err(Error::LevelMismatch {
+                left: a.level,
+                right: b.level,
+            });
+        }
+        Self::check_scales(a.scale, b.scale)?;
+        let ext = self.params.ext_indices(a.level);
+        for (x, y) in a.polys.iter_mut().zip(&b.polys) {
+            ring::add_assign(&self.params, x, y, &ext);
+        }
+        Ok(())
+    }
+
+    /// Divides a ciphertext held in Q ∪ P by P and by its last prime at once (the rescale
+    /// fused into the division): one level lower, scale divided by q_level.
+    pub(crate) fn mod_down_rescale_extended(&self, e: ExtendedCiphertext) -> Result<Ciphertext> {
+        let level = e.level;
+        if level == 0 {
+            return Err(Error::OutOfLevels);
+        }
+        let [a, b] = e.polys;
+        let (c0, c1) = rayon::join(
+            || self.mod_down_rescale(a, level),
+            || self.mod_down_rescale(b, level),
+        );
+        let q = self.params.modulus(level).value() as f64;
+        Ok(Ciphertext {
+            params: self.params.clone(),
+            polys: vec![c0, c1],
+            level: level - 1,
+            scale: e.scale / q,
             seed: None,
         })
     }
