@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// needed (default: 90% of the machine's memory; 0: no check).
     #[arg(long)]
     memory_budget_mib: Option<u64>,
+    /// Keep each model's evaluation keys within this many MiB (models compiled at start-up:
+    /// shipped names and package directories; a compiled model keeps the budget of its
+    /// `compile --max-key-mib`): rotations beyond it are composed of power-of-two keys.
+    #[arg(long, value_parser = crate::compile::parse_mib)]
+    max_key_mib: Option<u64>,
     /// Most threads one evaluation uses (default: the machine's cores); a client's
     /// `omp_threads` can only lower it.
     #[arg(long)]
@@ -180,6 +185,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
         bind: args.bind,
         data_dir: args.data_dir,
         models: args.model,
+        max_key_bytes: args.max_key_mib,
         tls,
         behind_tls_proxy: args.behind_tls_proxy,
         ..ServerOptions::default()

@@ -108,6 +108,19 @@ fn prepare_package(dir: &Path) -> Result<Prepared, BoxErr> {
     })
 }
 
+impl Prepared {
+    fn with_key_budget(mut self, max_key_bytes: Option<u64>) -> Result<Self, BoxErr> {
+        if max_key_bytes.is_some() {
+            self.compiled.he = self
+                .compiled
+                .he
+                .with_key_budget(max_key_bytes)
+                .map_err(|e| format!("model {}: {e} [{}]", self.name, e.code()))?;
+        }
+        Ok(self)
+    }
+}
+
 fn prepare_artifact(path: &Path) -> Result<Prepared, BoxErr> {
     let coded = |e: cipherinfer_compiler::ArtifactError| format!("{e} [{}]", e.code());
     let artifact = Artifact::read(path).map_err(coded)?;
@@ -231,6 +244,16 @@ impl Registry {
     /// Compiles the models of `sources` (the first is the default). Two models of one name are
     /// refused.
     pub fn load(sources: &[ModelSource]) -> Result<Self, BoxErr> {
+        Self::load_with_key_budget(sources, None)
+    }
+
+    /// [`Registry::load`] with the rotation keys of the models compiled here (shipped names and
+    /// packages) chosen within `max_key_bytes` of evaluation keys; a compiled model file keeps
+    /// the budget it was compiled with.
+    pub fn load_with_key_budget(
+        sources: &[ModelSource],
+        max_key_bytes: Option<u64>,
+    ) -> Result<Self, BoxErr> {
         let mut manifest = None;
         let mut models = BTreeMap::new();
         let mut default_model = None;
@@ -254,6 +277,10 @@ impl Registry {
                 }
                 ModelSource::Package(dir) => prepare_package(dir)?,
                 ModelSource::Artifact(path) => prepare_artifact(path)?,
+            };
+            let prepared = match source {
+                ModelSource::Artifact(_) => prepared,
+                _ => prepared.with_key_budget(max_key_bytes)?,
             };
             let name = prepared.name.clone();
             if models.contains_key(&name) {

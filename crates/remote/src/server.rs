@@ -67,6 +67,10 @@ pub struct ServerOptions {
     /// Served models: shipped names, model package directories or compiled model files
     /// (`ModelSource::parse`); the first is the default.
     pub models: Vec<String>,
+    /// Budget (bytes) for the evaluation keys of the models compiled at start-up (shipped
+    /// names and package directories; see `cipherinfer_compiler::keyset`). A compiled model
+    /// keeps the budget it was compiled with.
+    pub max_key_bytes: Option<u64>,
     /// Tool policy.
     pub service: ServiceConfig,
     /// HTTP policy (body limit, Host/Origin lists).
@@ -91,6 +95,7 @@ impl Default for ServerOptions {
             bind: SocketAddr::from(([127, 0, 0, 1], 8750)),
             data_dir: PathBuf::from("cipherinfer-data"),
             models: vec!["mnist-cnn".into(), "fashion-cnn".into()],
+            max_key_bytes: None,
             service,
             http: HttpConfig::default().with_chunk_bytes(chunk),
             connections: ConnectionLimits::default(),
@@ -149,7 +154,10 @@ impl Server {
             .iter()
             .map(|m| ModelSource::parse(m))
             .collect();
-        let registry = Arc::new(Registry::load(&sources)?);
+        let registry = Arc::new(Registry::load_with_key_budget(
+            &sources,
+            options.max_key_bytes,
+        )?);
         Self::with_registry(options, registry)
     }
 

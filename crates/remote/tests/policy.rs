@@ -904,3 +904,24 @@ fn the_memory_budget_bounds_concurrent_inferences_and_the_key_cache() {
     };
     assert!(refused.to_string().contains("memory budget"), "{refused}");
 }
+
+/// `serve --max-key-mib`: a model compiled at start-up asks clients for keys within the budget
+/// (rotations composed of power-of-two keys), and a budget below the smallest key set stops the
+/// start with its code.
+#[test]
+fn a_key_budget_bounds_the_keys_a_served_model_asks_for() {
+    use cipherinfer_remote::registry::{ModelSource, Registry};
+    let sources = [ModelSource::Shipped("mnist-cnn".into())];
+    let free = Registry::load(&sources).unwrap();
+    let m = free.get("mnist-cnn").unwrap();
+    let full = m.info.client_spec.evaluation_keys_bytes(m.params()) as u64;
+    let budget = full * 3 / 4;
+    let bounded = Registry::load_with_key_budget(&sources, Some(budget)).unwrap();
+    let m = bounded.get("mnist-cnn").unwrap();
+    let spec = &m.info.client_spec;
+    assert!(spec.evaluation_keys_bytes(m.params()) as u64 <= budget);
+    let Err(e) = Registry::load_with_key_budget(&sources, Some(1 << 20)) else {
+        panic!("a 1 MiB budget is below the smallest key set");
+    };
+    assert!(e.to_string().contains("key_budget_exceeded"), "{e}");
+}
