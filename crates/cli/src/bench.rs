@@ -85,6 +85,8 @@ pub struct ModelBenchArgs {
     /// power-of-two keys (as `compile --max-key-mib`).
     #[arg(long, value_parser = crate::compile::parse_mib)]
     max_key_mib: Option<u64>,
+    #[command(flatten)]
+    pool: crate::compile::PoolArgs,
 }
 
 /// Runs `cipherinfer bench model`.
@@ -101,6 +103,11 @@ pub fn model_bench(a: ModelBenchArgs) -> Result<(), BoxErr> {
         encrypt: a.encrypt,
         parallel: a.parallel,
         max_key_bytes: a.max_key_mib,
+        convert: {
+            let mut c = ConvertOptions::default();
+            a.pool.apply(&mut c);
+            c
+        },
     };
     let input = BenchInput::load(&a.model, images_dir.as_deref(), a.samples.as_deref())?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -116,6 +123,8 @@ struct Opts {
     encrypt: Option<usize>,
     parallel: bool,
     max_key_bytes: Option<u64>,
+    /// Conversion settings besides the degree and margin (the pool mode).
+    convert: ConvertOptions,
 }
 
 /// What a benchmark runs: the network as given, labelled images and calibration inputs.
@@ -243,14 +252,17 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
         if calibration.is_empty() {
             return Err("the network needs calibration images to be converted".into());
         }
-        let (degree, margin, degrees) = match opts.degree {
-            Degree::Fixed(d) => (d, ConvertOptions::default().margin, Vec::new()),
+        let (degree, margin, degrees, pool_degree) = match opts.degree {
+            Degree::Fixed(d) => (d, opts.convert.margin, Vec::new(), opts.convert.pool_degree),
             Degree::Auto => {
                 let (_, search) = compile_choosing_degree(
                     &ir,
                     &calibration,
                     &search,
-                    &ServingOptions::default(),
+                    &ServingOptions {
+                        convert: opts.convert,
+                        ..ServingOptions::default()
+                    },
                     DEFAULT_TARGET_AGREEMENT,
                 )?;
                 let search = search.ok_or("no degree search for a network to convert")?;
@@ -270,13 +282,19 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                (chosen.degree, chosen.margin, chosen.degrees.clone())
+                (
+                    chosen.degree,
+                    chosen.margin,
+                    chosen.degrees.clone(),
+                    chosen.pool_degree.or(opts.convert.pool_degree),
+                )
             }
         };
         let options = ConvertOptions {
             degree,
             margin,
-            ..ConvertOptions::default()
+            pool_degree,
+            ..opts.convert
         };
         let conversion = convert_with_degrees(&ir, &calibration, &options, &degrees)?;
         eprintln!("{}", conversion.report);
@@ -284,6 +302,8 @@ fn run(input: BenchInput, images: usize, threads: usize, opts: &Opts) -> Result<
             "degree": degree,
             "degrees": degrees,
             "margin": margin,
+            "max_pool": options.max_pool,
+            "pool_degree": options.pool_degree,
             "calibration_images": calibration.len().min(options.calibration_images),
         });
         ir = conversion.model;

@@ -19,7 +19,7 @@ use cipherinfer_compiler::degree::{
 use cipherinfer_compiler::report::{CompileReport, agreement, measure_unit_costs};
 use cipherinfer_compiler::{Artifact, ServingOptions};
 use cipherinfer_model::ModelPackage;
-use cipherinfer_model::convert::{ConvertOptions, FitMethod, MAX_FIT_DEGREE};
+use cipherinfer_model::convert::{ConvertOptions, FitMethod, MAX_FIT_DEGREE, PoolMode};
 use serde_json::json;
 
 use crate::BoxErr;
@@ -31,6 +31,49 @@ enum Fit {
     LeastSquares,
     /// Chebyshev interpolation: near-minimax over the whole interval.
     Chebyshev,
+}
+
+/// How MaxPool is converted, on the command line (`compile` and `bench model`).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct PoolArgs {
+    /// How each MaxPool is converted: `average` (the window's mean with a calibrated per-channel
+    /// gain: no level of its own, but not the maximum) or `max` (the maximum, by rounds of
+    /// max(a, b) = (a + b)/2 + |a - b|/2 with |x| a polynomial fitted on the differences the
+    /// calibration images give: a 2x2 pool costs 2 x (1 + the polynomial's depth) levels).
+    #[arg(long, value_enum, default_value = "average")]
+    max_pool: PoolArg,
+    /// Degree of the |x| polynomial of `--max-pool max` (default: the activation degree).
+    #[arg(long, value_parser = parse_pool_degree)]
+    pool_degree: Option<usize>,
+}
+
+/// [`PoolMode`], on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PoolArg {
+    /// Average with a calibrated gain.
+    Average,
+    /// The maximum, by |a - b|.
+    Max,
+}
+
+impl PoolArgs {
+    /// Sets the pool conversion of `options`.
+    pub fn apply(&self, options: &mut ConvertOptions) {
+        options.max_pool = match self.max_pool {
+            PoolArg::Average => PoolMode::Average,
+            PoolArg::Max => PoolMode::Max,
+        };
+        options.pool_degree = self.pool_degree;
+    }
+}
+
+fn parse_pool_degree(s: &str) -> Result<usize, String> {
+    match parse_degree(s)? {
+        Degree::Fixed(d) if d >= 2 => Ok(d),
+        _ => Err(format!(
+            "{s:?}: the |x| polynomial needs a degree from 2 to {MAX_FIT_DEGREE}"
+        )),
+    }
 }
 
 /// Options of `cipherinfer compile`.
@@ -59,6 +102,8 @@ pub struct CompileArgs {
     /// How the polynomials are fitted.
     #[arg(long, value_enum, default_value = "least-squares")]
     fit: Fit,
+    #[command(flatten)]
+    pool: PoolArgs,
     /// Refuse a model whose server memory (encoded masks plus one client's keys) exceeds this
     /// many GiB (default: this machine's memory).
     #[arg(long)]
@@ -126,7 +171,7 @@ fn parse_security(s: &str) -> Result<SecurityLevel, String> {
 pub fn compile(a: CompileArgs) -> Result<(), BoxErr> {
     let security = a.security;
     let package = ModelPackage::load(&a.package).map_err(|e| format!("{e} [{}]", e.code()))?;
-    let options = ServingOptions {
+    let mut options = ServingOptions {
         convert: ConvertOptions {
             margin: a.margin,
             fit: match a.fit {
@@ -137,6 +182,7 @@ pub fn compile(a: CompileArgs) -> Result<(), BoxErr> {
         },
         security,
     };
+    a.pool.apply(&mut options.convert);
     let started = Instant::now();
     let failed = |e: cipherinfer_compiler::CompileError| {
         format!("{}: {e} [{}]", a.package.display(), e.code())

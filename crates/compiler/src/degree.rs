@@ -17,9 +17,19 @@
 //! much each alone moves the agreement when raised or lowered (`2k` conversions for `k`
 //! activations, not recorded as trials); the pair that gains most is tried as a trial of degree
 //! `d` with its per-activation `degrees`.
+//!
+//! **Exact max-pools.** When max-pools are converted exactly ([`PoolMode::Max`]) and no degree is
+//! given for their `|x|/2` polynomials, that degree is searched too: [`AUTO_POOL_DEGREES`] in
+//! turn, cheapest first, each with the search above over [`EXACT_POOL_ACTIVATION_DEGREES`]. The
+//! first pool degree whose search reaches the target is taken; otherwise the one of highest
+//! agreement, the search stopping at the first pool degree at which nothing fits. On the shipped
+//! colour package the pools take most of the depth: the search ends at activations of degree 3
+//! and pools of degree 14.
 
 use cipherinfer_model::ModelPackage;
-use cipherinfer_model::convert::{Conversion, ConvertOptions, convert, convert_with_degrees};
+use cipherinfer_model::convert::{
+    Conversion, ConvertOptions, PoolMode, convert, convert_with_degrees,
+};
 use cipherinfer_model::ir::{Model, Op};
 use cipherinfer_model::plain::{self, Tensor};
 use serde::{Deserialize, Serialize};
@@ -29,6 +39,14 @@ use crate::import::{Compiled, ServingOptions, compile_converted};
 
 /// Degrees tried, cheapest first (CKKS depth 3 to 8).
 pub const AUTO_DEGREES: [usize; 6] = [7, 15, 31, 63, 127, 255];
+
+/// Degrees of the `|x|/2` polynomial of an exact max-pool tried (`2^k − 2`: even, `k` levels),
+/// when the pools are exact ([`PoolMode::Max`]) and no pool degree is given.
+pub const AUTO_POOL_DEGREES: [usize; 4] = [6, 14, 30, 62];
+
+/// Activation degrees tried beside exact max-pools: from 3 (two levels), since the pools take
+/// most of the depth and the activation after a pool sees the pooled maxima.
+pub const EXACT_POOL_ACTIVATION_DEGREES: [usize; 7] = [3, 7, 15, 31, 63, 127, 255];
 
 /// Top-1 agreement with the network as given at which the search stops.
 pub const DEFAULT_TARGET_AGREEMENT: f64 = 0.99;
@@ -53,6 +71,10 @@ pub struct DegreeTrial {
     /// empty when every activation has `degree`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub degrees: Vec<usize>,
+    /// Degree of the exact max-pools' `|x|/2` polynomials (`None`: average pools, or the
+    /// activation degree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_degree: Option<usize>,
     /// Top-1 agreement of the approximated network with the network as given, on the images.
     pub top1_agreement: f64,
     /// Depth of the compiled plan, when a parameter set holds it (`None`: not compiled, or no
@@ -76,7 +98,7 @@ pub struct DegreeSearch {
 impl DegreeTrial {
     /// The degree, or the per-activation degrees joined by `/` when they differ.
     pub fn describe_degree(&self) -> String {
-        if self.degrees.is_empty() {
+        let activations = if self.degrees.is_empty() {
             self.degree.to_string()
         } else {
             self.degrees
@@ -84,6 +106,10 @@ impl DegreeTrial {
                 .map(usize::to_string)
                 .collect::<Vec<_>>()
                 .join("/")
+        };
+        match self.pool_degree {
+            Some(p) => format!("{activations}, max-pool {p}"),
+            None => activations,
         }
     }
 }
@@ -224,6 +250,89 @@ pub fn compile_choosing_degree(
         images
     };
     let given = predictions(ir, images)?;
+    let exact_pools = options.convert.max_pool == PoolMode::Max
+        && options.convert.pool_degree.is_none()
+        && ir.nodes().iter().any(|n| matches!(n.op, Op::MaxPool2d(_)));
+    if !exact_pools {
+        let found = search_degrees(
+            ir,
+            calibration,
+            images,
+            &given,
+            options,
+            target,
+            &AUTO_DEGREES,
+        )?;
+        return Ok((found.0, Some(found.1)));
+    }
+    // Exact max-pools: each |x|/2 degree in turn, cheapest first, with the activation degree
+    // searched at each (from degree 3: after a pool the activation sees the pooled maxima).
+    let mut search = DegreeSearch {
+        target_agreement: target,
+        images: images.len(),
+        trials: Vec::new(),
+    };
+    let mut best: Option<(f64, usize, Compiled)> = None;
+    let mut first_error = None;
+    for pool_degree in AUTO_POOL_DEGREES {
+        let mut opts = *options;
+        opts.convert.pool_degree = Some(pool_degree);
+        let (compiled, found) = match search_degrees(
+            ir,
+            calibration,
+            images,
+            &given,
+            &opts,
+            target,
+            &EXACT_POOL_ACTIVATION_DEGREES,
+        ) {
+            Ok(found) => found,
+            Err(e) => {
+                // Nothing fits at this pool degree: higher ones are deeper still.
+                first_error.get_or_insert(e);
+                break;
+            }
+        };
+        let Some(chosen) = found.chosen_trial() else {
+            break;
+        };
+        let (agreement, at) = (
+            chosen.top1_agreement,
+            search.trials.len() + found.trials.iter().position(|t| t.chosen).unwrap_or(0),
+        );
+        search.trials.extend(
+            found
+                .trials
+                .into_iter()
+                .map(|t| DegreeTrial { chosen: false, ..t }),
+        );
+        if best.as_ref().is_none_or(|b| agreement > b.0) {
+            best = Some((agreement, at, compiled));
+        }
+        if agreement >= target {
+            break;
+        }
+    }
+    match best {
+        Some((_, at, compiled)) => {
+            search.trials[at].chosen = true;
+            Ok((compiled, Some(search)))
+        }
+        None => Err(first_error
+            .unwrap_or_else(|| CompileError::DoesNotFit("no max-pool degree fits".into()))),
+    }
+}
+
+/// The search of the module for one pool degree (that of `options`), over `degrees`.
+fn search_degrees(
+    ir: &Model,
+    calibration: &[Tensor],
+    images: &[Tensor],
+    given: &[Option<usize>],
+    options: &ServingOptions,
+    target: f64,
+    degrees: &[usize],
+) -> Result<(Compiled, DegreeSearch)> {
     let mut search = DegreeSearch {
         target_agreement: target,
         images: images.len(),
@@ -234,9 +343,9 @@ pub fn compile_choosing_degree(
     let mut first_error = None;
     let mut margins = vec![options.convert.margin];
     margins.extend(AUTO_MARGINS.iter().filter(|&&m| m > options.convert.margin));
-    let last = (AUTO_DEGREES.len() - 1, margins.len() - 1);
+    let last = (degrees.len() - 1, margins.len() - 1);
     let (mut best, mut stale) = (f64::NEG_INFINITY, 0);
-    'search: for (i, &degree) in AUTO_DEGREES.iter().enumerate() {
+    'search: for (i, &degree) in degrees.iter().enumerate() {
         // Two degrees in a row without a better agreement: the approximation is no longer what
         // limits it (a replaced MaxPool, say); higher degrees would only cost levels.
         let here = search
@@ -257,12 +366,13 @@ pub fn compile_choosing_degree(
             opts.convert.degree = degree;
             opts.convert.margin = margin;
             let conversion = convert(ir, calibration, &opts.convert)?;
-            let agreement = top1_agreement(&given, &conversion.model, images)?;
+            let agreement = top1_agreement(given, &conversion.model, images)?;
             let index = search.trials.len();
             search.trials.push(DegreeTrial {
                 degree,
                 margin,
                 degrees: Vec::new(),
+                pool_degree: opts.convert.pool_degree,
                 top1_agreement: agreement,
                 depth: None,
                 chosen: false,
@@ -276,7 +386,7 @@ pub fn compile_choosing_degree(
                     search.trials[index].depth = Some(compiled.he.depth());
                     if agreement >= target || candidates.iter().all(|c| c.0 < agreement) {
                         search.trials[index].chosen = true;
-                        return Ok((compiled, Some(search)));
+                        return Ok((compiled, search));
                     }
                     candidates.push((agreement, index, conversion));
                     break 'search;
@@ -302,7 +412,7 @@ pub fn compile_choosing_degree(
         opts.convert.degree = degree;
         opts.convert.margin = at_best;
         let Some((degrees, conversion, agreement)) =
-            moved_levels(ir, calibration, images, &given, &opts.convert)?
+            moved_levels(ir, calibration, images, given, &opts.convert)?
         else {
             continue;
         };
@@ -311,6 +421,7 @@ pub fn compile_choosing_degree(
             degree,
             margin: at_best,
             degrees,
+            pool_degree: opts.convert.pool_degree,
             top1_agreement: agreement,
             depth: None,
             chosen: false,
@@ -320,7 +431,7 @@ pub fn compile_choosing_degree(
                 Ok(compiled) => {
                     search.trials[index].depth = Some(compiled.he.depth());
                     search.trials[index].chosen = true;
-                    return Ok((compiled, Some(search)));
+                    return Ok((compiled, search));
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -340,7 +451,7 @@ pub fn compile_choosing_degree(
         if let Ok(compiled) = compile_converted(conversion, calibration, &opts) {
             search.trials[index].depth = Some(compiled.he.depth());
             search.trials[index].chosen = true;
-            return Ok((compiled, Some(search)));
+            return Ok((compiled, search));
         }
     }
     Err(first_error.unwrap_or_else(|| CompileError::DoesNotFit("no activation degree fits".into())))

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use cipherinfer_ckks::{Encoder, Evaluator, KeyGenerator, ParametersLiteral, secret_key_pair};
 use cipherinfer_compiler::{HeModel, Layer, Network, Step, compile};
+use cipherinfer_model::convert::{ConvertOptions, PoolMode, convert};
 use cipherinfer_model::ir::{
     Conv2d, Dense, Model, ModelBuilder, Op, Padding, Polynomial, Pool2d, Shape,
 };
@@ -335,4 +336,72 @@ fn graphs_that_are_not_a_path_with_shortcuts_are_refused_by_node() {
         ],
     };
     assert!(bad.shapes().unwrap_err().to_string().contains("shortcut"));
+}
+
+/// conv → bounded activation → 2x2 MaxPool → flatten → dense, on a 3×8×8 input.
+fn max_pooled(seed: u64) -> Model {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut b = ModelBuilder::new("image", Shape::from([3, 8, 8])).unwrap();
+    b.add("c0", conv(&mut rng, 3, 4, 3, 1), &["image"]).unwrap();
+    b.add("a0", act(), &["c0"]).unwrap();
+    b.add("pool", Op::MaxPool2d(Pool2d::square(2)), &["a0"])
+        .unwrap();
+    b.add(
+        "flat",
+        Op::Reshape {
+            shape: Shape::from([4, 4, 4]).flattened(),
+        },
+        &["pool"],
+    )
+    .unwrap();
+    let dense = Dense {
+        in_features: 64,
+        out_features: 5,
+        weights: rand_vec(&mut rng, 320, 0.3),
+        bias: vec![0.0; 5],
+    };
+    b.add("fc", Op::Dense(dense), &["flat"]).unwrap();
+    b.build("fc").unwrap()
+}
+
+#[test]
+fn an_exact_max_pool_lowers_to_shortcuts_and_runs_encrypted() {
+    let model = max_pooled(13);
+    let images: Vec<Tensor> = (0..16)
+        .map(|s| Tensor::new(model.input_shape(), image(100 + s)).unwrap())
+        .collect();
+    let options = ConvertOptions {
+        max_pool: PoolMode::Max,
+        pool_degree: Some(6),
+        ..ConvertOptions::default()
+    };
+    let converted = convert(&model, &images, &options).unwrap().model;
+    let net = Network::from_ir(&converted).expect("lower");
+    // The pool input and the first round's |d|/2 are kept; the second round's differences and
+    // the final combination read them as shortcuts.
+    let saves = net.layers.iter().filter(|l| **l == Layer::Save).count();
+    assert_eq!(saves, 2);
+    let plan = compile(&net, 1 << 10).expect("compile");
+    // conv, activation (3), then per round one linear step and |d|/2 (3): the final
+    // combination fuses with the dense layer.
+    let linear = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Step::Linear(_)))
+        .count();
+    assert_eq!(linear, 4, "conv, round 1, round 2, combination + dense");
+    assert_eq!(plan.depth(), 1 + 3 + 2 * (1 + 3) + 1);
+    for x in &images[..4] {
+        let graph = plain::run(&converted, x).unwrap();
+        let clear = plan.execute_cleartext(x.data()).unwrap();
+        assert!(
+            max_err(graph.data(), &clear) < 1e-9,
+            "plan differs from the graph"
+        );
+    }
+    let depth = plan.depth();
+    let err = run_encrypted(&net, depth);
+    let bits = -err.log2();
+    eprintln!("exact max-pool network, depth {depth}: relative error 2^-{bits:.1}");
+    assert!(bits > 12.0, "only {bits:.1} bits against plaintext");
 }

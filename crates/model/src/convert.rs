@@ -18,11 +18,21 @@
 //!   LeakyReLU(0.2) 0.21, ReLU6 0.38, Sigmoid 0.035, Tanh 0.30; on [-4, 4]: Sigmoid 0.0018, Tanh
 //!   0.069. The report gives, for each activation, the largest error against the true function
 //!   over the interval and the RMS error on the calibration values.
-//! - **MaxPool**: replaced by the average pool of the same window, with a warning. The average of
-//!   a window is smaller than its maximum, which shifts what the next layers see; with
-//!   [`ConvertOptions::pool_gain`] a per-channel gain (least squares of the max-pool output on the
-//!   average-pool output, on the calibration images) is folded into the next Conv2d or Dense's
-//!   input weights, which costs nothing under CKKS.
+//! - **MaxPool**, by [`ConvertOptions::max_pool`]:
+//!   - [`PoolMode::Average`] (default): replaced by the average pool of the same window, with a
+//!     warning. The average of a window is smaller than its maximum, which shifts what the next
+//!     layers see; with [`ConvertOptions::pool_gain`] a per-channel gain (least squares of the
+//!     max-pool output on the average-pool output, on the calibration images) is folded into the
+//!     next Conv2d or Dense's input weights, which costs nothing under CKKS.
+//!   - [`PoolMode::Max`]: the maximum itself, by a tournament of
+//!     `max(a, b) = (a + b)/2 + |a − b|/2` over the window (`⌈log2 window⌉` rounds; a 2×2 window
+//!     takes two). A round is a grouped convolution giving the differences of its pairs from the
+//!     pool's input and the rounds before, then a polynomial fitted to `|x|/2` on the symmetric
+//!     range of differences seen on the calibration images (degree
+//!     [`ConvertOptions::pool_degree`], by default the activation degree). The sums
+//!     `(a + b)/2` are not computed apart: the last round's combination (every term linear in
+//!     the pool's input and the rounds' outputs) fuses into the next layer, which the compiler
+//!     reads as residual shortcuts. A 2×2 pool costs `2 × (1 + depth of the polynomial)` levels.
 //!
 //! [`convert_and_evaluate`] also reports the accuracy before and after on labelled samples.
 
@@ -31,7 +41,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::ir::{Activation, IrError, Model, Op, Polynomial, Pool2d, absorb_input_affine};
+use crate::ir::{
+    Activation, Conv2d, IrError, Model, Node, Op, Padding, Polynomial, Pool2d, absorb_input_affine,
+};
 use crate::plain::{self, Tensor};
 
 /// Why a model could not be converted.
@@ -75,8 +87,40 @@ pub struct ConvertOptions {
     pub margin: f64,
     /// How the polynomials are fitted.
     pub fit: FitMethod,
-    /// Calibrate and fold a per-channel gain after each replaced max-pool.
+    /// Calibrate and fold a per-channel gain after each max-pool replaced by an average
+    /// ([`PoolMode::Average`]).
     pub pool_gain: bool,
+    /// How max-pools are converted.
+    #[serde(default)]
+    pub max_pool: PoolMode,
+    /// Degree of the `|x|/2` polynomial of an exact max-pool ([`PoolMode::Max`]); `None`: the
+    /// activation degree ([`ConvertOptions::degree`]).
+    #[serde(default)]
+    pub pool_degree: Option<usize>,
+}
+
+/// How a `MaxPool2d` is converted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// The average of the window, with a calibrated per-channel gain folded into the next layer
+    /// ([`ConvertOptions::pool_gain`]): no level of its own, but not the maximum.
+    #[default]
+    Average,
+    /// The maximum itself, as a tournament of `max(a, b) = (a + b)/2 + |a − b|/2` over the
+    /// window: `⌈log2 window⌉` rounds, each one linear level (the differences of the round's
+    /// pairs) and one polynomial `|x|/2` fitted on the differences seen on the calibration
+    /// images (even, least squares or Chebyshev on the symmetric measured range).
+    Max,
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PoolMode::Average => "average",
+            PoolMode::Max => "max",
+        })
+    }
 }
 
 impl Default for ConvertOptions {
@@ -87,6 +131,8 @@ impl Default for ConvertOptions {
             margin: 0.1,
             fit: FitMethod::LeastSquares,
             pool_gain: true,
+            max_pool: PoolMode::Average,
+            pool_degree: None,
         }
     }
 }
@@ -127,6 +173,33 @@ pub struct PoolReport {
     pub pool: Pool2d,
     /// Smallest and largest per-channel gain folded into the next layer (`None` if none was).
     pub gain: Option<[f64; 2]>,
+    /// What replaced it.
+    #[serde(default)]
+    pub mode: PoolMode,
+    /// The rounds of an exact max-pool ([`PoolMode::Max`]), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<PoolRound>,
+}
+
+/// One round of an exact max-pool: `|d|/2` of the differences `d` of the round's pairs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolRound {
+    /// The polynomial's node.
+    pub node: String,
+    /// Pairs compared per channel and output position.
+    pub pairs: usize,
+    /// Smallest and largest difference seen on the calibration images.
+    pub observed: [f64; 2],
+    /// Interval the polynomial was fitted on (symmetric).
+    pub interval: [f64; 2],
+    /// Degree of the polynomial.
+    pub degree: usize,
+    /// Its CKKS depth.
+    pub depth: u32,
+    /// Largest |polynomial − |x|/2| over the interval.
+    pub max_error: f64,
+    /// Root mean square of polynomial − |x|/2 on the calibration differences.
+    pub rms_error: f64,
 }
 
 /// What a conversion did and what it cost.
@@ -177,15 +250,37 @@ impl fmt::Display for ConversionReport {
             writeln!(f)?;
         }
         for p in &self.pools {
-            write!(
-                f,
-                "  {} (MaxPool2d {}x{} -> AvgPool2d)",
-                p.node, p.pool.kernel[0], p.pool.kernel[1]
-            )?;
+            let [kh, kw] = p.pool.kernel;
+            match p.mode {
+                PoolMode::Average => write!(f, "  {} (MaxPool2d {kh}x{kw} -> AvgPool2d)", p.node)?,
+                PoolMode::Max => write!(
+                    f,
+                    "  {} (MaxPool2d {kh}x{kw} -> {} rounds of max(a, b) = (a + b)/2 + |a - b|/2)",
+                    p.node,
+                    p.rounds.len()
+                )?,
+            }
             if let Some([lo, hi]) = p.gain {
                 write!(f, ", gain {lo:.3} to {hi:.3} folded into the next layer")?;
             }
             writeln!(f)?;
+            for r in &p.rounds {
+                writeln!(
+                    f,
+                    "    {} ({} pairs, |x|/2 -> degree {}, depth {}): observed [{:.3}, {:.3}], \
+                     fitted on [{:.3}, {:.3}], max error {:.4}, rms error {:.4}",
+                    r.node,
+                    r.pairs,
+                    r.degree,
+                    r.depth,
+                    r.observed[0],
+                    r.observed[1],
+                    r.interval[0],
+                    r.interval[1],
+                    r.max_error,
+                    r.rms_error
+                )?;
+            }
         }
         writeln!(
             f,
@@ -245,7 +340,10 @@ pub fn convert_with_degrees(
     options: &ConvertOptions,
     degrees: &[usize],
 ) -> Result<Conversion> {
-    for &degree in std::iter::once(&options.degree).chain(degrees) {
+    for &degree in std::iter::once(&options.degree)
+        .chain(degrees)
+        .chain(&options.pool_degree)
+    {
         if degree == 0 || degree > MAX_FIT_DEGREE {
             return Err(ConvertError::InvalidOption(format!(
                 "degree {degree} (1 to {MAX_FIT_DEGREE})"
@@ -270,10 +368,15 @@ pub fn convert_with_degrees(
             images.len()
         ));
     }
-    let mut model = model.clone();
+    let mut model = if options.max_pool == PoolMode::Max {
+        pools_before_activations(model)?
+    } else {
+        model.clone()
+    };
     let mut fitted: Vec<ActivationReport> = Vec::new();
     let mut pools = Vec::new();
-    for i in 0..model.nodes().len() {
+    let mut i = 0;
+    while i < model.nodes().len() {
         let node = &model.nodes()[i];
         match node.op {
             Op::Activation(act) => {
@@ -295,6 +398,21 @@ pub fn convert_with_degrees(
                 };
                 model = replace_op(&model, i, Op::Polynomial(poly))?;
                 fitted.push(report);
+            }
+            Op::MaxPool2d(pool) if options.max_pool == PoolMode::Max && pool.window() > 1 => {
+                let name = node.name.clone();
+                let degree = options.pool_degree.unwrap_or(options.degree);
+                let (next, rounds) = exact_max_pool(&model, images, i, pool, degree, options)?;
+                // The pool's own nodes are done: go on after them.
+                i += next.nodes().len() - model.nodes().len();
+                model = next;
+                pools.push(PoolReport {
+                    node: name,
+                    pool,
+                    gain: None,
+                    mode: PoolMode::Max,
+                    rounds,
+                });
             }
             Op::MaxPool2d(pool) => {
                 let name = node.name.clone();
@@ -319,12 +437,19 @@ pub fn convert_with_degrees(
                     node: name,
                     pool,
                     gain,
+                    mode: PoolMode::Average,
+                    rounds: Vec::new(),
                 });
             }
             _ => {}
         }
+        i += 1;
     }
-    let activations = activation_reports(&model, images, fitted)?;
+    let pool_nodes: Vec<&str> = pools
+        .iter()
+        .flat_map(|p: &PoolReport| p.rounds.iter().map(|r| r.node.as_str()))
+        .collect();
+    let activations = activation_reports(&model, images, fitted, &pool_nodes)?;
     let report = ConversionReport {
         options: *options,
         calibration_images: images.len(),
@@ -420,6 +545,248 @@ fn replace_max_pool(
     Ok((model.with_nodes(nodes, model.output())?, Some([lo, hi])))
 }
 
+/// One value of an exact max-pool's tournament, per channel and output position: a linear
+/// combination of the window's inputs (`x`, one coefficient per window element, row-major) and
+/// of the `|d|/2` outputs of the rounds before (`abs[t]`, one coefficient per pair of round `t`).
+#[derive(Clone, Debug)]
+struct Lane {
+    x: Vec<f64>,
+    abs: Vec<Vec<f64>>,
+}
+
+impl Lane {
+    /// `a·self + b·other`.
+    fn combine(&self, a: f64, other: &Lane, b: f64) -> Lane {
+        let rounds = self.abs.len().max(other.abs.len());
+        let abs = (0..rounds)
+            .map(|t| {
+                let (u, v) = (self.abs_of(t), other.abs_of(t));
+                (0..u.len().max(v.len()))
+                    .map(|m| {
+                        a * u.get(m).copied().unwrap_or(0.0) + b * v.get(m).copied().unwrap_or(0.0)
+                    })
+                    .collect()
+            })
+            .collect();
+        let x = self
+            .x
+            .iter()
+            .zip(&other.x)
+            .map(|(u, v)| a * u + b * v)
+            .collect();
+        Lane { x, abs }
+    }
+
+    fn abs_of(&self, t: usize) -> &[f64] {
+        self.abs.get(t).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Appends the nodes that compute `lanes` (as channels `c·lanes + l` of a tensor named `out`)
+/// from the pool input `x` and the rounds' outputs `abs` (name, pairs): one grouped convolution
+/// per source with a non-zero coefficient, summed by `Add`s. The most recent round's output comes
+/// first, so that it is the main path and the others are residual shortcuts.
+fn lane_nodes(
+    nodes: &mut Vec<Node>,
+    out: &str,
+    lanes: &[Lane],
+    x: &str,
+    pool: Pool2d,
+    channels: usize,
+    abs: &[(String, usize)],
+) {
+    let n = lanes.len();
+    let [kh, kw] = pool.kernel;
+    let mut terms: Vec<(String, Op)> = Vec::new();
+    for (t, (name, pairs)) in abs.iter().enumerate().rev() {
+        if lanes.iter().all(|l| l.abs_of(t).iter().all(|&w| w == 0.0)) {
+            continue;
+        }
+        let mut weights = Vec::with_capacity(channels * n * pairs);
+        for _ in 0..channels {
+            for l in lanes {
+                weights.extend((0..*pairs).map(|m| l.abs_of(t).get(m).copied().unwrap_or(0.0)));
+            }
+        }
+        terms.push((
+            name.clone(),
+            Op::Conv2d(Conv2d {
+                in_channels: channels * pairs,
+                out_channels: channels * n,
+                kernel: [1, 1],
+                stride: [1, 1],
+                padding: Padding::default(),
+                groups: channels,
+                weights,
+                bias: vec![0.0; channels * n],
+            }),
+        ));
+    }
+    if lanes.iter().any(|l| l.x.iter().any(|&w| w != 0.0)) || terms.is_empty() {
+        let mut weights = Vec::with_capacity(channels * n * kh * kw);
+        for _ in 0..channels {
+            for l in lanes {
+                weights.extend_from_slice(&l.x);
+            }
+        }
+        terms.push((
+            x.to_string(),
+            Op::Conv2d(Conv2d {
+                in_channels: channels,
+                out_channels: channels * n,
+                kernel: pool.kernel,
+                stride: pool.stride,
+                padding: Padding::default(),
+                groups: channels,
+                weights,
+                bias: vec![0.0; channels * n],
+            }),
+        ));
+    }
+    let count = terms.len();
+    let mut sum = String::new();
+    for (k, (source, op)) in terms.into_iter().enumerate() {
+        let name = if count == 1 {
+            out.to_string()
+        } else {
+            format!("{out}.from.{source}")
+        };
+        nodes.push(Node::new(&name, op, &[&source]));
+        if k == 0 {
+            sum = name;
+        } else {
+            let total = if k + 1 == count {
+                out.to_string()
+            } else {
+                format!("{out}.sum{k}")
+            };
+            nodes.push(Node::new(&total, Op::Add, &[&sum, &name]));
+            sum = total;
+        }
+    }
+}
+
+/// Swaps every max-pool that reads a monotone activation (read by nothing else) with it:
+/// `maxpool(f(x)) = f(maxpool(x))` for a non-decreasing `f` (ReLU, LeakyReLU with a slope
+/// `≥ 0`, Clip, Sigmoid, Tanh). The tournament then compares exact values rather than
+/// approximated activations, and the activation runs on the pooled tensor. The pool's name stays
+/// the name of the (now activated) output.
+fn pools_before_activations(model: &Model) -> Result<Model> {
+    let mut nodes = model.nodes().to_vec();
+    let mut i = 0;
+    while i < nodes.len() {
+        let Op::MaxPool2d(pool) = nodes[i].op else {
+            i += 1;
+            continue;
+        };
+        let source = nodes[i].input().to_string();
+        let Some(a) = nodes.iter().position(|n| n.name == source) else {
+            i += 1;
+            continue;
+        };
+        let monotone = match nodes[a].op {
+            Op::Activation(Activation::LeakyRelu { alpha }) => alpha >= 0.0,
+            Op::Activation(_) => true,
+            _ => false,
+        };
+        let readers = nodes.iter().filter(|n| n.inputs.contains(&source)).count();
+        if !monotone || readers != 1 || source == model.output() {
+            i += 1;
+            continue;
+        }
+        let name = nodes[i].name.clone();
+        let pooled = format!("{name}.before.{source}");
+        let act = nodes[a].op.clone();
+        let input = nodes[a].input().to_string();
+        nodes[a] = Node::new(&pooled, Op::MaxPool2d(pool), &[&input]);
+        nodes[i] = Node::new(&name, act, &[&pooled]);
+        i += 1;
+    }
+    Ok(model.with_nodes(nodes, model.output())?)
+}
+
+/// Replaces max-pool node `i` by the exact tournament of [`PoolMode::Max`], each round's `|d|/2`
+/// fitted with `degree` on the differences the calibration images give. The pool's node name
+/// stays the name of its output.
+fn exact_max_pool(
+    model: &Model,
+    images: &[Tensor],
+    i: usize,
+    pool: Pool2d,
+    degree: usize,
+    options: &ConvertOptions,
+) -> Result<(Model, Vec<PoolRound>)> {
+    let node = &model.nodes()[i];
+    let name = node.name.clone();
+    let x = node.input().to_string();
+    let channels = model.value_shape(&x).map_or(1, |s| s.channels);
+    let window = pool.window();
+    let mut lanes: Vec<Lane> = (0..window)
+        .map(|e| {
+            let mut x = vec![0.0; window];
+            x[e] = 1.0;
+            Lane { x, abs: Vec::new() }
+        })
+        .collect();
+    let mut nodes: Vec<Node> = model.nodes()[..i].to_vec();
+    let mut abs: Vec<(String, usize)> = Vec::new();
+    let mut rounds = Vec::new();
+    let half_abs = |v: f64| 0.5 * v.abs();
+    while lanes.len() > 1 {
+        let t = rounds.len();
+        let pairs = lanes.len() / 2;
+        let diffs: Vec<Lane> = (0..pairs)
+            .map(|j| lanes[2 * j].combine(1.0, &lanes[2 * j + 1], -1.0))
+            .collect();
+        let diff = format!("{name}.round{t}.diff");
+        lane_nodes(&mut nodes, &diff, &diffs, &x, pool, channels, &abs);
+        let probe = model.with_nodes(nodes.clone(), &diff)?;
+        let obs = observe_output(&probe, images)?;
+        // |x| is even and so are the differences' roles (a − b or b − a): fit on both signs.
+        let r = obs.range[0].abs().max(obs.range[1].abs());
+        let interval = widen([-r, r], options.margin);
+        let mut samples = obs.samples;
+        let negated: Vec<f64> = samples.iter().map(|v| -v).collect();
+        samples.extend(negated);
+        let mut poly = fit_polynomial(half_abs, interval, degree, options.fit, &samples);
+        // Even on a symmetric interval: the odd Chebyshev terms are rounding noise, and without
+        // them the evaluation takes fewer products.
+        for c in poly.coeffs.iter_mut().skip(1).step_by(2) {
+            *c = 0.0;
+        }
+        let keep = poly.degree() + 1;
+        poly.coeffs.truncate(keep);
+        let node = format!("{name}.round{t}.abs");
+        rounds.push(PoolRound {
+            node: node.clone(),
+            pairs,
+            observed: obs.range,
+            interval,
+            degree: poly.degree(),
+            depth: poly.depth(),
+            max_error: max_error(&poly, half_abs, interval),
+            rms_error: rms_error(&poly, half_abs, &samples),
+        });
+        nodes.push(Node::new(&node, Op::Polynomial(poly), &[&diff]));
+        abs.push((node, pairs));
+        let mut next: Vec<Lane> = (0..pairs)
+            .map(|j| {
+                let mut l = lanes[2 * j].combine(0.5, &lanes[2 * j + 1], 0.5);
+                l.abs.resize(t + 1, Vec::new());
+                l.abs[t] = (0..pairs).map(|m| if m == j { 1.0 } else { 0.0 }).collect();
+                l
+            })
+            .collect();
+        if lanes.len() % 2 == 1 {
+            next.extend(lanes.last().cloned());
+        }
+        lanes = next;
+    }
+    lane_nodes(&mut nodes, &name, &lanes, &x, pool, channels, &abs);
+    nodes.extend_from_slice(&model.nodes()[i + 1..]);
+    Ok((model.with_nodes(nodes, model.output())?, rounds))
+}
+
 /// Values seen at a node's input on the calibration images.
 struct Observation {
     range: [f64; 2],
@@ -431,39 +798,79 @@ fn observe_input(model: &Model, images: &[Tensor], i: usize, keep: bool) -> Resu
     let node = &model.nodes()[i];
     let source = model.node_index(node.input());
     let per_image = model.value_shape(node.input()).map_or(1, |s| s.len());
-    let total = per_image.saturating_mul(images.len()).max(1);
-    let stride = total.div_ceil(MAX_FIT_SAMPLES) as u64;
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    let mut samples = Vec::new();
-    let mut k = 0u64;
+    let mut seen = Observer::new(per_image.saturating_mul(images.len()), keep);
     for x in images {
-        let values: Vec<f64> = match source {
-            None => x.data().to_vec(),
+        match source {
+            None => seen.add(x.data()),
             Some(j) => {
                 let t = plain::trace_until(model, x, j + 1)?;
-                t.node(j).map(|v| v.data().to_vec()).unwrap_or_default()
+                seen.add(t.node(j).map(Tensor::data).unwrap_or_default());
             }
-        };
-        for v in values {
-            if v.is_finite() {
-                lo = lo.min(v);
-                hi = hi.max(v);
-                // Keep a deterministic, evenly spread subset (hashing avoids picking the same
-                // channel or position over and over).
-                if keep && splitmix(k).is_multiple_of(stride) {
-                    samples.push(v);
-                }
-            }
-            k += 1;
         }
     }
-    if lo > hi {
-        (lo, hi) = (0.0, 0.0);
+    Ok(seen.finish())
+}
+
+/// Values of a model's output on the calibration images.
+fn observe_output(model: &Model, images: &[Tensor]) -> Result<Observation> {
+    let mut seen = Observer::new(
+        model.output_shape().len().saturating_mul(images.len()),
+        true,
+    );
+    for x in images {
+        seen.add(plain::run(model, x)?.data());
     }
-    Ok(Observation {
-        range: [lo, hi],
-        samples,
-    })
+    Ok(seen.finish())
+}
+
+/// Range and an evenly spread subset (at most [`MAX_FIT_SAMPLES`]) of about `total` values.
+struct Observer {
+    lo: f64,
+    hi: f64,
+    stride: u64,
+    k: u64,
+    keep: bool,
+    samples: Vec<f64>,
+}
+
+impl Observer {
+    fn new(total: usize, keep: bool) -> Self {
+        Self {
+            lo: f64::INFINITY,
+            hi: f64::NEG_INFINITY,
+            stride: total.max(1).div_ceil(MAX_FIT_SAMPLES) as u64,
+            k: 0,
+            keep,
+            samples: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, values: &[f64]) {
+        for &v in values {
+            if v.is_finite() {
+                self.lo = self.lo.min(v);
+                self.hi = self.hi.max(v);
+                // Keep a deterministic, evenly spread subset (hashing avoids picking the same
+                // channel or position over and over).
+                if self.keep && splitmix(self.k).is_multiple_of(self.stride) {
+                    self.samples.push(v);
+                }
+            }
+            self.k += 1;
+        }
+    }
+
+    fn finish(self) -> Observation {
+        let range = if self.lo > self.hi {
+            [0.0, 0.0]
+        } else {
+            [self.lo, self.hi]
+        };
+        Observation {
+            range,
+            samples: self.samples,
+        }
+    }
 }
 
 /// Ranges seen at every activation of the converted model, with the fit reports of the replaced
@@ -472,11 +879,15 @@ fn activation_reports(
     model: &Model,
     images: &[Tensor],
     fitted: Vec<ActivationReport>,
+    pool_nodes: &[&str],
 ) -> Result<Vec<ActivationReport>> {
     let mut out = Vec::new();
     for (i, node) in model.nodes().iter().enumerate() {
         if let Some(f) = fitted.iter().find(|f| f.node == node.name) {
             out.push(f.clone());
+            continue;
+        }
+        if pool_nodes.contains(&node.name.as_str()) {
             continue;
         }
         let (degree, depth) = match &node.op {
