@@ -186,10 +186,19 @@ impl McpClient {
                 format!("{}: {tool} answered with something else", self.endpoint),
             ));
         };
-        let content = result.structured_content.unwrap_or(Value::Null);
         if result.is_error == Some(true) {
-            return Err(tool_error(tool, content));
+            // The error object: structured content when a server sends one, else the JSON text
+            // of the first text block (what ours send, so that every client can read it).
+            let error = result.structured_content.clone().unwrap_or_else(|| {
+                result
+                    .content
+                    .iter()
+                    .find_map(|c| c.as_text().and_then(|t| serde_json::from_str(&t.text).ok()))
+                    .unwrap_or(Value::Null)
+            });
+            return Err(tool_error(tool, error));
         }
+        let content = result.structured_content.unwrap_or(Value::Null);
         serde_json::from_value(content).map_err(|e| {
             ToolError::new(
                 ErrorCode::Internal,

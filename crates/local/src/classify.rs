@@ -273,9 +273,23 @@ impl PrivateClassify for Classifier {
     ) -> BoxFuture<'_, Result<PrivateClassifyResult, ToolError>> {
         Box::pin(async move {
             let progress = ctx.progress.clone();
-            let mut step = 0.0;
+            // Percent of the whole call: each phase has its share, filled by its own progress
+            // where it has one; never decreasing (a phase run again, as Step 0 after the server
+            // lost the keys, only moves it on a little).
+            let mut done: f64 = 0.0;
             let report = move |e: Event| {
-                step += 1.0;
+                let fraction = |d: u64, t: u64| if t == 0 { 1.0 } else { d as f64 / t as f64 };
+                let at = match &e {
+                    Event::GeneratingKeys { .. } => 2.0,
+                    Event::Provisioning(t) => 10.0 + 25.0 * fraction(t.done, t.total),
+                    Event::Encrypted { .. } => 40.0,
+                    Event::Uploading(t) => 40.0 + 10.0 * fraction(t.done, t.total),
+                    Event::Inference(p) => {
+                        50.0 + 45.0 * p.total.map_or(0.0, |t| (p.progress / t).clamp(0.0, 1.0))
+                    }
+                    Event::Decrypting => 97.0,
+                };
+                done = at.max(done + 0.01).min(99.99);
                 let message = match &e {
                     Event::GeneratingKeys { model, .. } => format!("generating keys for {model}"),
                     Event::Provisioning(t) => {
@@ -289,7 +303,7 @@ impl PrivateClassify for Classifier {
                     ),
                     Event::Decrypting => "decrypting".to_string(),
                 };
-                progress.report(step, None, &message);
+                progress.report(done, Some(100.0), &message);
             };
             tokio::select! {
                 r = self.classify(&args, report) => r,

@@ -2,8 +2,10 @@
 //! `tools/call` dispatch with CPU work on blocking threads, and the transports: stdio (the
 //! normal one; stdout carries only protocol) and Streamable HTTP bound to loopback only.
 //!
-//! Every failure a caller can cause comes back as an `isError` result whose structured content
-//! carries a machine-readable `error_code`, never as a JSON-RPC error.
+//! Every failure a caller can cause in a tool comes back as an `isError` result whose text
+//! content is the error object's JSON, with its machine-readable `error_code` (no
+//! `structuredContent`, which would have to match the tool's output schema); a call of a tool
+//! that is not listed is the JSON-RPC error -32602. Tools carry titles and annotations.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use cipherinfer_protocol::local::{
     PrivateClassifyResult, TOOL_EXPORT_EVALUATION_KEYS, TOOL_FHE_DECRYPT, TOOL_FHE_ENCRYPT,
     TOOL_GENERATE_KEYS, TOOL_PRIVATE_CLASSIFY,
 };
+use cipherinfer_transport::tools::{Effect, annotate, error_result, unknown_tool};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
     PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool,
@@ -100,13 +103,52 @@ impl std::fmt::Debug for LocalHandler {
     }
 }
 
+/// Every tool's name, with its title, what it does to the key store and files, and whether it
+/// reaches another server.
+const TOOLS: [(&str, &str, Effect, bool); 5] = [
+    (
+        TOOL_GENERATE_KEYS,
+        "Generate keys",
+        Effect::DestructiveRepeated,
+        false,
+    ),
+    (
+        TOOL_EXPORT_EVALUATION_KEYS,
+        "Export evaluation keys",
+        Effect::AdditiveIdempotent,
+        false,
+    ),
+    (
+        TOOL_FHE_ENCRYPT,
+        "Encrypt an image",
+        Effect::Additive,
+        false,
+    ),
+    (
+        TOOL_FHE_DECRYPT,
+        "Decrypt a result",
+        Effect::ReadOnly,
+        false,
+    ),
+    (
+        TOOL_PRIVATE_CLASSIFY,
+        "Classify privately",
+        Effect::Additive,
+        true,
+    ),
+];
+
 fn tool<A: schemars::JsonSchema + 'static, R: schemars::JsonSchema + 'static>(
     name: &'static str,
     description: &'static str,
 ) -> Tool {
-    Tool::new(name, description, serde_json::Map::new())
+    let tool = Tool::new(name, description, serde_json::Map::new())
         .with_input_schema::<A>()
-        .with_output_schema::<R>()
+        .with_output_schema::<R>();
+    match TOOLS.iter().find(|(n, ..)| *n == name) {
+        Some((_, title, effect, open_world)) => annotate(tool, title, *effect, *open_world),
+        None => tool,
+    }
 }
 
 fn respond<R: Serialize>(result: Result<R>) -> CallToolResult {
@@ -114,7 +156,7 @@ fn respond<R: Serialize>(result: Result<R>) -> CallToolResult {
         serde_json::to_value(r).map_err(|e| ToolError::new(ErrorCode::Internal, e.to_string()))
     }) {
         Ok(v) => CallToolResult::structured(v),
-        Err(e) => CallToolResult::structured_error(e.to_json()),
+        Err(e) => error_result(&e.to_json()),
     }
 }
 
@@ -288,6 +330,11 @@ impl ServerHandler for LocalHandler {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> std::result::Result<CallToolResponse, ErrorData> {
+        let listed = TOOLS.iter().any(|(name, ..)| *name == request.name)
+            && (request.name != TOOL_PRIVATE_CLASSIFY || self.classify.is_some());
+        if !listed {
+            return Err(unknown_tool(&request.name));
+        }
         Ok(self.call(request, ctx).await.into())
     }
 }

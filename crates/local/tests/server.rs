@@ -60,16 +60,23 @@ async fn call(peer: &Peer, name: &str, args: Value) -> (bool, Value) {
         .call_tool(CallToolRequestParams::new(name.to_string()).with_arguments(map))
         .await
         .expect("tools/call");
-    let structured = r.structured_content.clone().unwrap_or(Value::Null);
-    // The text content carries the same object.
+    // The text content carries the object: the result, or the error (then alone, with no
+    // structured content that the tool's output schema would not admit).
     let text = r
         .content
         .first()
         .and_then(|c| c.as_text())
         .map(|t| t.text.clone())
         .unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), structured);
-    (r.is_error == Some(true), structured)
+    let object: Value = serde_json::from_str(&text).unwrap();
+    let is_error = r.is_error == Some(true);
+    if is_error {
+        assert_eq!(r.structured_content, None, "{object}");
+        assert!(object["error_code"].is_string(), "{object}");
+    } else {
+        assert_eq!(r.structured_content.as_ref(), Some(&object));
+    }
+    (is_error, object)
 }
 
 async fn ok(peer: &Peer, name: &str, args: Value) -> Value {
@@ -106,7 +113,19 @@ async fn tools_over_an_in_memory_transport() {
     for t in &tools {
         assert!(t.output_schema.is_some(), "{} has no output schema", t.name);
         assert_eq!(t.input_schema.get("type"), Some(&json!("object")));
+        // A title and the annotations a host needs to decide what to confirm.
+        let a = t.annotations.as_ref().expect("annotations");
+        assert!(t.title.is_some() && a.title == t.title, "{}", t.name);
+        assert!(a.read_only_hint.is_some() && a.open_world_hint == Some(false));
     }
+    let hint = |name: &str| {
+        let t = tools.iter().find(|t| t.name == name).unwrap();
+        let a = t.annotations.clone().unwrap();
+        (a.read_only_hint, a.destructive_hint)
+    };
+    assert_eq!(hint("fhe_decrypt"), (Some(true), Some(false)));
+    // generate_keys may replace a key set (overwrite).
+    assert_eq!(hint("generate_keys"), (Some(false), Some(true)));
     // generate_keys describes client_spec field by field (the compiler's ClientSpec).
     let keygen = tools.iter().find(|t| t.name == "generate_keys").unwrap();
     let schema = Value::Object((*keygen.input_schema).clone());
@@ -230,14 +249,22 @@ async fn tools_over_an_in_memory_transport() {
         "ERROR_PATH_NOT_ALLOWED",
     )
     .await;
-    fails(
-        &peer,
-        "private_classify",
-        json!({"image_path": image}),
-        "ERROR_INVALID_ARGUMENT",
-    )
-    .await;
-    fails(&peer, "rm_rf", json!({}), "ERROR_INVALID_ARGUMENT").await;
+    // A tool that is not listed (private_classify without a remote, or none at all) is the
+    // JSON-RPC error MCP specifies, invalid params.
+    for name in ["private_classify", "rm_rf"] {
+        let err = peer
+            .call_tool(
+                CallToolRequestParams::new(name.to_string())
+                    .with_arguments(json!({"image_path": image}).as_object().unwrap().clone()),
+            )
+            .await
+            .expect_err("unknown tool");
+        let rmcp::ServiceError::McpError(e) = err else {
+            panic!("{name}: {err:?}")
+        };
+        assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{name}");
+        assert!(e.message.contains(name), "{}", e.message);
+    }
     peer.cancel().await.unwrap();
 }
 

@@ -394,8 +394,8 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// The structured payload of a failed tool call (`isError: true`): serialized as the text
-/// content and as `structuredContent`.
+/// The payload of a failed tool call (`isError: true`): serialized as JSON in the text content
+/// (not as `structuredContent`, which the tool's output schema would not admit).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
 #[error("{error_code}: {message}")]
 pub struct ToolError {
@@ -445,7 +445,7 @@ impl ToolError {
         Self::new(ErrorCode::from_ckks(err, malformed), err.to_string())
     }
 
-    /// The JSON form sent as the tool result (text content and `structuredContent`).
+    /// The JSON form sent as the tool result's text content.
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }

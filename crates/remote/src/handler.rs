@@ -1,6 +1,9 @@
 //! The MCP face of [`Service`]: tool list with JSON Schemas for arguments and results, and the
-//! dispatch of `tools/call`. Every failure a client can cause comes back as an `isError` result
-//! whose structured content carries a machine-readable `error_code`, never as a JSON-RPC error.
+//! dispatch of `tools/call`. Every failure a client can cause in a tool comes back as an
+//! `isError` result whose text content is the error object's JSON, with its machine-readable
+//! `error_code` (no `structuredContent`, which would have to match the tool's output schema); a
+//! call of a tool that is not listed is the JSON-RPC error -32602. Tools carry titles and
+//! annotations ([`cipherinfer_transport::tools`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +30,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use cipherinfer_transport::tools::{Effect, annotate, error_result, unknown_tool};
+
 use crate::ratelimit::Caller;
 use crate::service::Service;
 
@@ -42,6 +47,48 @@ impl RemoteHandler {
         Self { service }
     }
 }
+
+/// Every tool's name, with its title and what it does to the server's state.
+const TOOLS: [(&str, &str, Effect); 10] = [
+    (
+        TOOL_DESCRIBE_CAPABILITIES,
+        "Describe capabilities",
+        Effect::ReadOnly,
+    ),
+    (
+        TOOL_PROVISION_KEYS_BEGIN,
+        "Begin key provisioning",
+        Effect::Additive,
+    ),
+    (
+        TOOL_PROVISION_KEYS_CHUNK,
+        "Upload a key chunk",
+        Effect::AdditiveIdempotent,
+    ),
+    (
+        TOOL_PROVISION_KEYS_COMMIT,
+        "Commit provisioned keys",
+        Effect::DestructiveRepeated,
+    ),
+    (TOOL_REVOKE_KEYS, "Revoke keys", Effect::Destructive),
+    (
+        TOOL_UPLOAD_CIPHERTEXT_CHUNK,
+        "Upload a ciphertext chunk",
+        Effect::AdditiveIdempotent,
+    ),
+    (
+        TOOL_REMOTE_INFERENCE_CNN,
+        "Encrypted CNN inference",
+        Effect::Additive,
+    ),
+    (
+        TOOL_FETCH_RESULT_CHUNK,
+        "Fetch a result chunk",
+        Effect::ReadOnly,
+    ),
+    (TOOL_GET_SESSION_STATUS, "Session status", Effect::ReadOnly),
+    (TOOL_DELETE_SESSION, "Delete a session", Effect::Destructive),
+];
 
 fn tool<A: schemars::JsonSchema + 'static, R: schemars::JsonSchema + 'static>(
     name: &'static str,
@@ -63,7 +110,10 @@ fn tool<A: schemars::JsonSchema + 'static, R: schemars::JsonSchema + 'static>(
         }
         tool.input_schema = Arc::new(schema);
     }
-    tool
+    match TOOLS.iter().find(|(n, ..)| *n == name) {
+        Some((_, title, effect)) => annotate(tool, title, *effect, false),
+        None => tool,
+    }
 }
 
 /// The tools, with their schemas.
@@ -164,7 +214,7 @@ fn respond<R: Serialize>(result: Result<R, ToolError>) -> CallToolResult {
         serde_json::to_value(r).map_err(|e| ToolError::new(ErrorCode::Internal, e.to_string()))
     }) {
         Ok(v) => CallToolResult::structured(v),
-        Err(e) => CallToolResult::structured_error(e.to_json()),
+        Err(e) => error_result(&e.to_json()),
     }
 }
 
@@ -299,6 +349,9 @@ impl ServerHandler for RemoteHandler {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if !TOOLS.iter().any(|(name, ..)| *name == request.name) {
+            return Err(unknown_tool(&request.name));
+        }
         Ok(self.call(request, ctx).await.into())
     }
 }

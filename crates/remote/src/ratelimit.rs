@@ -1,6 +1,7 @@
 //! Who is calling, and how often they failed to authenticate: failed attempts are counted per
-//! `client_id` and per peer address in one-minute windows, so guessing tokens is slow whether the
-//! guesser sticks to one client id or sprays many from one address.
+//! `client_id` *and address* and per address alone, in one-minute windows, so guessing tokens is
+//! slow whether the guesser sticks to one client id or sprays many from one address, and a caller
+//! who only knows a `client_id` cannot lock its owner out from another address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -52,8 +53,9 @@ impl Caller {
 /// What a failure window counts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum FailureKey {
-    /// Failed authentications naming this client id.
-    Client(String),
+    /// Failed authentications naming this client id from this address (`None`: a caller the
+    /// transport cannot place).
+    Client(String, Option<IpAddr>),
     /// Failed authentications (and enrollment attempts) from this address.
     Peer(IpAddr),
 }
@@ -86,7 +88,7 @@ impl AuthFailures {
         }
         let wait = WINDOW.saturating_sub(elapsed);
         let what = match key {
-            FailureKey::Client(_) => "this client_id",
+            FailureKey::Client(..) => "this client_id from this address",
             FailureKey::Peer(_) => "this address",
         };
         Err(ToolError::new(
@@ -155,6 +157,6 @@ mod tests {
                 .is_some_and(|ms| ms <= 60_000)
         );
         assert!(f.check(&peer, 0).is_ok());
-        assert!(f.check(&FailureKey::Client("x".into()), 3).is_ok());
+        assert!(f.check(&FailureKey::Client("x".into(), None), 3).is_ok());
     }
 }

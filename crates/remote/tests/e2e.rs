@@ -26,6 +26,22 @@ async fn step0_upload_inference_and_errors_over_http() {
     // Capabilities, and the client's view of the model, validated like any untrusted input.
     let tools = peer.list_all_tools().await.expect("tools");
     let names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    // Every tool has a title and annotations; reading ones say so, deleting ones too.
+    for t in &tools {
+        let a = t.annotations.as_ref().expect("annotations");
+        assert!(t.title.is_some() && a.title == t.title, "{}", t.name);
+        assert_eq!(a.open_world_hint, Some(false), "{}", t.name);
+        let read_only = matches!(
+            t.name.as_ref(),
+            "describe_capabilities" | "fetch_result_chunk" | "get_session_status"
+        );
+        assert_eq!(a.read_only_hint, Some(read_only), "{}", t.name);
+        let destructive = matches!(
+            t.name.as_ref(),
+            "revoke_keys" | "delete_session" | "provision_keys_commit"
+        );
+        assert_eq!(a.destructive_hint, Some(destructive), "{}", t.name);
+    }
     // The capabilities' output schema describes ModelInfo.client_spec field by field.
     let describe = tools
         .iter()
@@ -70,6 +86,18 @@ async fn step0_upload_inference_and_errors_over_http() {
         "ERROR_UNKNOWN_MODEL",
     )
     .await;
+    // A tool that is not listed: the JSON-RPC error MCP specifies (invalid params).
+    let err = peer
+        .call_tool(CallToolRequestParams::new(
+            "remote_inference_rnn".to_string(),
+        ))
+        .await
+        .expect_err("unknown tool");
+    let rmcp::ServiceError::McpError(e) = err else {
+        panic!("unknown tool: {err:?}")
+    };
+    assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS);
+    assert!(e.message.contains("remote_inference_rnn"), "{}", e.message);
 
     // Keys: the full set, and one lacking a rotation key.
     let mut kg = KeyGenerator::new(params.clone()).expect("kg");

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use cipherinfer_protocol::validate::{encode_base64, sha256_hex};
 use common::legacy::LegacyClient;
 use common::remote::{
-    call, chunks, connect, connect_with_bearer, enroll, fails, material, ok, options, provision,
-    session_args, start, start_with, temp_dir, upload_input,
+    call, call_unsigned, chunks, connect, connect_from, connect_with_bearer, enroll, error_object,
+    fails, material, ok, options, provision, session_args, start, start_with, temp_dir,
+    upload_input,
 };
 use futures::future::join_all;
 use rmcp::model::{CallToolRequestParams, ClientRequest, Request};
@@ -487,11 +488,7 @@ async fn the_bearer_header_authenticates_on_both_transports() {
     let refused = legacy
         .call_tool(2, "get_session_status", no_token("s1"))
         .await;
-    assert_eq!(refused["isError"], true);
-    assert_eq!(
-        refused["structuredContent"]["error_code"],
-        "ERROR_UNAUTHORIZED"
-    );
+    assert_eq!(error_object(&refused)["error_code"], "ERROR_UNAUTHORIZED");
     drop((plain, peer, wrong));
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -519,16 +516,10 @@ async fn failed_authentication_is_rate_limited_per_peer_address() {
         let r = legacy
             .call_tool(10 + i as u64, "get_session_status", guess(i))
             .await;
-        assert_eq!(
-            r["structuredContent"]["error_code"], "ERROR_UNAUTHORIZED",
-            "{r}"
-        );
+        assert_eq!(error_object(&r)["error_code"], "ERROR_UNAUTHORIZED", "{r}");
     }
     let r = legacy.call_tool(20, "get_session_status", guess(5)).await;
-    assert_eq!(
-        r["structuredContent"]["error_code"], "ERROR_RATE_LIMITED",
-        "{r}"
-    );
+    assert_eq!(error_object(&r)["error_code"], "ERROR_RATE_LIMITED", "{r}");
     let e = fails(&peer, "get_session_status", guess(6), "ERROR_RATE_LIMITED").await;
     assert_eq!(e["retryable"], true);
     let wait = e["retry_after_ms"].as_u64().expect("retry_after_ms");
@@ -542,6 +533,43 @@ async fn failed_authentication_is_rate_limited_per_peer_address() {
     )
     .await;
     drop(peer);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Someone who knows a `client_id` but not its token cannot lock the client out: failures count
+/// per client id *and address*, so the forger's address is limited and the owner's is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_failures_from_another_address_do_not_lock_a_client_out() {
+    let dir = temp_dir("lockout");
+    let server = start_with(options(&dir)).await;
+    let (owner, _progress) = connect(&server.url).await;
+    let token = enroll(&owner, "alice").await;
+    upload_input(&owner, "alice", &token, "s1", 1).await;
+    let from: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let (forger, _p) = connect_from(&server.url, from).await;
+    let forged = session_args("alice", "s1", "cit_forged", json!({}));
+    let limit = options(&dir).service.auth_failures_per_minute;
+    for _ in 0..limit {
+        let (is_error, e) = call_unsigned(&forger, "get_session_status", forged.clone()).await;
+        assert!(is_error);
+        assert_eq!(e["error_code"], "ERROR_UNAUTHORIZED", "{e}");
+    }
+    let (_, e) = call_unsigned(&forger, "get_session_status", forged.clone()).await;
+    assert_eq!(e["error_code"], "ERROR_RATE_LIMITED", "{e}");
+    // The owner, from its own address, is served as before.
+    let status = ok(
+        &owner,
+        "get_session_status",
+        session_args("alice", "s1", &token, json!({})),
+    )
+    .await;
+    assert_eq!(
+        status["objects"][0]["missing_chunks"],
+        json!([]),
+        "{status}"
+    );
+    drop((owner, forger));
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -594,3 +594,76 @@ async fn shutdown_closes_open_streams() {
     drop(client);
     drop(legacy);
 }
+
+/// Streamable HTTP refusals a client can act on: a body that is not JSON is HTTP 400 with the
+/// JSON-RPC parse error, valid JSON that is not a JSON-RPC message is 400 with invalid request,
+/// and a `DELETE` naming a session that was never issued is 404, as a `POST` naming it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_http_protocol_errors_are_json_rpc_and_unknown_sessions_404() {
+    let server = TestServer::start(small_config()).await;
+    let http = reqwest::Client::new();
+    let post = |body: &'static str| {
+        http.post(server.url("/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    for (body, code) in [("{not json", -32700), ("{\"hello\": 1}", -32600)] {
+        let r = post(body).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["jsonrpc"], "2.0", "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+    // A wrong content type is still 415.
+    let r = http
+        .post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    // A session that was issued can be deleted; one that never was is 404 on DELETE and POST.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"}}});
+    let r = http
+        .post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let issued = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    drop(r);
+    for id in ["never-issued", issued.as_str()] {
+        let r = http
+            .delete(server.url("/mcp"))
+            .header("mcp-session-id", id)
+            .send()
+            .await
+            .unwrap();
+        if id == issued {
+            assert!(r.status().is_success(), "{}", r.status());
+        } else {
+            assert_eq!(r.status(), 404);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "unknown_session", "{v}");
+        }
+    }
+    let r = http
+        .post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", "never-issued")
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    server.stop().await;
+}

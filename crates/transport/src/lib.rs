@@ -21,7 +21,9 @@ mod connections;
 mod error;
 mod guard;
 mod legacy_sse;
+mod streamable;
 mod tls;
+pub mod tools;
 
 use std::{sync::Arc, time::Duration};
 
@@ -154,12 +156,13 @@ where
 
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(config.session_idle_timeout);
+    let sessions = Arc::new(sessions);
     let streamable = StreamableHttpService::new(
         {
             let factory = Arc::clone(&factory);
             move || Ok(factory())
         },
-        Arc::new(sessions),
+        Arc::clone(&sessions),
         config.streamable_config(&shutdown),
     );
 
@@ -174,6 +177,10 @@ where
 
     let guarded = Router::new()
         .nest_service(MCP_PATH, streamable)
+        .layer(middleware::from_fn_with_state(
+            sessions,
+            streamable::streamable_edges,
+        ))
         .merge(legacy)
         .layer(middleware::from_fn_with_state(
             config.max_body_bytes,

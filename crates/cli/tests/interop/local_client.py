@@ -31,6 +31,14 @@ def expect(condition: bool, what: str) -> None:
         raise Mismatch(what)
 
 
+def error_of(result) -> dict:
+    """The error object of a failed call: the JSON text of its first content block (the servers
+    send no structuredContent with an error, which the output schema would not admit)."""
+    expect(result.is_error, f"expected an error, got {result.structured_content}")
+    expect(result.structured_content is None, f"an error with structured content: {result.structured_content}")
+    return json.loads(result.content[0].text)
+
+
 async def main(binary: str, key_dir: str, remote: str, image: str) -> None:
     params = StdioServerParameters(
         command=binary,
@@ -53,26 +61,32 @@ async def main(binary: str, key_dir: str, remote: str, image: str) -> None:
 
         missing = await client.call_tool("private_classify", {"image_path": image + ".missing"})
         expect(missing.is_error is True, f"a missing image must be a tool error: {missing}")
-        code = (missing.structured_content or {}).get("error_code")
-        expect(code == "ERROR_FILE_NOT_FOUND", f"missing image: {missing.structured_content}")
+        code = error_of(missing).get("error_code")
+        expect(code == "ERROR_FILE_NOT_FOUND", f"missing image: {missing.content}")
         relative = await client.call_tool("fhe_encrypt", {
             "client_id": "nobody", "image_path": "relative.png", "session_dir": "/tmp"})
-        code = (relative.structured_content or {}).get("error_code")
-        expect(code == "ERROR_PATH_NOT_ALLOWED", f"relative path: {relative.structured_content}")
+        code = error_of(relative).get("error_code")
+        expect(code == "ERROR_PATH_NOT_ALLOWED", f"relative path: {relative.content}")
         print("ok: error path")
 
         steps: list[float] = []
+        totals: list[float | None] = []
 
         async def progress(value: float, total: float | None, message: str | None) -> None:
             steps.append(value)
+            totals.append(total)
 
         result = await client.call_tool(
             "private_classify", {"image_path": image, "top_k": 3}, progress_callback=progress)
-        expect(not result.is_error, f"private_classify failed: {result.structured_content}")
+        expect(not result.is_error, f"private_classify failed: {result.content}")
         out = result.structured_content or {}
         expect(len(out.get("top_k", [])) == 3, f"top_k: {out}")
         expect(abs(sum(out.get("probabilities", [])) - 1.0) < 1e-6, "probabilities sum to 1")
         expect(len(steps) >= 3, f"{len(steps)} progress notifications")
+        # Each carries its total, and the values increase (MCP progress rules).
+        expect(all(t == 100.0 for t in totals), f"progress totals {totals}")
+        expect(all(a < b for a, b in zip(steps, steps[1:])), f"progress values {steps}")
+        expect(all(0.0 < v < 100.0 for v in steps), f"progress values {steps}")
         print(f"ok: progress ({len(steps)} notifications)")
         print(json.dumps(out))
 

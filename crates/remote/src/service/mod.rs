@@ -65,7 +65,8 @@ pub struct ServiceConfig {
     pub max_eval_threads: usize,
     /// Hash of the operator's enrollment token; when set, new clients must present it.
     pub enrollment_token_hash: Option<TokenHash>,
-    /// Failed authentications per client_id and minute before `ERROR_RATE_LIMITED`.
+    /// Failed authentications per client_id, address and minute before `ERROR_RATE_LIMITED`
+    /// (per address: someone else's failures never lock a client out).
     pub auth_failures_per_minute: u32,
     /// Failed authentications and enrollments per peer address and minute before
     /// `ERROR_RATE_LIMITED` (0: no per-address limit, e.g. behind a proxy that hides addresses).
@@ -277,7 +278,7 @@ impl Service {
     fn rate_limit_check(&self, client_id: Option<&str>, caller: &Caller) -> Result<()> {
         if let Some(id) = client_id {
             self.failures.check(
-                &FailureKey::Client(id.to_string()),
+                &FailureKey::Client(id.to_string(), caller.peer),
                 self.config.auth_failures_per_minute,
             )?;
         }
@@ -292,7 +293,8 @@ impl Service {
 
     fn record_failure(&self, client_id: Option<&str>, caller: &Caller) {
         if let Some(id) = client_id {
-            self.failures.record(FailureKey::Client(id.to_string()));
+            self.failures
+                .record(FailureKey::Client(id.to_string(), caller.peer));
         }
         if let Some(ip) = caller.peer {
             self.failures.record(FailureKey::Peer(ip));

@@ -210,14 +210,36 @@ pub async fn connect_with_bearer(
     .await
 }
 
+/// Connects over Streamable HTTP from the local address `from` (another loopback address, as
+/// another host would be).
+pub async fn connect_from(
+    url: &str,
+    from: std::net::IpAddr,
+) -> (Peer, mpsc::UnboundedReceiver<ProgressNotificationParam>) {
+    let http = reqwest::Client::builder()
+        .local_address(from)
+        .build()
+        .expect("client");
+    connect_config_with(
+        http,
+        StreamableHttpClientTransportConfig::with_uri(url.to_string()),
+    )
+    .await
+}
+
 async fn connect_config(
     config: StreamableHttpClientTransportConfig,
 ) -> (Peer, mpsc::UnboundedReceiver<ProgressNotificationParam>) {
+    connect_config_with(reqwest::Client::new(), config).await
+}
+
+async fn connect_config_with(
+    http: reqwest::Client,
+    config: StreamableHttpClientTransportConfig,
+) -> (Peer, mpsc::UnboundedReceiver<ProgressNotificationParam>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let transport = StreamableHttpClientTransport::with_client(
-        reqwest::Client::new(),
-        config.max_sse_event_size(64 << 20),
-    );
+    let transport =
+        StreamableHttpClientTransport::with_client(http, config.max_sse_event_size(64 << 20));
     (
         Client { progress: tx }
             .serve(transport)
@@ -269,21 +291,42 @@ pub fn signed(name: &str, mut args: Value) -> Value {
     args
 }
 
-/// Calls a tool, signed as [`signed`] does; returns (is_error, structured content).
+/// Calls a tool, signed as [`signed`] does; returns (is_error, the result or the error object).
 pub async fn call(peer: &Peer, name: &str, args: Value) -> (bool, Value) {
     call_unsigned(peer, name, signed(name, args)).await
 }
 
-/// Calls a tool with exactly `args`; returns (is_error, structured content).
+/// Calls a tool with exactly `args`; returns (is_error, the result or the error object).
 pub async fn call_unsigned(peer: &Peer, name: &str, args: Value) -> (bool, Value) {
     let r = peer
         .call_tool(CallToolRequestParams::new(name.to_string()).with_arguments(arguments(args)))
         .await
         .expect("tools/call");
-    (
-        r.is_error == Some(true),
-        r.structured_content.unwrap_or(Value::Null),
-    )
+    let is_error = r.is_error == Some(true);
+    if !is_error {
+        return (false, r.structured_content.unwrap_or(Value::Null));
+    }
+    // An error is the JSON text of its object, with no structured content (which the tool's
+    // output schema would not admit).
+    assert_eq!(r.structured_content, None, "{name}: {r:?}");
+    let text = r
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    assert!(error["error_code"].is_string(), "{name}: {text}");
+    (true, error)
+}
+
+/// The error object of a failed `tools/call` result in its JSON-RPC form: the JSON text of its
+/// content, with no `structuredContent` beside it.
+pub fn error_object(result: &Value) -> Value {
+    assert_eq!(result["isError"], true, "{result}");
+    assert!(result.get("structuredContent").is_none(), "{result}");
+    serde_json::from_str(result["content"][0]["text"].as_str().unwrap_or_default())
+        .unwrap_or(Value::Null)
 }
 
 /// Calls a tool that must succeed; returns its result.

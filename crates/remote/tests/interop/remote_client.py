@@ -11,6 +11,7 @@ Exits non-zero on the first mismatch. Needs `pip install mcp==2.3.0`.
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 
@@ -35,6 +36,14 @@ def expect(condition: bool, what: str) -> None:
         raise Mismatch(what)
 
 
+def error_of(result) -> dict:
+    """The error object of a failed call: the JSON text of its first content block (the servers
+    send no structuredContent with an error, which the output schema would not admit)."""
+    expect(result.is_error, f"expected an error, got {result.structured_content}")
+    expect(result.structured_content is None, f"an error with structured content: {result.structured_content}")
+    return json.loads(result.content[0].text)
+
+
 async def exercise(name: str, client: Client) -> None:
     tools = await client.list_tools()
     names = {t.name for t in tools.tools}
@@ -54,12 +63,12 @@ async def exercise(name: str, client: Client) -> None:
         "client_id": "nobody", "session_id": "s", "file_name": "input-0.ct", "chunk_index": 0,
         "total_chunks": 1, "chunk_b64": "AAAA", "auth_token": "cit_wrong"})
     expect(bad.is_error is True, f"{name}: a wrong token must be a tool error")
-    expect((bad.structured_content or {}).get("error_code") == "ERROR_UNAUTHORIZED", f"{name}: {bad.structured_content}")
+    expect(error_of(bad).get("error_code") == "ERROR_UNAUTHORIZED", f"{name}: {bad.content}")
 
     hostile = await client.call_tool("upload_ciphertext_chunk", {
         "client_id": "nobody", "session_id": "s", "file_name": "../../etc/passwd", "chunk_index": 0,
         "total_chunks": 1, "chunk_b64": "AAAA", "auth_token": "cit_wrong"})
-    expect((hostile.structured_content or {}).get("error_code") == "ERROR_INVALID_FILE_NAME", f"{name}: {hostile.structured_content}")
+    expect(error_of(hostile).get("error_code") == "ERROR_INVALID_FILE_NAME", f"{name}: {hostile.content}")
     print(f"ok: {name} (protocol {client.protocol_version}, {len(names)} tools)")
 
 
