@@ -12,6 +12,107 @@ use tfhe_ntt::prime64::Plan;
 use crate::arith::{MAX_PRIME_BITS, MIN_PRIME_BITS, Modulus, is_prime, ntt_primes};
 use crate::error::{Error, Result};
 
+/// Lists of 64-bit integers (RNS primes) in JSON: written as decimal strings, since a JSON number
+/// above 2^53 loses its low bits in JavaScript and in any parser that reads numbers as doubles;
+/// read from strings or integers. A string is 1 to 20 ASCII digits that fit in a `u64` (no sign,
+/// space or exponent). Use with `#[serde(with = "decimal")]` (or [`decimal::option`]).
+pub mod decimal {
+    use std::fmt;
+
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    /// Writes the list as decimal strings.
+    pub fn serialize<S: Serializer>(values: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(values.iter().map(u64::to_string))
+    }
+
+    /// Reads a list of decimal strings or integers.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        d.deserialize_seq(ListVisitor)
+    }
+
+    /// The same for an optional list.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes a present list as decimal strings (and an absent one as `null`).
+        pub fn serialize<S: Serializer>(
+            values: &Option<Vec<u64>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match values {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads `null` or a list of decimal strings or integers.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u64>>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrapped(#[serde(with = "super")] Vec<u64>);
+            Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+        }
+    }
+
+    /// Parses one decimal string as the module describes.
+    pub fn parse(text: &str) -> Option<u64> {
+        if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse().ok()
+    }
+
+    struct ListVisitor;
+
+    impl<'de> Visitor<'de> for ListVisitor {
+        type Value = Vec<u64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of unsigned 64-bit integers (decimal strings or numbers)")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u64>, A::Error> {
+            // Bounded by what the caller's input holds; a prime chain has a few dozen entries.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+            while let Some(Value(v)) = seq.next_element()? {
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+
+    struct Value(u64);
+
+    impl<'de> serde::Deserialize<'de> for Value {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(ValueVisitor).map(Value)
+        }
+    }
+
+    struct ValueVisitor;
+
+    impl Visitor<'_> for ValueVisitor {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an unsigned 64-bit integer as a decimal string or a number")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            parse(v).ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+        }
+    }
+}
+
 /// Distribution of the secret key's coefficients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -38,14 +139,15 @@ pub struct ParametersLiteral {
     /// Bit sizes of the ciphertext primes q_0 (base) .. q_L.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_q: Vec<u32>,
-    /// Explicit ciphertext primes (alternative to `log_q`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Explicit ciphertext primes (alternative to `log_q`), written as decimal strings (see
+    /// [`decimal`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "decimal")]
     pub q: Vec<u64>,
     /// Bit sizes of the special primes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_p: Vec<u32>,
-    /// Explicit special primes (alternative to `log_p`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Explicit special primes (alternative to `log_p`), written as decimal strings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "decimal")]
     pub p: Vec<u64>,
     /// log2 of the default encoding scale.
     pub log_scale: u32,

@@ -46,6 +46,60 @@ pub struct ClientArgs {
     enrollment_token_file: Option<PathBuf>,
 }
 
+/// Options of `cipherinfer pin-server`.
+#[derive(clap::Args, Debug)]
+pub struct PinServerArgs {
+    /// The remote inference server's MCP endpoint, exactly as the client will use it.
+    #[arg(
+        long,
+        env = "CIPHERINFER_REMOTE",
+        default_value = "http://127.0.0.1:8750/mcp"
+    )]
+    remote: String,
+    /// The server's identity, 64 hex digits, obtained out of band (its operator publishes what
+    /// `cipherinfer serve` prints as its identity, which `describe_capabilities` returns as
+    /// `server_identity`).
+    #[arg(long = "server-key", value_name = "HEX")]
+    server_key: String,
+    /// Key store directory (default: $CIPHERINFER_HOME/keys or the XDG data directory).
+    #[arg(long)]
+    key_dir: Option<PathBuf>,
+    /// Replace another identity already pinned for this URL.
+    #[arg(long)]
+    replace: bool,
+}
+
+/// Runs `cipherinfer pin-server`: pins a remote server's identity in the key store before first
+/// contact, so that every later call refuses a server that presents another one
+/// (`ERROR_IDENTITY_MISMATCH`) instead of trusting the first it meets.
+pub fn pin_server(args: PinServerArgs) -> Result<(), BoxErr> {
+    let key: cipherinfer_protocol::integrity::PublicIdentity = args
+        .server_key
+        .trim()
+        .parse()
+        .map_err(|e: ToolError| format!("--server-key: {}", e.message))?;
+    cipherinfer_protocol::local::validate_remote_url(&args.remote)
+        .map_err(|e| format!("--remote: {}", e.message))?;
+    let store = KeyStore::open(key_root(args.key_dir.as_deref())?)?;
+    match store.pinned_server(&args.remote)? {
+        Some(pinned) if pinned == key => {
+            println!("{} is already pinned to {key}", args.remote);
+            return Ok(());
+        }
+        Some(pinned) if !args.replace => {
+            return Err(format!(
+                "{} is pinned to another identity ({pinned}); pass --replace to change it",
+                args.remote
+            )
+            .into());
+        }
+        _ => {}
+    }
+    store.pin_server(&args.remote, &key)?;
+    println!("pinned {} to {key}", args.remote);
+    Ok(())
+}
+
 /// Options of `cipherinfer classify`.
 #[derive(clap::Args, Debug)]
 pub struct ClassifyArgs {
@@ -503,7 +557,13 @@ pub async fn local(args: LocalArgs) -> Result<(), BoxErr> {
                 let _ = tokio::signal::ctrl_c().await;
                 stop.cancel();
             });
-            cipherinfer_local::server::serve_http(handler, addr, shutdown).await?;
+            // Port 0 picks a free port; the URL goes to stdout (not protocol in this mode).
+            let listener = cipherinfer_local::server::bind_loopback(addr).await?;
+            println!(
+                "cipherinfer local server listening on http://{}/mcp",
+                listener.local_addr()?
+            );
+            cipherinfer_local::server::serve_http_listener(handler, listener, shutdown).await?;
         }
     }
     Ok(())

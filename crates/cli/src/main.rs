@@ -67,6 +67,9 @@ enum Command {
     /// Generate keys if needed and provision the public evaluation keys (Step 0).
     #[cfg(feature = "client")]
     Provision(client::ClientArgs),
+    /// Pin a remote server's identity before first contact (instead of trusting it on first use).
+    #[cfg(feature = "client")]
+    PinServer(client::PinServerArgs),
     /// Run the local crypto MCP server over stdio (holds the secret keys; for MCP hosts).
     #[cfg(feature = "client")]
     Local(client::LocalArgs),
@@ -130,6 +133,8 @@ fn main() -> ExitCode {
             Command::Provision(args) => {
                 return tool_exit(client::keygen_or_provision(args, true).await);
             }
+            #[cfg(feature = "client")]
+            Command::PinServer(args) => client::pin_server(args),
             #[cfg(feature = "client")]
             Command::Local(args) => client::local(args).await,
             #[cfg(feature = "server")]

@@ -256,6 +256,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
             shutdown.cancel();
         });
     }
+    // The identity clients pin; publish it so that they can pin it before first contact
+    // (`cipherinfer pin-server --server-key HEX`) instead of trusting it on first use.
+    eprintln!(
+        "server identity (Ed25519, signs results): {}",
+        server.service.server_identity()
+    );
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     // The one line on stdout: where to connect (useful with --bind 127.0.0.1:0).
     println!(

@@ -806,6 +806,56 @@ fn keygen_and_provision_commands() {
     );
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(run.stderr.contains("ERROR_CLIENT_EXISTS"), "{}", run.stderr);
+    // A server identity pinned out of band before first contact: a server presenting another
+    // is refused before anything is sent; the right pin works.
+    let pins = keys.join(".servers");
+    let pin_file = std::fs::read_dir(&pins)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let pinned: Value = serde_json::from_slice(&std::fs::read(pin_file).unwrap()).unwrap();
+    let server_key = pinned["server_key"].as_str().unwrap().to_string();
+    let fresh = dir.join("pinned-keys");
+    let pin = |key: &str, replace: bool| {
+        let mut args = vec!["pin-server", "--remote", &remote.url, "--server-key", key];
+        if replace {
+            args.push("--replace");
+        }
+        cipherinfer(&args, &fresh)
+    };
+    // Another valid Ed25519 key (the client's own identity) stands for an impostor's.
+    let run = pin(&first, false);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let provision_bob = || {
+        cipherinfer(
+            &["provision", "--remote", &remote.url, "--client-id", "bob"],
+            &fresh,
+        )
+    };
+    let run = provision_bob();
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("ERROR_IDENTITY_MISMATCH"),
+        "{}",
+        run.stderr
+    );
+    let run = pin(&server_key, false);
+    assert_ne!(run.code, 0, "a different pin is not replaced silently");
+    assert!(run.stderr.contains("--replace"), "{}", run.stderr);
+    let run = pin("not-a-key", true);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("--server-key"), "{}", run.stderr);
+    let run = pin(&server_key, true);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = provision_bob();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("urn:cipherinfer:key:bob:1"),
+        "{}",
+        run.stdout
+    );
     // The local server never listens beyond loopback.
     let run = cipherinfer(&["local", "--http", "0.0.0.0:0"], &keys);
     assert_ne!(run.code, 0);
@@ -852,10 +902,13 @@ fn python_sdk_drives_the_local_server_over_stdio() {
     let remote = Remote::start(&dir.join("server"), MODELS, &[]);
     let (image, want) = samples("mnist-cnn", 1).swap_remove(0);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/local_client.py");
+    // The README's host configuration as written: no --key-dir, the store under HOME.
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
     let out = Command::new(&python)
         .arg(&script)
         .arg(BIN)
-        .arg(dir.join("keys"))
+        .arg(&home)
         .arg(&remote.url)
         .arg(&image)
         .output()
@@ -865,10 +918,18 @@ fn python_sdk_drives_the_local_server_over_stdio() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(last["class_index"], want, "{last}");
-    assert_eq!(last["provisioned"], true);
+    assert_eq!(
+        last["provisioned"], true,
+        "refused calls provision nothing: {last}"
+    );
     assert!(stdout.contains("ok: tools"), "{stdout}");
     assert!(stdout.contains("ok: error path"), "{stdout}");
     assert!(stdout.contains("ok: progress"), "{stdout}");
+    let store = home.join(".local/share/cipherinfer/keys");
+    assert!(
+        store.join(".work").is_dir(),
+        "the key store is at its default place"
+    );
     drop(remote);
     let _ = std::fs::remove_dir_all(&dir);
 }

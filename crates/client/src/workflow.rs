@@ -182,11 +182,11 @@ fn path_string(p: &Path) -> Result<String, ToolError> {
     })
 }
 
-/// Codes meaning the remote server no longer accepts a stored credential: it lost or revoked
-/// the client's keys, or it does not know the token at all (`Unauthorized`: a server that lost
-/// its whole store answers so, as it does for any unknown client, to be no oracle of client
-/// ids). The workflow then enrolls the client anew, which the server refuses with
-/// `ClientExists` if the id is registered under keys this host holds no token for.
+/// Codes meaning the remote server no longer accepts a stored credential: it lost
+/// (`UnknownClient`) or revoked the client's keys, or it does not accept the token
+/// (`Unauthorized`: e.g. an operator replaced the record). The workflow then enrolls the client
+/// anew, which the server refuses with `ClientExists` if the id is registered under keys this
+/// host holds no token for.
 fn keys_gone(e: &ToolError) -> bool {
     matches!(
         e.error_code,

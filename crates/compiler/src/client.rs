@@ -65,6 +65,30 @@ fn one() -> usize {
     1
 }
 
+/// The JSON Schema of a 64-bit integer (an RNS prime) on the wire: a decimal string, since JSON
+/// numbers above 2^53 lose precision in JavaScript; readers also accept a JSON integer (see
+/// [`cipherinfer_ckks::params::decimal`]). Used with `#[schemars(with = ...)]`.
+#[derive(Debug)]
+pub struct DecimalU64;
+
+impl JsonSchema for DecimalU64 {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DecimalU64".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]{1,20}$",
+            "description": "An unsigned 64-bit integer as a decimal string (a JSON integer is also accepted on input)."
+        })
+    }
+}
+
 /// The JSON Schema of [`ParametersLiteral`] (the CKKS crate has no schemars dependency): the
 /// same fields with the same serde attributes, so the schema describes exactly the JSON the
 /// literal reads and writes. A test checks both round trips.
@@ -82,14 +106,24 @@ pub(crate) struct ParametersLiteralSchema {
     /// Bit sizes of the ciphertext primes q_0 (base) .. q_L.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     log_q: Vec<u32>,
-    /// Explicit ciphertext primes (alternative to `log_q`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Explicit ciphertext primes (alternative to `log_q`), as decimal strings.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "cipherinfer_ckks::params::decimal"
+    )]
+    #[schemars(with = "Vec<DecimalU64>")]
     q: Vec<u64>,
     /// Bit sizes of the special primes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     log_p: Vec<u32>,
-    /// Explicit special primes (alternative to `log_p`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Explicit special primes (alternative to `log_p`), as decimal strings.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "cipherinfer_ckks::params::decimal"
+    )]
+    #[schemars(with = "Vec<DecimalU64>")]
     p: Vec<u64>,
     /// log2 of the default encoding scale.
     log_scale: u32,
@@ -544,8 +578,37 @@ mod tests {
             let mirror: ParametersLiteralSchema = serde_json::from_value(json.clone()).unwrap();
             let back = serde_json::to_value(&mirror).unwrap();
             assert_eq!(back, json);
+            // Primes travel as decimal strings, exact beyond 2^53.
+            for (key, primes) in [("q", &lit.q), ("p", &lit.p)] {
+                let wire: Vec<String> = primes.iter().map(u64::to_string).collect();
+                if !primes.is_empty() {
+                    assert_eq!(json[key], serde_json::json!(wire));
+                }
+            }
             let again: ParametersLiteral = serde_json::from_value(back).unwrap();
             assert_eq!(again, lit);
+        }
+        // Integers are read as well as strings; anything else is refused.
+        let numbers = serde_json::json!({"log_n": 13, "log_scale": 26,
+            "q": [1_073_643_521_u64], "p": [288_230_376_151_130_113_u64]});
+        let lit: ParametersLiteral = serde_json::from_value(numbers).unwrap();
+        assert_eq!(lit.p, vec![288_230_376_151_130_113]);
+        for bad in [
+            serde_json::json!(["+5"]),
+            serde_json::json!([" 5"]),
+            serde_json::json!(["5e3"]),
+            serde_json::json!(["18446744073709551616"]),
+            serde_json::json!([-1]),
+            serde_json::json!([1.5]),
+            serde_json::json!([""]),
+            serde_json::json!("5"),
+        ] {
+            let v = serde_json::json!({"log_n": 13, "log_scale": 26, "q": bad});
+            assert!(
+                serde_json::from_value::<ParametersLiteral>(v.clone()).is_err(),
+                "{v}"
+            );
+            assert!(serde_json::from_value::<ParametersLiteralSchema>(v).is_err());
         }
         // Omitted optional fields read the same way on both sides.
         let sparse = serde_json::json!({"log_n": 12, "log_scale": 30});
@@ -595,6 +658,8 @@ mod tests {
             params["required"],
             serde_json::json!(["log_n", "log_scale"])
         );
+        assert_eq!(params["properties"]["q"]["items"]["type"], "string");
+        assert_eq!(params["properties"]["p"]["items"]["type"], "string");
         assert!(defs["SlotMap"]["properties"]["positions"].is_object());
         assert!(defs["Shape"].is_object());
     }

@@ -293,13 +293,10 @@ pub fn compile_choosing_degree(
                 break;
             }
         };
-        let Some(chosen) = found.chosen_trial() else {
+        let Some(k) = found.trials.iter().position(|t| t.chosen) else {
             break;
         };
-        let (agreement, at) = (
-            chosen.top1_agreement,
-            search.trials.len() + found.trials.iter().position(|t| t.chosen).unwrap_or(0),
-        );
+        let (agreement, at) = (found.trials[k].top1_agreement, search.trials.len() + k);
         search.trials.extend(
             found
                 .trials

@@ -144,6 +144,11 @@ impl Classifier {
         on_event: impl FnMut(Event) + Send,
     ) -> Result<PrivateClassifyResult, ToolError> {
         args.validate()?;
+        // The image must be readable under the path policy before any key is made or sent.
+        self.local
+            .crypto
+            .paths()
+            .existing_file("image_path", &args.image_path)?;
         let url = args
             .remote_url
             .clone()

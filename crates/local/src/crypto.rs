@@ -19,7 +19,7 @@ use cipherinfer_protocol::params::ExtendedParameters;
 use cipherinfer_protocol::validate::{DEFAULT_CHUNK_BYTES, encode_base64, sha256_hex};
 use rayon::prelude::*;
 
-use crate::fsutil::{Confinement, FILE_MODE, read_limited, write_atomic};
+use crate::fsutil::{Confinement, FILE_MODE, create_private_dir_all, read_limited, write_atomic};
 use crate::output::{self, MAX_RESULT_FILE_BYTES};
 use crate::store::{
     ClientRecord, KeyStore, LoadedClient, MAX_EVALUATION_KEY_BYTES, MAX_KEY_GENERATION_MEMORY,
@@ -74,11 +74,26 @@ fn shape_vec(shape: &Shape) -> Vec<u32> {
 
 impl LocalCrypto {
     /// Opens the key store (creating its root, mode 0700) and resolves the allowed directories
-    /// (each must exist).
+    /// (each must exist). When paths are confined, the store's work directory
+    /// ([`crate::classify::WORK_DIR`], where `private_classify` and the CLI keep a call's session
+    /// files; created here, mode 0700) is allowed too: it holds only public keys, ciphertexts and
+    /// results, never the store's secrets, which stay outside every allowed directory.
     pub fn new(config: LocalConfig) -> Result<Self> {
+        let store = KeyStore::open(config.key_root)?;
+        let mut allowed = config.allowed_dirs;
+        if !allowed.is_empty() {
+            let work = store.root().join(crate::classify::WORK_DIR);
+            create_private_dir_all(&work).map_err(|e| {
+                ToolError::new(
+                    ErrorCode::Internal,
+                    format!("cannot create the work directory: {e}"),
+                )
+            })?;
+            allowed.push(work);
+        }
         Ok(Self {
-            store: KeyStore::open(config.key_root)?,
-            paths: Confinement::new(&config.allowed_dirs)?,
+            store,
+            paths: Confinement::new(&allowed)?,
         })
     }
 
@@ -336,8 +351,8 @@ impl LocalCrypto {
         })
     }
 
-    /// `fhe_decrypt` (Steps 5-6): reads the result file (the remote's output bytes, see
-    /// [`crate::output`]), decodes it against this client's parameters, decrypts, flags
+    /// `fhe_decrypt` (Steps 5-6): reads the result file (the remote's output bytes or their
+    /// Base64 text, see [`crate::output`]), decodes it against this client's parameters, decrypts, flags
     /// results not made for this key, and classifies.
     pub fn fhe_decrypt(&self, a: &FheDecryptArgs) -> Result<FheDecryptResult> {
         a.validate()?;
@@ -347,8 +362,11 @@ impl LocalCrypto {
         let path = self
             .paths
             .existing_file("encrypted_logit_path", &a.encrypted_logit_path)?;
-        let bytes = read_limited(&path, MAX_RESULT_FILE_BYTES)
+        // The file may hold the Base64 text (a little over 4/3 of the bytes) rather than the bytes.
+        let limit = usize::try_from(MAX_RESULT_FILE_BYTES).unwrap_or(usize::MAX);
+        let file = read_limited(&path, MAX_RESULT_FILE_BYTES.saturating_mul(3) / 2)
             .map_err(|e| e.into_tool("encrypted_logit_path", ErrorCode::ObjectTooLarge))?;
+        let bytes = output::result_file_bytes(file, limit)?;
         if let Some(att) = &a.result_attestation {
             // Before any decryption: signed by the pinned server, for these exact bytes.
             let pinned = self.store.pinned_server(&att.remote_url)?.ok_or_else(|| {
@@ -364,7 +382,6 @@ impl LocalCrypto {
                 &bytes,
             )?;
         }
-        let limit = usize::try_from(MAX_RESULT_FILE_BYTES).unwrap_or(usize::MAX);
         let cts = output::decode_output(&loaded.params, &bytes, limit)?;
         let encoder = cipherinfer_ckks::Encoder::new(loaded.params.clone());
         let d = output::decrypt_output(&loaded.spec, &encoder, &loaded.decryptor, &cts)?;

@@ -4,35 +4,18 @@
 //!
 //! # File format
 //!
-//! A result holding **one** output ciphertext (every shipped model) is exactly the bytes the
-//! remote server returns as `encrypted_logit_b64` / by `fetch_result_chunk`: one CKKS
-//! `Ciphertext` in the library's versioned wire form (`CIFR` envelope, type 1), so a client
-//! saves the decoded Base64 as is. A result of **several** ciphertexts (an output map spanning
-//! `num_cts > 1`, in output-map order) is the set container:
-//!
-//! ```text
-//! "CIOUTSET"            8 bytes
-//! count                 u32 little-endian, 2..=64
-//! count × { length      u64 little-endian
-//!           bytes }     one CIFR ciphertext encoding
-//! ```
-//!
-//! with nothing after the last ciphertext. Every ciphertext is decoded with a byte limit and
-//! checked against the client's parameter set (parameter id, level, polynomial count, packed
-//! coefficients below their primes); a failure is `ERROR_MALFORMED_CIPHERTEXT`.
+//! A result file holds exactly the bytes the remote server returns (`encrypted_logit_b64` or by
+//! `fetch_result_chunk`): see [`cipherinfer_protocol::output`], which both sides share.
 
-use std::sync::Arc;
-
-use cipherinfer_ckks::serialization::{FromBytes, ToBytes};
-use cipherinfer_ckks::{Ciphertext, DecodeErrorCode, Decryptor, Encoder, Parameters};
-use cipherinfer_compiler::client::MAX_CIPHERTEXTS;
+use cipherinfer_ckks::{Ciphertext, Decryptor, Encoder};
 pub use cipherinfer_compiler::client::{estimate_precision_bits, noise_floor};
 use cipherinfer_compiler::{ClientSpec, CompileError};
 use cipherinfer_protocol::error::{ErrorCode, Result, ToolError};
 use cipherinfer_protocol::local::{ClassScore, Classification};
+pub use cipherinfer_protocol::output::{
+    OUTPUT_SET_MAGIC, decode_output, encode_output, result_file_bytes,
+};
 
-/// Magic of the multi-ciphertext result container.
-pub const OUTPUT_SET_MAGIC: [u8; 8] = *b"CIOUTSET";
 /// Largest result file read by `fhe_decrypt`.
 pub const MAX_RESULT_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// A decrypted output value larger than this in magnitude flags a result not made for this key
@@ -47,98 +30,6 @@ fn malformed(why: impl std::fmt::Display) -> ToolError {
         ErrorCode::MalformedCiphertext,
         format!("encrypted result: {why}"),
     )
-}
-
-fn ckks_malformed(e: &cipherinfer_ckks::Error) -> ToolError {
-    match e {
-        cipherinfer_ckks::Error::Decode {
-            code: DecodeErrorCode::TooLarge,
-            ..
-        } => ToolError::new(ErrorCode::ObjectTooLarge, format!("encrypted result: {e}")),
-        other => malformed(other),
-    }
-}
-
-/// Encodes output ciphertexts as a result file: one ciphertext as its plain encoding, several
-/// in the `CIOUTSET` container.
-pub fn encode_output(cts: &[Ciphertext]) -> Vec<u8> {
-    if let [one] = cts {
-        return one.to_bytes();
-    }
-    let mut out = Vec::new();
-    out.extend_from_slice(&OUTPUT_SET_MAGIC);
-    out.extend_from_slice(&u32::try_from(cts.len()).unwrap_or(u32::MAX).to_le_bytes());
-    for ct in cts {
-        let b = ct.to_bytes();
-        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-        out.extend_from_slice(&b);
-    }
-    out
-}
-
-/// Decodes a result file bound to `params` (see the module docs), at most `max_bytes` long.
-pub fn decode_output(
-    params: &Arc<Parameters>,
-    bytes: &[u8],
-    max_bytes: usize,
-) -> Result<Vec<Ciphertext>> {
-    if bytes.len() > max_bytes {
-        return Err(ToolError::new(
-            ErrorCode::ObjectTooLarge,
-            format!("encrypted result larger than {max_bytes} bytes"),
-        ));
-    }
-    let cts = match bytes.strip_prefix(&OUTPUT_SET_MAGIC[..]) {
-        None => {
-            vec![Ciphertext::from_bytes(params, bytes, max_bytes).map_err(|e| ckks_malformed(&e))?]
-        }
-        Some(rest) => {
-            let (count, mut rest) = rest
-                .split_first_chunk::<4>()
-                .ok_or_else(|| malformed("truncated set header"))?;
-            let count = u32::from_le_bytes(*count) as usize;
-            if !(2..=MAX_CIPHERTEXTS).contains(&count) {
-                return Err(malformed(format!(
-                    "set of {count} ciphertexts (2..={MAX_CIPHERTEXTS})"
-                )));
-            }
-            let mut cts = Vec::with_capacity(count);
-            for i in 0..count {
-                let (len, tail) = rest
-                    .split_first_chunk::<8>()
-                    .ok_or_else(|| malformed(format!("truncated before ciphertext {i}")))?;
-                let len = usize::try_from(u64::from_le_bytes(*len))
-                    .ok()
-                    .filter(|&l| l <= tail.len())
-                    .ok_or_else(|| malformed(format!("ciphertext {i} runs past the end")))?;
-                let (ct, tail) = tail.split_at(len);
-                cts.push(
-                    Ciphertext::from_bytes(params, ct, max_bytes)
-                        .map_err(|e| ckks_malformed(&e))?,
-                );
-                rest = tail;
-            }
-            if !rest.is_empty() {
-                return Err(malformed(format!("{} trailing bytes", rest.len())));
-            }
-            cts
-        }
-    };
-    for ct in &cts {
-        let scale = ct.scale();
-        let room = params.log_q_at(ct.level());
-        if !(scale.is_finite() && scale >= 1.0 && scale.log2() < room - 1.0) {
-            return Err(malformed(format!(
-                "scale 2^{:.2} does not fit level {} (2^{room:.1})",
-                scale.log2(),
-                ct.level()
-            )));
-        }
-        if ct.degree() > 2 {
-            return Err(malformed(format!("degree {}", ct.degree())));
-        }
-    }
-    Ok(cts)
 }
 
 /// The decrypted output values (of the first image of a batch) and their error estimate.

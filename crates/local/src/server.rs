@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use cipherinfer_protocol::error::{ErrorCode, Result, ToolError, parse_arguments};
 use cipherinfer_protocol::local::{
@@ -19,7 +19,7 @@ use cipherinfer_protocol::local::{
     PrivateClassifyResult, TOOL_EXPORT_EVALUATION_KEYS, TOOL_FHE_DECRYPT, TOOL_FHE_ENCRYPT,
     TOOL_GENERATE_KEYS, TOOL_PRIVATE_CLASSIFY,
 };
-use cipherinfer_transport::tools::{Effect, annotate, error_result, unknown_tool};
+use cipherinfer_transport::tools::{Effect, annotate, respond, unknown_tool};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
     PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool,
@@ -103,62 +103,61 @@ impl std::fmt::Debug for LocalHandler {
     }
 }
 
-/// Every tool's name, with its title, what it does to the key store and files, and whether it
-/// reaches another server.
-const TOOLS: [(&str, &str, Effect, bool); 5] = [
-    (
-        TOOL_GENERATE_KEYS,
-        "Generate keys",
-        Effect::DestructiveRepeated,
-        false,
-    ),
-    (
-        TOOL_EXPORT_EVALUATION_KEYS,
-        "Export evaluation keys",
-        Effect::AdditiveIdempotent,
-        false,
-    ),
-    (
-        TOOL_FHE_ENCRYPT,
-        "Encrypt an image",
-        Effect::Additive,
-        false,
-    ),
-    (
-        TOOL_FHE_DECRYPT,
-        "Decrypt a result",
-        Effect::ReadOnly,
-        false,
-    ),
-    (
-        TOOL_PRIVATE_CLASSIFY,
-        "Classify privately",
-        Effect::Additive,
-        true,
-    ),
-];
-
+/// Tool `name` with its schemas, its title, what it does to the key store and files, and whether
+/// it reaches another server.
 fn tool<A: schemars::JsonSchema + 'static, R: schemars::JsonSchema + 'static>(
     name: &'static str,
+    title: &str,
+    effect: Effect,
+    open_world: bool,
     description: &'static str,
 ) -> Tool {
     let tool = Tool::new(name, description, serde_json::Map::new())
         .with_input_schema::<A>()
         .with_output_schema::<R>();
-    match TOOLS.iter().find(|(n, ..)| *n == name) {
-        Some((_, title, effect, open_world)) => annotate(tool, title, *effect, *open_world),
-        None => tool,
-    }
+    annotate(tool, title, effect, open_world)
 }
 
-fn respond<R: Serialize>(result: Result<R>) -> CallToolResult {
-    match result.and_then(|r| {
-        serde_json::to_value(r).map_err(|e| ToolError::new(ErrorCode::Internal, e.to_string()))
-    }) {
-        Ok(v) => CallToolResult::structured(v),
-        Err(e) => error_result(&e.to_json()),
-    }
-}
+/// Every tool a local server can list; `private_classify` only when it has a remote.
+static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
+    vec![
+        tool::<GenerateKeysArgs, GenerateKeysResult>(
+            TOOL_GENERATE_KEYS,
+            "Generate keys",
+            Effect::DestructiveRepeated,
+            false,
+            "Step 0 (local): generate and store a CKKS key set for a client and a remote model's client_spec (secret key stays here).",
+        ),
+        tool::<ExportEvaluationKeysArgs, ExportEvaluationKeysResult>(
+            TOOL_EXPORT_EVALUATION_KEYS,
+            "Export evaluation keys",
+            Effect::AdditiveIdempotent,
+            false,
+            "Step 0 (local): write the public evaluation-key bundle to a file; returns size, SHA-256 and chunk count for provision_keys_begin.",
+        ),
+        tool::<FheEncryptArgs, FheEncryptResult>(
+            TOOL_FHE_ENCRYPT,
+            "Encrypt an image",
+            Effect::Additive,
+            false,
+            "Steps 1-2 (draft 6.1): preprocess a PNG/JPEG image and encrypt it into ciphertext objects in session_dir.",
+        ),
+        tool::<FheDecryptArgs, FheDecryptResult>(
+            TOOL_FHE_DECRYPT,
+            "Decrypt a result",
+            Effect::ReadOnly,
+            false,
+            "Steps 5-6 (draft 6.5): decrypt the remote's encrypted logits; returns label, probabilities, top-k, logits and precision.",
+        ),
+        tool::<PrivateClassifyArgs, PrivateClassifyResult>(
+            TOOL_PRIVATE_CLASSIFY,
+            "Classify privately",
+            Effect::Additive,
+            true,
+            "Classify an image privately: keys, encryption, remote encrypted inference and decryption in one call (no Base64 through the host).",
+        ),
+    ]
+});
 
 fn arguments<T: DeserializeOwned>(request: &CallToolRequestParams) -> Result<T> {
     parse_arguments(Value::Object(request.arguments.clone().unwrap_or_default()))
@@ -186,31 +185,17 @@ impl LocalHandler {
 
     /// The tools this handler lists, with their schemas.
     pub fn tools(&self) -> Vec<Tool> {
-        let mut tools = vec![
-            tool::<GenerateKeysArgs, GenerateKeysResult>(
-                TOOL_GENERATE_KEYS,
-                "Step 0 (local): generate and store a CKKS key set for a client and a remote model's client_spec (secret key stays here).",
-            ),
-            tool::<ExportEvaluationKeysArgs, ExportEvaluationKeysResult>(
-                TOOL_EXPORT_EVALUATION_KEYS,
-                "Step 0 (local): write the public evaluation-key bundle to a file; returns size, SHA-256 and chunk count for provision_keys_begin.",
-            ),
-            tool::<FheEncryptArgs, FheEncryptResult>(
-                TOOL_FHE_ENCRYPT,
-                "Steps 1-2 (draft 6.1): preprocess a PNG/JPEG image and encrypt it into ciphertext objects in session_dir.",
-            ),
-            tool::<FheDecryptArgs, FheDecryptResult>(
-                TOOL_FHE_DECRYPT,
-                "Steps 5-6 (draft 6.5): decrypt the remote's encrypted logits; returns label, probabilities, top-k, logits and precision.",
-            ),
-        ];
-        if self.classify.is_some() {
-            tools.push(tool::<PrivateClassifyArgs, PrivateClassifyResult>(
-                TOOL_PRIVATE_CLASSIFY,
-                "Classify an image privately: keys, encryption, remote encrypted inference and decryption in one call (no Base64 through the host).",
-            ));
-        }
-        tools
+        TOOLS
+            .iter()
+            .filter(|t| self.lists(&t.name))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether the handler lists (and so calls) tool `name`.
+    fn lists(&self, name: &str) -> bool {
+        (name != TOOL_PRIVATE_CLASSIFY || self.classify.is_some())
+            && TOOLS.iter().any(|t| t.name == name)
     }
 
     async fn blocking<A, R>(
@@ -330,9 +315,7 @@ impl ServerHandler for LocalHandler {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> std::result::Result<CallToolResponse, ErrorData> {
-        let listed = TOOLS.iter().any(|(name, ..)| *name == request.name)
-            && (request.name != TOOL_PRIVATE_CLASSIFY || self.classify.is_some());
-        if !listed {
+        if !self.lists(&request.name) {
             return Err(unknown_tool(&request.name));
         }
         Ok(self.call(request, ctx).await.into())
@@ -405,6 +388,12 @@ pub async fn serve_http_listener(
     cipherinfer_transport::serve(listener, app, Default::default(), shutdown).await
 }
 
+/// Binds `addr` for [`serve_http_listener`], refusing any non-loopback address before binding.
+pub async fn bind_loopback(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    refuse_non_loopback(&addr)?;
+    tokio::net::TcpListener::bind(addr).await
+}
+
 /// Binds `addr` (refusing any non-loopback address before binding) and serves `handler` over
 /// Streamable HTTP until `shutdown`.
 pub async fn serve_http(
@@ -412,8 +401,7 @@ pub async fn serve_http(
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    refuse_non_loopback(&addr)?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = bind_loopback(addr).await?;
     tracing::info!(address = %listener.local_addr()?, "cipherinfer local server listening (Streamable HTTP /mcp, loopback only)");
     serve_http_listener(handler, listener, shutdown).await
 }

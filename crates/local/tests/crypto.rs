@@ -154,6 +154,26 @@ fn keygen_export_encrypt_evaluate_decrypt_matches_the_plaintext_model() {
             .fhe_decrypt(&decrypt_args("alice", &result))
             .expect("decrypt");
         let decrypt_s = t.elapsed().as_secs_f64();
+        // The draft's form of the file (6.5): the Base64 text of the response, as received
+        // (here with line breaks and a final newline), decrypts to the same classification.
+        let b64 = cipherinfer_protocol::validate::encode_base64(&std::fs::read(&result).unwrap());
+        let wrapped: Vec<&str> = b64
+            .as_bytes()
+            .chunks(76)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        let text_path = format!("{result}.b64");
+        std::fs::write(&text_path, wrapped.join("\n") + "\n").unwrap();
+        let from_text = crypto
+            .fhe_decrypt(&decrypt_args("alice", &text_path))
+            .expect("decrypt Base64 file");
+        assert_eq!(from_text.classification.logits, d.classification.logits);
+        // Text that is not Base64 is a malformed result, not a panic or an internal error.
+        std::fs::write(&text_path, "not a result\n").unwrap();
+        fails(
+            crypto.fhe_decrypt(&decrypt_args("alice", &text_path)),
+            ErrorCode::MalformedCiphertext,
+        );
 
         let x = cipherinfer_local::image::preprocess_file(
             &manifest.path_of(&sample.file),
@@ -285,10 +305,12 @@ fn unknown_and_existing_clients() {
         "overwrite made a new key"
     );
     assert_eq!(crypto.store().list().unwrap(), vec!["carol".to_string()]);
-    // No staging or trash directories are left behind.
+    // No staging or trash directories are left behind (the work directory of a confined
+    // store is made when it opens).
     let leftovers: Vec<_> = std::fs::read_dir(scratch.join("keys"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
+        .filter(|name| name != cipherinfer_local::classify::WORK_DIR)
         .collect();
     assert_eq!(leftovers, vec![std::ffi::OsString::from("carol")]);
 }

@@ -595,53 +595,24 @@ fn lane_nodes(
     channels: usize,
     abs: &[(String, usize)],
 ) {
-    let n = lanes.len();
-    let [kh, kw] = pool.kernel;
     let mut terms: Vec<(String, Op)> = Vec::new();
     for (t, (name, pairs)) in abs.iter().enumerate().rev() {
         if lanes.iter().all(|l| l.abs_of(t).iter().all(|&w| w == 0.0)) {
             continue;
         }
-        let mut weights = Vec::with_capacity(channels * n * pairs);
-        for _ in 0..channels {
-            for l in lanes {
-                weights.extend((0..*pairs).map(|m| l.abs_of(t).get(m).copied().unwrap_or(0.0)));
-            }
-        }
-        terms.push((
-            name.clone(),
-            Op::Conv2d(Conv2d {
-                in_channels: channels * pairs,
-                out_channels: channels * n,
-                kernel: [1, 1],
-                stride: [1, 1],
-                padding: Padding::default(),
-                groups: channels,
-                weights,
-                bias: vec![0.0; channels * n],
-            }),
-        ));
+        let weights = |l: &Lane| -> Vec<f64> {
+            (0..*pairs)
+                .map(|m| l.abs_of(t).get(m).copied().unwrap_or(0.0))
+                .collect()
+        };
+        let op = lane_conv(lanes, channels, *pairs, [1, 1], [1, 1], weights);
+        terms.push((name.clone(), op));
     }
     if lanes.iter().any(|l| l.x.iter().any(|&w| w != 0.0)) || terms.is_empty() {
-        let mut weights = Vec::with_capacity(channels * n * kh * kw);
-        for _ in 0..channels {
-            for l in lanes {
-                weights.extend_from_slice(&l.x);
-            }
-        }
-        terms.push((
-            x.to_string(),
-            Op::Conv2d(Conv2d {
-                in_channels: channels,
-                out_channels: channels * n,
-                kernel: pool.kernel,
-                stride: pool.stride,
-                padding: Padding::default(),
-                groups: channels,
-                weights,
-                bias: vec![0.0; channels * n],
-            }),
-        ));
+        let op = lane_conv(lanes, channels, 1, pool.kernel, pool.stride, |l| {
+            l.x.clone()
+        });
+        terms.push((x.to_string(), op));
     }
     let count = terms.len();
     let mut sum = String::new();
@@ -664,6 +635,30 @@ fn lane_nodes(
             sum = total;
         }
     }
+}
+
+/// The grouped convolution giving every lane of every channel from one source with `per_group`
+/// channels per input channel: lane `l` of channel `c` is output channel `c·lanes + l`, with the
+/// weights `weights(lane)` (`per_group · kernel` values) on group `c`.
+fn lane_conv(
+    lanes: &[Lane],
+    channels: usize,
+    per_group: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    weights: impl Fn(&Lane) -> Vec<f64>,
+) -> Op {
+    let per_channel: Vec<f64> = lanes.iter().flat_map(&weights).collect();
+    Op::Conv2d(Conv2d {
+        in_channels: channels * per_group,
+        out_channels: channels * lanes.len(),
+        kernel,
+        stride,
+        padding: Padding::default(),
+        groups: channels,
+        weights: per_channel.repeat(channels),
+        bias: vec![0.0; channels * lanes.len()],
+    })
 }
 
 /// Swaps every max-pool that reads a monotone activation (read by nothing else) with it:
@@ -731,6 +726,8 @@ fn exact_max_pool(
     let mut nodes: Vec<Node> = model.nodes()[..i].to_vec();
     let mut abs: Vec<(String, usize)> = Vec::new();
     let mut rounds = Vec::new();
+    // Each image's values so far: the network before the pool is run once, each round adds its own.
+    let mut traces: Vec<Option<plain::Trace>> = vec![None; images.len()];
     let half_abs = |v: f64| 0.5 * v.abs();
     while lanes.len() > 1 {
         let t = rounds.len();
@@ -741,7 +738,7 @@ fn exact_max_pool(
         let diff = format!("{name}.round{t}.diff");
         lane_nodes(&mut nodes, &diff, &diffs, &x, pool, channels, &abs);
         let probe = model.with_nodes(nodes.clone(), &diff)?;
-        let obs = observe_output(&probe, images)?;
+        let obs = observe_grown(&probe, images, &mut traces)?;
         // |x| is even and so are the differences' roles (a − b or b − a): fit on both signs.
         let r = obs.range[0].abs().max(obs.range[1].abs());
         let interval = widen([-r, r], options.margin);
@@ -811,14 +808,25 @@ fn observe_input(model: &Model, images: &[Tensor], i: usize, keep: bool) -> Resu
     Ok(seen.finish())
 }
 
-/// Values of a model's output on the calibration images.
-fn observe_output(model: &Model, images: &[Tensor]) -> Result<Observation> {
+/// Values of a model's output on the calibration images, for a model grown by appending nodes:
+/// `traces` (one per image) keeps what earlier calls computed, and only the new nodes run.
+fn observe_grown(
+    model: &Model,
+    images: &[Tensor],
+    traces: &mut [Option<plain::Trace>],
+) -> Result<Observation> {
     let mut seen = Observer::new(
         model.output_shape().len().saturating_mul(images.len()),
         true,
     );
-    for x in images {
-        seen.add(plain::run(model, x)?.data());
+    let count = model.output_index() + 1;
+    for (x, slot) in images.iter().zip(traces) {
+        let trace = match slot.take() {
+            Some(t) => plain::resume(model, x, t, count)?,
+            None => plain::trace_until(model, x, count)?,
+        };
+        seen.add(trace.output().map(Tensor::data).unwrap_or_default());
+        *slot = Some(trace);
     }
     Ok(seen.finish())
 }

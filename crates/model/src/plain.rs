@@ -126,6 +126,18 @@ pub fn trace(model: &Model, input: &Tensor) -> Result<Trace> {
 
 /// Runs the first `count` nodes only (all of them if `count` is larger).
 pub fn trace_until(model: &Model, input: &Tensor, count: usize) -> Result<Trace> {
+    let empty = Trace {
+        names: Vec::new(),
+        values: Vec::new(),
+        output: 0,
+    };
+    resume(model, input, empty, count)
+}
+
+/// Continues `trace`, taken on the same input with a model whose first nodes are this model's
+/// (a model grown by appending nodes), up to the first `count` nodes: only the nodes the trace
+/// lacks are run. The part of the trace that no longer matches this model's nodes is run again.
+pub fn resume(model: &Model, input: &Tensor, trace: Trace, count: usize) -> Result<Trace> {
     if input.shape != model.input_shape() {
         return Err(IrError::InputShape {
             expected: model.input_shape(),
@@ -133,9 +145,19 @@ pub fn trace_until(model: &Model, input: &Tensor, count: usize) -> Result<Trace>
         });
     }
     let nodes = &model.nodes()[..count.min(model.nodes().len())];
-    let mut values: Vec<Tensor> = Vec::with_capacity(nodes.len());
-    let mut names: Vec<String> = Vec::with_capacity(nodes.len());
-    for (i, node) in nodes.iter().enumerate() {
+    let Trace {
+        mut names,
+        mut values,
+        ..
+    } = trace;
+    let kept = names
+        .iter()
+        .zip(nodes)
+        .take_while(|(name, node)| **name == node.name)
+        .count();
+    names.truncate(kept);
+    values.truncate(kept);
+    for (i, node) in nodes.iter().enumerate().skip(kept) {
         let lookup = |name: &str| -> &Tensor {
             if name == model.input_name() {
                 return input;

@@ -22,6 +22,7 @@ pub mod client_spec;
 pub mod error;
 pub mod integrity;
 pub mod local;
+pub mod output;
 pub mod params;
 pub mod remote;
 pub mod validate;

@@ -99,6 +99,7 @@ pub struct GenerateKeysArgs {
     /// `mean` and `std`). When absent, the shipped manifest's entry of `model` if there is one,
     /// else mean 0 and std 1 (pixels scaled to [0, 1]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub preprocessing: Option<serde_json::Value>,
 }
 

@@ -83,6 +83,38 @@ fn invalid(msg: impl Into<String>) -> ToolError {
     ToolError::new(ErrorCode::InvalidParameters, msg)
 }
 
+/// A requested `security_level` as bits: absent is 128; 128, 192 and 256 are the HE Standard's
+/// levels; below 128 is `ERROR_WEAK_PARAMETERS`, anything else `ERROR_INVALID_PARAMETERS`.
+pub fn security_level_bits(level: Option<u32>) -> Result<u32> {
+    match level {
+        None => Ok(128),
+        Some(s) if s < 128 => Err(ToolError::new(
+            ErrorCode::WeakParameters,
+            format!("security_level {s} is below the minimum of 128 bits"),
+        )),
+        Some(s @ (128 | 192 | 256)) => Ok(s),
+        Some(s) => Err(invalid(format!(
+            "security_level {s} is not one of 128, 192, 256"
+        ))),
+    }
+}
+
+/// The security a served parameter set gives, against a requested `security_level`: a request
+/// above it is `ERROR_WEAK_PARAMETERS` (the set is weaker than asked), with both in the details.
+pub fn check_security_at_least(requested: Option<u32>, served_bits: u32) -> Result<()> {
+    let want = security_level_bits(requested)?;
+    if want > served_bits {
+        return Err(ToolError::new(
+            ErrorCode::WeakParameters,
+            format!(
+                "security_level {want} asked; this parameter set gives {served_bits}-bit security"
+            ),
+        )
+        .with_details(serde_json::json!({ "requested": want, "served": served_bits })));
+    }
+    Ok(())
+}
+
 /// Declares a struct whose fields are its own followed by the draft 7.1 extended parameters,
 /// which are written out only here, and the conversions `extended_parameters()` and
 /// `with_extended_parameters()` between the struct and an [`ExtendedParameters`] block. Every
@@ -110,8 +142,14 @@ macro_rules! with_extended_parameters {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub scale: Option<f64>,
             /// The ordered RNS prime chain: ciphertext primes q_0..q_L, then the special
-            /// (key-switching) primes. Values may exceed 2^53: parse them as 64-bit integers.
-            #[serde(default, skip_serializing_if = "Option::is_none")]
+            /// (key-switching) primes, as decimal strings (values exceed 2^53, which JSON
+            /// numbers do not hold exactly in every client); JSON integers are also accepted.
+            #[serde(
+                default,
+                skip_serializing_if = "Option::is_none",
+                with = "cipherinfer_ckks::params::decimal::option"
+            )]
+            #[schemars(with = "Option<Vec<cipherinfer_compiler::client::DecimalU64>>")]
             pub coeff_modulus: Option<Vec<u64>>,
             /// Extension: how many trailing primes of `coeff_modulus` are special primes
             /// (default 1).
@@ -257,25 +295,19 @@ impl ExtendedParameters {
                 "poly_modulus_degree {n} is not a power of two in {MIN_POLY_MODULUS_DEGREE}..={MAX_POLY_MODULUS_DEGREE}"
             )));
         }
-        let security = match self.security_level {
-            None => 128,
-            Some(s) if s < 128 => {
-                return Err(ToolError::new(
-                    ErrorCode::WeakParameters,
-                    format!("security_level {s} is below the minimum of 128 bits"),
-                ));
-            }
-            Some(s @ (128 | 192 | 256)) => s,
-            Some(s) => {
-                return Err(invalid(format!(
-                    "security_level {s} is not one of 128, 192, 256"
-                )));
-            }
-        };
+        let security = security_level_bits(self.security_level)?;
         if let Some(scale) = self.scale
             && (!scale.is_finite() || scale <= 1.0 || scale > 2f64.powi(60))
         {
             return Err(invalid(format!("scale {scale} outside (1, 2^60]")));
+        }
+        if let Some(scale) = self.scale
+            && scheme == SchemeContext::Ckks
+            && scale.log2().fract() != 0.0
+        {
+            return Err(invalid(format!(
+                "scale {scale} is not a power of two (CKKS scales are 2^k here)"
+            )));
         }
         let mut ciphertext_primes = None;
         if let Some(chain) = &self.coeff_modulus {

@@ -662,6 +662,10 @@ pub struct DescribeCapabilitiesArgs {
     /// Only describe this model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Only describe models whose parameter set gives at least this security (128, 192 or 256
+    /// bits): none → ERROR_WEAK_PARAMETERS, listing the levels served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_level: Option<u32>,
 }
 
 /// One served model.
@@ -700,6 +704,7 @@ pub struct ModelInfo {
     pub client_spec: ClientSpec,
     /// Image preprocessing the local server applies (resize, channels, normalization).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub preprocessing: Option<serde_json::Value>,
 }
 

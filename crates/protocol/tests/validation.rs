@@ -291,6 +291,11 @@ fn parameter_block_rejects_malformed_fields() {
             Box::new(|b| b.scale = Some(0.5)),
             ErrorCode::InvalidParameters,
         ),
+        // CKKS scales are powers of two here: refused as invalid, not as a mismatch.
+        (
+            Box::new(|b| b.scale = Some(67_108_865.0)),
+            ErrorCode::InvalidParameters,
+        ),
         (
             Box::new(|b| {
                 if let Some(c) = b.coeff_modulus.as_mut() {

@@ -392,7 +392,10 @@ fn every_type_round_trips() {
         chunk_b64: "AAAA".into(),
         chunk_bytes: 3,
     });
-    round_trip(&DescribeCapabilitiesArgs { model: None });
+    round_trip(&DescribeCapabilitiesArgs {
+        model: None,
+        security_level: Some(192),
+    });
     round_trip(&Capabilities {
         ok: true,
         protocol: PROTOCOL_PROFILE.into(),
@@ -1025,6 +1028,41 @@ fn the_client_spec_wire_form_is_pinned() {
     let mut extra = want;
     extra["parameters"]["log_k"] = json!(3);
     assert!(serde_json::from_value::<ClientSpec>(extra).is_err());
+}
+
+/// RNS primes exceed 2^53, which a JavaScript client's JSON numbers do not hold: `coeff_modulus`
+/// and the client specification's `q`/`p` are written as decimal strings, read from strings or
+/// integers, and their schemas say string.
+#[test]
+fn primes_above_2_53_travel_as_decimal_strings() {
+    // 2^61 - 1 is prime; as an f64 it would read back as 2^61.
+    let big: u64 = (1 << 61) - 1;
+    let as_strings = json!({"client_id": "c", "session_id": "s",
+        "coeff_modulus": ["1073643521", big.to_string()]});
+    let as_numbers = json!({"client_id": "c", "session_id": "s",
+        "coeff_modulus": [1_073_643_521_u64, big]});
+    let a: RemoteInferenceArgs = parse_arguments(as_strings.clone()).expect("strings");
+    let b: RemoteInferenceArgs = parse_arguments(as_numbers).expect("numbers");
+    assert_eq!(a.coeff_modulus, Some(vec![1_073_643_521, big]));
+    assert_eq!(a, b);
+    assert_eq!(serde_json::to_value(&a).expect("json"), as_strings);
+    for bad in [json!(["0x1f"]), json!(["-3"]), json!([3.5]), json!(["1 2"])] {
+        let v = json!({"client_id": "c", "session_id": "s", "coeff_modulus": bad});
+        let e = parse_arguments::<RemoteInferenceArgs>(v).expect_err("refused");
+        assert_eq!(e.error_code, ErrorCode::InvalidArgument);
+    }
+    let schema = schema_of::<RemoteInferenceArgs>();
+    let field = &schema["properties"]["coeff_modulus"];
+    assert_eq!(field["items"]["type"], json!("string"), "{field}");
+    // The client specification inside describe_capabilities: primes as strings.
+    let mut spec = client_spec();
+    spec.parameters.q = vec![1_073_643_521];
+    spec.parameters.p = vec![big];
+    let v = serde_json::to_value(&spec).expect("spec");
+    assert_eq!(v["parameters"]["p"], json!([big.to_string()]));
+    assert_eq!(v["parameters"]["q"], json!(["1073643521"]));
+    let back: ClientSpec = serde_json::from_value(v).expect("reads back");
+    assert_eq!(back.parameters.p, vec![big]);
 }
 
 /// A client_spec of the wrong form is ERROR_INVALID_ARGUMENT naming the field, never a

@@ -6,7 +6,7 @@
 //! annotations ([`cipherinfer_transport::tools`]).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use cipherinfer_protocol::integrity::{REQUEST_SIGNATURE_FIELD, RequestSignature, SignedCall};
 use cipherinfer_protocol::remote::{
@@ -26,11 +26,10 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use cipherinfer_transport::tools::{Effect, annotate, error_result, unknown_tool};
+use cipherinfer_transport::tools::{Effect, annotate, respond, unknown_tool};
 
 use crate::ratelimit::Caller;
 use crate::service::Service;
@@ -48,50 +47,11 @@ impl RemoteHandler {
     }
 }
 
-/// Every tool's name, with its title and what it does to the server's state.
-const TOOLS: [(&str, &str, Effect); 10] = [
-    (
-        TOOL_DESCRIBE_CAPABILITIES,
-        "Describe capabilities",
-        Effect::ReadOnly,
-    ),
-    (
-        TOOL_PROVISION_KEYS_BEGIN,
-        "Begin key provisioning",
-        Effect::Additive,
-    ),
-    (
-        TOOL_PROVISION_KEYS_CHUNK,
-        "Upload a key chunk",
-        Effect::AdditiveIdempotent,
-    ),
-    (
-        TOOL_PROVISION_KEYS_COMMIT,
-        "Commit provisioned keys",
-        Effect::DestructiveRepeated,
-    ),
-    (TOOL_REVOKE_KEYS, "Revoke keys", Effect::Destructive),
-    (
-        TOOL_UPLOAD_CIPHERTEXT_CHUNK,
-        "Upload a ciphertext chunk",
-        Effect::AdditiveIdempotent,
-    ),
-    (
-        TOOL_REMOTE_INFERENCE_CNN,
-        "Encrypted CNN inference",
-        Effect::Additive,
-    ),
-    (
-        TOOL_FETCH_RESULT_CHUNK,
-        "Fetch a result chunk",
-        Effect::ReadOnly,
-    ),
-    (TOOL_GET_SESSION_STATUS, "Session status", Effect::ReadOnly),
-    (TOOL_DELETE_SESSION, "Delete a session", Effect::Destructive),
-];
-
+/// Tool `name` with its schemas, its title, and what it does to the server's state.
 fn tool<A: schemars::JsonSchema + 'static, R: schemars::JsonSchema + 'static>(
     name: &'static str,
+    title: &str,
+    effect: Effect,
     description: &'static str,
 ) -> Tool {
     let mut tool = Tool::new(name, description, serde_json::Map::new())
@@ -110,57 +70,79 @@ fn tool<A: schemars::JsonSchema + 'static, R: schemars::JsonSchema + 'static>(
         }
         tool.input_schema = Arc::new(schema);
     }
-    match TOOLS.iter().find(|(n, ..)| *n == name) {
-        Some((_, title, effect)) => annotate(tool, title, *effect, false),
-        None => tool,
-    }
+    annotate(tool, title, effect, false)
 }
 
 /// The tools, with their schemas.
 pub fn tools() -> Vec<Tool> {
+    TOOLS.clone()
+}
+
+/// Every tool the server lists (and the only ones it calls).
+static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
     vec![
         tool::<DescribeCapabilitiesArgs, Capabilities>(
             TOOL_DESCRIBE_CAPABILITIES,
+            "Describe capabilities",
+            Effect::ReadOnly,
             "Served models (input shape, labels, CKKS parameters, required rotation keys, input objects), Algorithm IDs and chunk limits. Public.",
         ),
         tool::<ProvisionKeysBeginArgs, ProvisionKeysBeginResult>(
             TOOL_PROVISION_KEYS_BEGIN,
+            "Begin key provisioning",
+            Effect::Additive,
             "Step 0: start uploading an evaluation-key bundle bound to client_id, Algorithm ID and parameter id (mode new or rotate).",
         ),
         tool::<ProvisionKeysChunkArgs, ProvisionKeysChunkAck>(
             TOOL_PROVISION_KEYS_CHUNK,
+            "Upload a key chunk",
+            Effect::AdditiveIdempotent,
             "Step 0: one Base64 chunk of the key bundle (any order, idempotent re-sends).",
         ),
         tool::<ProvisionKeysCommitArgs, ProvisionKeysResult>(
             TOOL_PROVISION_KEYS_COMMIT,
+            "Commit provisioned keys",
+            Effect::DestructiveRepeated,
             "Step 0: verify and store the key bundle; returns the key reference and a fresh auth_token (shown once).",
         ),
         tool::<RevokeKeysArgs, RevokeKeysResult>(
             TOOL_REVOKE_KEYS,
+            "Revoke keys",
+            Effect::Destructive,
             "Revoke a client's keys and delete its sessions.",
         ),
         tool::<UploadCiphertextChunkArgs, UploadChunkAck>(
             TOOL_UPLOAD_CIPHERTEXT_CHUNK,
+            "Upload a ciphertext chunk",
+            Effect::AdditiveIdempotent,
             "Stage one Base64 chunk of a ciphertext object in a session (draft 6.3).",
         ),
         tool::<RemoteInferenceArgs, RemoteInferenceResult>(
             TOOL_REMOTE_INFERENCE_CNN,
+            "Encrypted CNN inference",
+            Effect::Additive,
             "Evaluate a CNN on the session's ciphertexts with the client's cached evaluation keys; returns the encrypted logits (draft 6.3/6.4, 7.1/7.2). Sends progress notifications; honours cancellation.",
         ),
         tool::<FetchResultChunkArgs, FetchResultChunkResult>(
             TOOL_FETCH_RESULT_CHUNK,
+            "Fetch a result chunk",
+            Effect::ReadOnly,
             "One chunk of an output offered by reference (result_ref).",
         ),
         tool::<SessionArgs, SessionStatus>(
             TOOL_GET_SESSION_STATUS,
+            "Session status",
+            Effect::ReadOnly,
             "The objects, chunks and results a session holds (to resume an upload).",
         ),
         tool::<SessionArgs, DeleteSessionResult>(
             TOOL_DELETE_SESSION,
+            "Delete a session",
+            Effect::Destructive,
             "Delete a session's staged objects and results.",
         ),
     ]
-}
+});
 
 /// The peer address, from the connection info both transports put into the request's HTTP
 /// parts (when the server was started with [`cipherinfer_transport::serve`]).
@@ -207,15 +189,6 @@ fn arguments<T: DeserializeOwned>(
         }
     }
     parse_arguments(args)
-}
-
-fn respond<R: Serialize>(result: Result<R, ToolError>) -> CallToolResult {
-    match result.and_then(|r| {
-        serde_json::to_value(r).map_err(|e| ToolError::new(ErrorCode::Internal, e.to_string()))
-    }) {
-        Ok(v) => CallToolResult::structured(v),
-        Err(e) => error_result(&e.to_json()),
-    }
 }
 
 impl RemoteHandler {
@@ -349,7 +322,7 @@ impl ServerHandler for RemoteHandler {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if !TOOLS.iter().any(|(name, ..)| *name == request.name) {
+        if !TOOLS.iter().any(|t| t.name == request.name) {
             return Err(unknown_tool(&request.name));
         }
         Ok(self.call(request, ctx).await.into())

@@ -16,9 +16,9 @@ use cipherinfer_compiler::degree::{
 use cipherinfer_compiler::{Artifact, Compiled, HeModel, ServingOptions, Shape};
 use cipherinfer_model::manifest::InputSpec;
 use cipherinfer_model::{Manifest, ModelPackage, plain};
-use cipherinfer_protocol::AlgorithmId;
 use cipherinfer_protocol::params::ExtendedParameters;
 use cipherinfer_protocol::remote::ModelInfo;
+use cipherinfer_protocol::{AlgorithmId, ErrorCode, ToolError};
 
 type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
@@ -299,6 +299,33 @@ impl Registry {
     /// A model by name.
     pub fn get(&self, name: &str) -> Option<&ServedModel> {
         self.models.get(name)
+    }
+
+    /// The Algorithm IDs of the served models, sorted and unique.
+    pub fn algorithm_ids(&self) -> Vec<AlgorithmId> {
+        let mut ids: Vec<AlgorithmId> = self.all().map(|m| m.info.algorithm_id).collect();
+        ids.sort_by_key(ToString::to_string);
+        ids.dedup();
+        ids
+    }
+
+    /// Refuses an Algorithm ID no served model uses (another scheme, security level, ring or
+    /// wire format) as `ERROR_UNSUPPORTED_ALGORITHM`, listing the supported ones. An ID that is
+    /// served, but not by the model asked for, is the caller's `ERROR_PARAMETER_MISMATCH`.
+    pub fn check_algorithm(&self, id: &AlgorithmId) -> Result<(), ToolError> {
+        let served = self.algorithm_ids();
+        if served.contains(id) {
+            return Ok(());
+        }
+        let listed: Vec<String> = served.iter().map(ToString::to_string).collect();
+        Err(ToolError::new(
+            ErrorCode::UnsupportedAlgorithm,
+            format!(
+                "algorithm id {id} is not served here (served: {})",
+                listed.join(", ")
+            ),
+        )
+        .with_details(serde_json::json!({ "supported": listed })))
     }
 
     /// The default model's name.

@@ -86,6 +86,37 @@ async fn step0_upload_inference_and_errors_over_http() {
         "ERROR_UNKNOWN_MODEL",
     )
     .await;
+    // A client can ask for a security level: the models at or above it, or the refusal the
+    // draft's parameters promise, listing what is served; never an unknown-field error.
+    let at_128 = ok(
+        &peer,
+        "describe_capabilities",
+        json!({"security_level": 128}),
+    )
+    .await;
+    assert_eq!(at_128["models"], caps["models"]);
+    let e = fails(
+        &peer,
+        "describe_capabilities",
+        json!({"security_level": 192}),
+        "ERROR_WEAK_PARAMETERS",
+    )
+    .await;
+    assert_eq!(e["details"]["served"], json!([128]), "{e}");
+    fails(
+        &peer,
+        "describe_capabilities",
+        json!({"security_level": 100}),
+        "ERROR_WEAK_PARAMETERS",
+    )
+    .await;
+    fails(
+        &peer,
+        "describe_capabilities",
+        json!({"security_level": 160}),
+        "ERROR_INVALID_PARAMETERS",
+    )
+    .await;
     // A tool that is not listed: the JSON-RPC error MCP specifies (invalid params).
     let err = peer
         .call_tool(CallToolRequestParams::new(
@@ -124,6 +155,20 @@ async fn step0_upload_inference_and_errors_over_http() {
                "parameter_id": info["parameter_id"], "bundle_bytes": bundle.len(),
                "bundle_sha256": sha256_hex(&bundle), "total_chunks": 4}),
         "ERROR_CLIENT_EXISTS",
+    )
+    .await;
+    // Step 0 for an Algorithm ID this server does not serve.
+    let bfv = info["algorithm_id"]
+        .as_str()
+        .unwrap()
+        .replace("CKKS-RNS", "BFV-RNS");
+    fails(
+        &peer,
+        "provision_keys_begin",
+        json!({"client_id": "trudy", "algorithm_id": bfv,
+               "parameter_id": info["parameter_id"], "bundle_bytes": bundle.len(),
+               "bundle_sha256": sha256_hex(&bundle), "total_chunks": 4}),
+        "ERROR_UNSUPPORTED_ALGORITHM",
     )
     .await;
     // A bundle without a rotation key the model needs is refused at commit.
@@ -283,14 +328,19 @@ async fn step0_upload_inference_and_errors_over_http() {
     .await;
     assert_eq!(ack["object_complete"], true);
 
-    // Parameter checks come before any evaluation.
-    fails(
+    // Parameter checks come before any evaluation. A failure carries the draft 7.2 telemetry.
+    let e = fails(
         &peer,
         "remote_inference_cnn",
         infer(json!({"max_multiplication_depth": 3})),
         "ERROR_DEPTH_EXCEEDED",
     )
     .await;
+    let t = &e["details"]["telemetry"];
+    assert_eq!(t["error_code"], "ERROR_DEPTH_EXCEEDED", "{e}");
+    assert_eq!(t["requires_decryption"], false, "{e}");
+    assert_eq!(t["output_shape"], json!([10]), "{e}");
+    assert_eq!(t["computation_depth_used"], 0, "{e}");
     assert_eq!(info["parameters"]["input_packing_format"], "chw_blocks");
     fails(
         &peer,
@@ -304,6 +354,47 @@ async fn step0_upload_inference_and_errors_over_http() {
         "remote_inference_cnn",
         infer(json!({"security_level": 80})),
         "ERROR_WEAK_PARAMETERS",
+    )
+    .await;
+    // More security than the served set gives: refused, never silently served at 128 bits.
+    for level in [192, 256] {
+        let e = fails(
+            &peer,
+            "remote_inference_cnn",
+            infer(json!({"security_level": level})),
+            "ERROR_WEAK_PARAMETERS",
+        )
+        .await;
+        assert_eq!(e["details"]["requested"], level, "{e}");
+        assert_eq!(e["details"]["served"], 128, "{e}");
+    }
+    // More images than one ciphertext set of the model holds (batch 1): refused, not ignored.
+    let e = fails(
+        &peer,
+        "remote_inference_cnn",
+        infer(json!({"batch_size": 2})),
+        "ERROR_UNSUPPORTED_PACKING",
+    )
+    .await;
+    assert_eq!(e["details"]["served"], 1, "{e}");
+    // A scheme or Algorithm ID this server does not evaluate.
+    let bfv = info["algorithm_id"]
+        .as_str()
+        .unwrap()
+        .replace("CKKS-RNS", "BFV-RNS");
+    let e = fails(
+        &peer,
+        "remote_inference_cnn",
+        infer(json!({"algorithm_id": bfv})),
+        "ERROR_UNSUPPORTED_ALGORITHM",
+    )
+    .await;
+    assert_eq!(e["details"]["supported"][0], info["algorithm_id"], "{e}");
+    fails(
+        &peer,
+        "remote_inference_cnn",
+        infer(json!({"scheme_context": "BFV"})),
+        "ERROR_UNSUPPORTED_ALGORITHM",
     )
     .await;
     fails(
@@ -342,7 +433,7 @@ async fn step0_upload_inference_and_errors_over_http() {
     // The real thing, with progress notifications; the result decrypts to the model's logits.
     let Value::Object(args) = common::remote::signed(
         "remote_inference_cnn",
-        infer(json!({"max_multiplication_depth": 5, "security_level": 128})),
+        infer(json!({"max_multiplication_depth": 5, "security_level": 128, "batch_size": 1})),
     ) else {
         panic!()
     };

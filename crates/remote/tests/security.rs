@@ -246,7 +246,8 @@ async fn tampered_key_bundles_are_refused() {
     .unwrap();
     fails(&peer, "provision_keys_commit", a, "ERROR_BAD_SIGNATURE").await;
 
-    // Nothing was installed; an intact provisioning still works end to end.
+    // Nothing was installed (the client id is still unknown); an intact provisioning still
+    // works end to end.
     fails(
         &peer,
         "get_session_status",
@@ -256,7 +257,7 @@ async fn tampered_key_bundles_are_refused() {
             "cit_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             json!({}),
         ),
-        "ERROR_UNAUTHORIZED",
+        "ERROR_UNKNOWN_CLIENT",
     )
     .await;
     let token = enroll(&peer, "mallory").await;

@@ -667,3 +667,36 @@ async fn streamable_http_protocol_errors_are_json_rpc_and_unknown_sessions_404()
     assert_eq!(r.status(), 404);
     server.stop().await;
 }
+
+/// The protocol versions docs/protocol.md §1 lists are the ones `initialize` negotiates: the
+/// client's own for each version with an `initialize` handshake, the newest of those for a
+/// version the server does not know (2026-07-28 has no handshake: its requests are stateless).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_negotiates_the_documented_protocol_versions() {
+    let server = TestServer::start(small_config()).await;
+    let http = reqwest::Client::new();
+    for (asked, answered) in [
+        ("2024-11-05", "2024-11-05"),
+        ("2025-03-26", "2025-03-26"),
+        ("2025-06-18", "2025-06-18"),
+        ("2025-11-25", "2025-11-25"),
+        ("2026-07-28", "2025-11-25"),
+        ("2023-01-01", "2025-11-25"),
+    ] {
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": asked, "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"}}});
+        let r = http
+            .post(server.url("/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&init)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{asked}");
+        let body = r.text().await.unwrap();
+        let want = format!("\"protocolVersion\":\"{answered}\"");
+        assert!(body.contains(&want), "{asked}: {body}");
+    }
+    server.stop().await;
+}

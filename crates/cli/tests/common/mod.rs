@@ -23,7 +23,8 @@ pub fn temp(name: &str) -> PathBuf {
     dir
 }
 
-/// `cipherinfer serve` on 127.0.0.1:0 with its store in `data_dir`; killed on drop.
+/// A server child process (`cipherinfer serve` on 127.0.0.1:0 with its store in `data_dir`, or
+/// any other started by [`Remote::spawn`]); killed on drop.
 pub struct Remote {
     child: Child,
     /// The URL the server announced on its first line of stdout.
@@ -34,11 +35,19 @@ impl Remote {
     /// Starts the server with `models` (comma-separated) and `extra` flags and waits for the
     /// URL it announces.
     pub fn start(data_dir: &Path, models: &str, extra: &[&OsStr]) -> Self {
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["serve", "--bind", "127.0.0.1:0", "--model", models])
             .arg("--data-dir")
             .arg(data_dir)
-            .args(extra)
+            .args(extra);
+        Self::spawn(command, "cipherinfer remote server listening on ")
+    }
+
+    /// Spawns any server `command` that announces its URL on its first line of stdout, after
+    /// `prefix` (as `serve` and `local --http` do).
+    pub fn spawn(mut command: Command, prefix: &str) -> Self {
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -51,7 +60,7 @@ impl Remote {
             .unwrap();
         let url = line
             .trim()
-            .strip_prefix("cipherinfer remote server listening on ")
+            .strip_prefix(prefix)
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
         Self { child, url }

@@ -1,8 +1,10 @@
 """Interoperability check: the official MCP Python SDK drives the cipherinfer local crypto server.
 
-Usage: python3 local_client.py CIPHERINFER_BINARY KEY_DIR REMOTE_URL IMAGE
+Usage: python3 local_client.py CIPHERINFER_BINARY HOME_DIR REMOTE_URL IMAGE
 
-Starts `cipherinfer local` over stdio (as an MCP host such as Claude Desktop would), lists its
+Starts `cipherinfer local` over stdio exactly as the README's host configuration does (`local
+--remote URL --allow-dir <the image's directory>`, the key store at its default place under
+HOME_DIR), as an MCP host such as Claude Desktop would; lists its
 tools (the SDK validates their schemas), checks that a missing image is a tool error with a
 machine-readable error_code, then runs `private_classify` on IMAGE against the remote server at
 REMOTE_URL with a progress callback, and prints the structured result as the last line (JSON).
@@ -12,6 +14,7 @@ Exits non-zero on the first mismatch. Needs `pip install mcp==2.3.0`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 
@@ -39,11 +42,12 @@ def error_of(result) -> dict:
     return json.loads(result.content[0].text)
 
 
-async def main(binary: str, key_dir: str, remote: str, image: str) -> None:
+async def main(binary: str, home: str, remote: str, image: str) -> None:
+    pictures = os.path.dirname(image)
     params = StdioServerParameters(
         command=binary,
-        args=["local", "--key-dir", key_dir, "--remote", remote],
-        env={"RUST_LOG": "warn"},
+        args=["local", "--remote", remote, "--allow-dir", pictures],
+        env={"RUST_LOG": "warn", "HOME": home},
     )
     async with Client(stdio_client(params), mode="legacy") as client:
         tools = await client.list_tools()
@@ -63,6 +67,9 @@ async def main(binary: str, key_dir: str, remote: str, image: str) -> None:
         expect(missing.is_error is True, f"a missing image must be a tool error: {missing}")
         code = error_of(missing).get("error_code")
         expect(code == "ERROR_FILE_NOT_FOUND", f"missing image: {missing.content}")
+        outside = await client.call_tool("private_classify", {"image_path": "/etc/hostname"})
+        code = error_of(outside).get("error_code")
+        expect(code == "ERROR_PATH_NOT_ALLOWED", f"image outside --allow-dir: {outside.content}")
         relative = await client.call_tool("fhe_encrypt", {
             "client_id": "nobody", "image_path": "relative.png", "session_dir": "/tmp"})
         code = error_of(relative).get("error_code")

@@ -1,7 +1,10 @@
 //! `describe_capabilities`: what the server offers, before any authentication.
 
-use cipherinfer_protocol::remote::{Capabilities, DescribeCapabilitiesArgs, PROTOCOL_PROFILE};
-use cipherinfer_protocol::{AlgorithmId, ErrorCode};
+use cipherinfer_protocol::ErrorCode;
+use cipherinfer_protocol::params::check_security_at_least;
+use cipherinfer_protocol::remote::{
+    Capabilities, DescribeCapabilitiesArgs, ModelInfo, PROTOCOL_PROFILE,
+};
 
 use super::{Result, Service, err, millis};
 
@@ -18,10 +21,31 @@ impl Service {
             ],
             None => self.registry.all().map(|m| m.info.clone()).collect(),
         };
-        let mut algorithm_ids: Vec<AlgorithmId> =
-            self.registry.all().map(|m| m.info.algorithm_id).collect();
-        algorithm_ids.sort_by_key(ToString::to_string);
-        algorithm_ids.dedup();
+        let security = |m: &ModelInfo| m.parameters.security_level.unwrap_or(128);
+        let models = match args.security_level {
+            None => models,
+            Some(_) => {
+                let mut served: Vec<u32> = models.iter().map(security).collect();
+                let kept: Vec<ModelInfo> = models
+                    .into_iter()
+                    .filter(|m| check_security_at_least(args.security_level, security(m)).is_ok())
+                    .collect();
+                if kept.is_empty() {
+                    served.sort_unstable();
+                    served.dedup();
+                    let best = served.last().copied().unwrap_or(0);
+                    return Err(check_security_at_least(args.security_level, best)
+                        .err()
+                        .unwrap_or_else(|| err(ErrorCode::WeakParameters, "no model"))
+                        .with_details(serde_json::json!({
+                            "requested": args.security_level,
+                            "served": served,
+                        })));
+                }
+                kept
+            }
+        };
+        let algorithm_ids = self.registry.algorithm_ids();
         Ok(Capabilities {
             ok: true,
             protocol: PROTOCOL_PROFILE.to_string(),

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use cipherinfer_ckks::serialization::{FromBytes, ToBytes};
+use cipherinfer_ckks::serialization::FromBytes;
 use cipherinfer_ckks::{Ciphertext, EvaluationKeys, Evaluator};
 use cipherinfer_compiler::CompileError;
 use cipherinfer_protocol::integrity::ResultClaim;
+use cipherinfer_protocol::params::{ExtendedParameters, check_security_at_least};
 use cipherinfer_protocol::remote::{
     ObjectStatus, Profile, RemoteInferenceArgs, RemoteInferenceResult, ResultRef, parse_key_ref,
 };
 use cipherinfer_protocol::validate::{encode_base64, sha256_hex};
-use cipherinfer_protocol::{ErrorCode, InferenceTelemetry, ToolError};
+use cipherinfer_protocol::{ErrorCode, InferenceTelemetry, SchemeContext, ToolError};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -304,8 +305,57 @@ impl Service {
     /// Evaluates the model on a staged session (draft 6.3/6.4, 7.1, 7.2), in a pool of at most
     /// `omp_threads` threads (capped at the server's maximum). `cancel` stops the wait for a
     /// slot at once and the evaluation at its next step, and no result is kept; `progress`
-    /// hears every step.
+    /// hears every step. A failure carries the draft 7.2 telemetry too (`details.telemetry`,
+    /// see [`failure_telemetry`]).
     pub async fn infer(
+        &self,
+        args: &RemoteInferenceArgs,
+        caller: &Caller,
+        cancel: CancellationToken,
+        progress: ProgressFn,
+    ) -> Result<RemoteInferenceResult> {
+        self.evaluate_session(args, caller, cancel, progress)
+            .await
+            .map_err(|e| self.failure_telemetry(e, args))
+    }
+
+    /// Adds to a failed inference's error the telemetry draft 7.2 asks for "upon completing or
+    /// failing": `details.telemetry` with the error code, `requires_decryption: false` (there is
+    /// no ciphertext to route to a decryption tool), no depth used (no output was made) and the
+    /// output shape of the model asked for, when the name resolves to a served model.
+    fn failure_telemetry(&self, e: ToolError, args: &RemoteInferenceArgs) -> ToolError {
+        let name = args
+            .model
+            .clone()
+            .unwrap_or_else(|| self.registry.default_model().to_string());
+        let telemetry = InferenceTelemetry {
+            remaining_level: None,
+            current_scale: None,
+            noise_budget_remaining: None,
+            computation_depth_used: 0,
+            output_shape: self
+                .registry
+                .get(&name)
+                .map(|m| m.info.output_shape.clone())
+                .unwrap_or_default(),
+            requires_decryption: false,
+            error_code: Some(e.error_code),
+        };
+        let Ok(telemetry) = serde_json::to_value(telemetry) else {
+            return e;
+        };
+        let details = match e.details.clone() {
+            Some(serde_json::Value::Object(mut m)) => {
+                m.insert("telemetry".into(), telemetry);
+                serde_json::Value::Object(m)
+            }
+            None => serde_json::json!({ "telemetry": telemetry }),
+            Some(other) => serde_json::json!({ "detail": other, "telemetry": telemetry }),
+        };
+        e.with_details(details)
+    }
+
+    async fn evaluate_session(
         &self,
         args: &RemoteInferenceArgs,
         caller: &Caller,
@@ -342,15 +392,17 @@ impl Service {
                 "the client's keys belong to another parameter set than the model's",
             ));
         }
-        if let Some(a) = &alg
-            && *a != served.info.algorithm_id
-        {
-            return Err(err(
-                ErrorCode::ParameterMismatch,
-                "algorithm_id differs from the model's",
-            ));
+        if let Some(a) = &alg {
+            self.registry.check_algorithm(a)?;
+            if *a != served.info.algorithm_id {
+                return Err(err(
+                    ErrorCode::ParameterMismatch,
+                    "algorithm_id differs from the model's",
+                ));
+            }
         }
         let ext = args.extended_parameters();
+        check_requested_profile(&ext, &served.info.parameters)?;
         ext.check_matches(&served.info.parameters)?;
         ext.check_depth_bound(served.info.multiplicative_depth)?;
         ext.check_galois_available(&record.galois_elements)?;
@@ -429,10 +481,11 @@ impl Service {
         }
 
         let t_ser = Instant::now();
-        let first = out
-            .first()
-            .ok_or_else(|| err(ErrorCode::Internal, "the model produced no ciphertext"))?;
-        let bytes = first.to_bytes();
+        if out.is_empty() {
+            return Err(err(ErrorCode::Internal, "the model produced no ciphertext"));
+        }
+        // Every output ciphertext, in output-map order (one: its encoding; several: the set).
+        let bytes = cipherinfer_protocol::output::encode_output(&out);
         let sha = sha256_hex(&bytes);
         let inline_limit = args
             .max_inline_bytes
@@ -506,4 +559,37 @@ impl Service {
             },
         })
     }
+}
+
+/// What a request may ask of the served parameter set beyond equality of its fields: a scheme
+/// other than CKKS is `ERROR_UNSUPPORTED_ALGORITHM` (this server evaluates CKKS only), a
+/// `batch_size` above the images one ciphertext set of the model holds is
+/// `ERROR_UNSUPPORTED_PACKING` (up to it, the client packs that many images in the slots and
+/// gets each one's outputs), and a `security_level` above the set's is `ERROR_WEAK_PARAMETERS`.
+pub(crate) fn check_requested_profile(
+    requested: &ExtendedParameters,
+    served: &ExtendedParameters,
+) -> Result<()> {
+    let holds = served.batch_size.unwrap_or(1);
+    if let Some(b) = requested.batch_size
+        && b > holds
+    {
+        return Err(err(
+            ErrorCode::UnsupportedPacking,
+            format!("batch_size {b}: one ciphertext set of this model holds {holds} image(s)"),
+        )
+        .with_details(serde_json::json!({ "requested": b, "served": holds })));
+    }
+    if let Some(scheme) = requested.scheme_context
+        && scheme != SchemeContext::Ckks
+    {
+        return Err(err(
+            ErrorCode::UnsupportedAlgorithm,
+            format!("scheme_context {scheme:?}: this server evaluates CKKS only"),
+        ));
+    }
+    check_security_at_least(
+        requested.security_level,
+        served.security_level.unwrap_or(128),
+    )
 }

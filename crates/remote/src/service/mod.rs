@@ -317,10 +317,13 @@ impl Service {
         let record = self.record(client_id).await?;
         let verdict = match &record {
             Some(r) => r.token_hash.verify(token),
-            // Same error as a wrong token: no oracle for which client ids exist.
+            // Distinct from a wrong token, so that a client whose keys the server lost knows to
+            // run Step 0 again. This tells no more than provision_keys_begin's
+            // ERROR_CLIENT_EXISTS already does, and it counts as a failure for the rate limit
+            // (enumeration is as slow as guessing tokens).
             None => Err(err(
-                ErrorCode::Unauthorized,
-                "missing or invalid auth_token for this client_id",
+                ErrorCode::UnknownClient,
+                "no keys are provisioned for this client_id here: run Step 0 (provision_keys_*)",
             )),
         };
         match (verdict, record) {

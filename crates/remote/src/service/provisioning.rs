@@ -71,6 +71,7 @@ impl Service {
         caller: &Caller,
     ) -> Result<ProvisionKeysBeginResult> {
         let alg = args.validate(&self.config.limits)?;
+        self.registry.check_algorithm(&alg)?;
         if !self
             .registry
             .all()

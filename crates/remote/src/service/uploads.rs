@@ -21,8 +21,29 @@ impl Service {
         caller: &Caller,
     ) -> Result<UploadChunkAck> {
         args.validate(&self.config.limits)?;
-        self.authenticate(&args.client_id, args.auth_token.as_ref(), caller)
+        let record = self
+            .authenticate(&args.client_id, args.auth_token.as_ref(), caller)
             .await?;
+        // Only objects a model of the client's keys takes are staged: a misnamed object is
+        // refused now, not found missing at inference after the whole upload.
+        let mut takes: Vec<&str> = self
+            .registry
+            .all()
+            .filter(|m| m.info.parameter_id == record.parameter_id)
+            .flat_map(|m| m.info.input_objects.iter().map(String::as_str))
+            .collect();
+        takes.sort_unstable();
+        takes.dedup();
+        if !takes.contains(&args.file_name.as_str()) {
+            return Err(err(
+                ErrorCode::InvalidFileName,
+                format!(
+                    "file_name {:?} is not an input object of the models these keys serve",
+                    args.file_name
+                ),
+            )
+            .with_details(serde_json::json!({ "input_objects": takes })));
+        }
         let bytes = decode_base64_limited(&args.chunk_b64, self.config.limits.max_chunk_bytes)?;
         check_chunk_digest(args.chunk_sha256.as_deref(), &bytes)?;
         let chunk_bytes = bytes.len() as u64;

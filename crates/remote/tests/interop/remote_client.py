@@ -62,8 +62,9 @@ async def exercise(name: str, client: Client) -> None:
     bad = await client.call_tool("upload_ciphertext_chunk", {
         "client_id": "nobody", "session_id": "s", "file_name": "input-0.ct", "chunk_index": 0,
         "total_chunks": 1, "chunk_b64": "AAAA", "auth_token": "cit_wrong"})
-    expect(bad.is_error is True, f"{name}: a wrong token must be a tool error")
-    expect(error_of(bad).get("error_code") == "ERROR_UNAUTHORIZED", f"{name}: {bad.content}")
+    expect(bad.is_error is True, f"{name}: a call for an unknown client must be a tool error")
+    # Distinct from a wrong token: the client knows to run Step 0 (again).
+    expect(error_of(bad).get("error_code") == "ERROR_UNKNOWN_CLIENT", f"{name}: {bad.content}")
 
     hostile = await client.call_tool("upload_ciphertext_chunk", {
         "client_id": "nobody", "session_id": "s", "file_name": "../../etc/passwd", "chunk_index": 0,
