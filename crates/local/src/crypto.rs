@@ -242,7 +242,10 @@ impl LocalCrypto {
             bundle_bytes = bundle.len(),
             "key set generated"
         );
+        // The identity that will sign this client's calls, made now if it is the first key set.
+        let identity = self.store.identity(&a.client_id)?.public();
         Ok(GenerateKeysResult {
+            identity,
             ok: true,
             client_id: a.client_id.clone(),
             model: a.model.clone(),

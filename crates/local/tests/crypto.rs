@@ -79,6 +79,11 @@ fn keygen_export_encrypt_evaluate_decrypt_matches_the_plaintext_model() {
     );
     assert_eq!(keys.parameter_id, info.parameter_id);
     assert_eq!(keys.algorithm_id, info.algorithm_id);
+    // The identity that signs the client's calls is made with its first key set.
+    assert_eq!(
+        keys.identity,
+        crypto.store().identity("alice").unwrap().public()
+    );
     assert_eq!(keys.galois_elements, info.galois_elements);
     assert_eq!(keys.relinearization, info.relinearization);
     assert_eq!(
@@ -296,9 +301,11 @@ fn unknown_and_existing_clients() {
         first,
         "refused keygen kept the key"
     );
+    let identity = crypto.store().identity("carol").unwrap().public();
     let mut again = keygen_args("carol");
     again.overwrite = true;
-    crypto.generate_keys(&again).unwrap();
+    let regenerated = crypto.generate_keys(&again).unwrap();
+    assert_eq!(regenerated.identity, identity, "new keys keep the identity");
     assert_ne!(
         std::fs::read(&secret).unwrap(),
         first,
@@ -306,11 +313,14 @@ fn unknown_and_existing_clients() {
     );
     assert_eq!(crypto.store().list().unwrap(), vec!["carol".to_string()]);
     // No staging or trash directories are left behind (the work directory of a confined
-    // store is made when it opens).
+    // store is made when it opens, the identities with the first key set).
     let leftovers: Vec<_> = std::fs::read_dir(scratch.join("keys"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
-        .filter(|name| name != cipherinfer_local::classify::WORK_DIR)
+        .filter(|name| {
+            name != cipherinfer_local::classify::WORK_DIR
+                && name != cipherinfer_local::store::IDENTITIES_DIR
+        })
         .collect();
     assert_eq!(leftovers, vec![std::ffi::OsString::from("carol")]);
 }

@@ -181,11 +181,12 @@ fn concurrent_creation_of_one_client_has_one_winner() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    // No temporaries: the only dot-directory is the work directory of a confined store.
+    // No temporaries: the only dot-directories are the work directory of a confined store and
+    // the identities.
     assert!(
-        names
-            .iter()
-            .all(|n| !n.starts_with('.') || n == cipherinfer_local::classify::WORK_DIR),
+        names.iter().all(|n| !n.starts_with('.')
+            || n == cipherinfer_local::classify::WORK_DIR
+            || n == cipherinfer_local::store::IDENTITIES_DIR),
         "{names:?}"
     );
 }

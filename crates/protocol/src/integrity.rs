@@ -9,7 +9,8 @@
 //! the server its own identity key for results. `docs/security.md` describes the scheme.
 //!
 //! Signed byte strings (all prefixes end in NUL; fields are separated by NUL; numbers are
-//! decimal ASCII; digests are raw 32 bytes):
+//! decimal ASCII; the request's call digest is raw 32 bytes, the bundle's and the result's
+//! SHA-256 fields are their 64-digit lower-case hex text):
 //!
 //! ```text
 //! request = "cipherinfer-request-v1" 0 nonce 0 timestamp_ms 0 sha256(canonical_call_bytes(tool, arguments

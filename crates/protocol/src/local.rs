@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::algorithm::AlgorithmId;
 use crate::client_spec::ClientSpec;
 use crate::error::{ErrorCode, Result, ToolError};
+use crate::integrity::PublicIdentity;
 use crate::params::ExtendedParameters;
 use crate::validate::{validate_client_id, validate_file_name, validate_model_name};
 
@@ -164,6 +165,10 @@ pub struct GenerateKeysResult {
     pub evaluation_key_bytes: u64,
     /// Seconds spent generating.
     pub keygen_s: f64,
+    /// The client's Ed25519 identity (64 hex digits) that signs its remote calls and key
+    /// bundles: made with the client's first key set and kept when keys are regenerated. An
+    /// operator pre-registers it with `cipherinfer serve --identity CLIENT_ID=HEX`.
+    pub identity: PublicIdentity,
 }
 
 /// Arguments of `export_evaluation_keys`: writes the public bundle for Step 0.

@@ -17,10 +17,12 @@
 //! with nothing after the last ciphertext. A result *file* (`fhe_decrypt`'s
 //! `encrypted_logit_path`) holds these bytes, or, as the draft (6.5) has the client persist "the
 //! Base64 ciphertext from the remote response", their Base64 text (`encrypted_logit_b64` as
-//! received, surrounding whitespace allowed): see [`result_file_bytes`]. Every ciphertext is decoded with a byte limit and
-//! checked against the client's parameter set (parameter id, level, polynomial count, packed
-//! coefficients below their primes, a scale that fits its level); a failure is
-//! `ERROR_MALFORMED_CIPHERTEXT` (`ERROR_OBJECT_TOO_LARGE` past the limit).
+//! received, surrounding whitespace allowed): see [`result_file_bytes`].
+//!
+//! Every ciphertext is decoded with a byte limit and checked against the client's parameter set
+//! (parameter id, level, polynomial count, packed coefficients below their primes, a scale that
+//! fits its level); a failure is `ERROR_MALFORMED_CIPHERTEXT` (`ERROR_OBJECT_TOO_LARGE` past the
+//! limit).
 
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ use crate::error::{ErrorCode, Result, ToolError};
 
 /// Magic of the multi-ciphertext result container.
 pub const OUTPUT_SET_MAGIC: [u8; 8] = *b"CIOUTSET";
+
 fn malformed(why: impl std::fmt::Display) -> ToolError {
     ToolError::new(
         ErrorCode::MalformedCiphertext,
@@ -51,8 +54,8 @@ fn ckks_malformed(e: &cipherinfer_ckks::Error) -> ToolError {
 
 /// The result bytes a result file holds: the file itself when it starts with a result encoding's
 /// magic (`CIFR` or `CIOUTSET`), otherwise its Base64 text decoded (standard alphabet, padded;
-/// whitespace around it and line breaks inside are ignored). Neither → `ERROR_MALFORMED_CIPHERTEXT`;
-/// decoded larger than `max_bytes` → `ERROR_OBJECT_TOO_LARGE`.
+/// whitespace around it and line breaks inside are ignored). Neither →
+/// `ERROR_MALFORMED_CIPHERTEXT`; decoded larger than `max_bytes` → `ERROR_OBJECT_TOO_LARGE`.
 pub fn result_file_bytes(file: Vec<u8>, max_bytes: usize) -> Result<Vec<u8>> {
     if file.starts_with(b"CIFR") || file.starts_with(&OUTPUT_SET_MAGIC) {
         return Ok(file);

@@ -482,6 +482,9 @@ fn every_type_round_trips() {
         relinearization: true,
         evaluation_key_bytes: 100,
         keygen_s: 0.5,
+        identity: cipherinfer_protocol::integrity::IdentityKey::generate()
+            .expect("identity")
+            .public(),
     });
     round_trip(&ExportEvaluationKeysArgs {
         client_id: "c".into(),

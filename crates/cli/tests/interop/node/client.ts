@@ -120,6 +120,7 @@ async function local(binary: string, remoteUrl: string, home: string, images: st
   expect(keys.isError !== true, `generate_keys failed: ${JSON.stringify(keys.content)}`);
   const made = keys.structuredContent as Record<string, any>;
   expect(made.parameter_id === model.parameter_id, `parameter id ${made.parameter_id} != ${model.parameter_id}`);
+  expect(/^[0-9a-f]{64}$/.test(made.identity), `identity ${made.identity}`);
   expect(
     JSON.stringify(made.parameters.coeff_modulus) === JSON.stringify(model.parameters.coeff_modulus),
     "generate_keys echoes the same prime chain",
