@@ -17,6 +17,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -74,7 +75,7 @@ fn node_or_skip(test: &str) -> bool {
 }
 
 /// Runs `node args…` in the package directory with Node's directory first on PATH.
-fn run_node(args: &[&std::ffi::OsStr]) -> Output {
+fn run_node(args: &[&OsStr]) -> Output {
     let node = node();
     let mut path = std::env::var_os("PATH").unwrap_or_default();
     if let Some(dir) = Path::new(&node)
@@ -143,6 +144,18 @@ fn typescript_sdk_talks_to_both_servers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Runs the Inspector CLI against `target` (a URL, or a command and its arguments) with
+/// `options`: whether it succeeded, its stdout and its stderr.
+fn inspect(target: &[&OsStr], options: &[&str]) -> (bool, String, String) {
+    let inspector = package_bin("inspector", "clients/launcher/build/index.js");
+    let mut args: Vec<&OsStr> = vec![inspector.as_os_str(), "--cli".as_ref()];
+    args.extend(target.iter().copied());
+    args.extend(options.iter().map(OsStr::new));
+    let out = run_node(&args);
+    let (stdout, stderr) = text(&out);
+    (out.status.success(), stdout, stderr)
+}
+
 /// The Inspector CLI lists both servers' tools with no schema-portability warning in strict mode,
 /// and calls a tool of each.
 #[test]
@@ -150,26 +163,19 @@ fn inspector_cli_lists_and_calls_both_servers() {
     if !node_or_skip("inspector_cli_lists_and_calls_both_servers") {
         return;
     }
-    let inspector = package_bin("inspector", "clients/launcher/build/index.js");
     let dir = temp("inspector");
     let remote = Remote::start(&dir.join("server"), "mnist-cnn", &[]);
-    let home = dir.join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let keys = home.join("keys");
-    let remote_target: Vec<&std::ffi::OsStr> = vec![remote.url.as_ref()];
-    let local_target: Vec<&std::ffi::OsStr> = vec![
+    let keys = dir.join("home/keys");
+    let remote_target: Vec<&OsStr> = vec![remote.url.as_ref()];
+    let local_target: Vec<&OsStr> = vec![
         BIN.as_ref(),
         "local".as_ref(),
         "--key-dir".as_ref(),
         keys.as_os_str(),
     ];
     for (name, target, tools) in [("remote", &remote_target, 10), ("local", &local_target, 5)] {
-        let mut args: Vec<&std::ffi::OsStr> = vec![inspector.as_os_str(), "--cli".as_ref()];
-        args.extend(target.iter().copied());
-        args.extend(["--method", "tools/list", "--strict"].map(std::ffi::OsStr::new));
-        let out = run_node(&args);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{name}: {stdout}\n{stderr}");
+        let (ok, stdout, stderr) = inspect(target, &["--method", "tools/list", "--strict"]);
+        assert!(ok, "{name}: {stdout}\n{stderr}");
         let listed: Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(
             listed["tools"].as_array().map(Vec::len),
@@ -181,44 +187,28 @@ fn inspector_cli_lists_and_calls_both_servers() {
             "{name}: schema-portability warnings:\n{stderr}"
         );
     }
-    let mut args: Vec<&std::ffi::OsStr> = vec![inspector.as_os_str(), "--cli".as_ref()];
-    args.extend(remote_target.iter().copied());
-    args.extend(
-        [
-            "--method",
-            "tools/call",
-            "--tool-name",
-            "describe_capabilities",
-        ]
-        .map(std::ffi::OsStr::new),
+    let call = ["--method", "tools/call", "--tool-name"];
+    let (ok, stdout, stderr) = inspect(
+        &remote_target,
+        &[&call[..], &["describe_capabilities"]].concat(),
     );
-    let out = run_node(&args);
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(ok, "{stdout}\n{stderr}");
     let called: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         called["structuredContent"]["models"][0]["name"], "mnist-cnn",
         "{stdout}"
     );
     // A failed call: the Inspector shows the error object, not a schema-validation failure.
-    let mut args: Vec<&std::ffi::OsStr> = vec![inspector.as_os_str(), "--cli".as_ref()];
-    args.extend(local_target.iter().copied());
-    args.extend(
-        [
-            "--method",
-            "tools/call",
-            "--tool-name",
-            "fhe_decrypt",
-            "--tool-arg",
-            "client_id=nobody",
-            "encrypted_logit_path=relative.ct",
-        ]
-        .map(std::ffi::OsStr::new),
-    );
-    let out = run_node(&args);
-    let (stdout, stderr) = text(&out);
+    let failing = [
+        "fhe_decrypt",
+        "--tool-arg",
+        "client_id=nobody",
+        "encrypted_logit_path=relative.ct",
+    ];
+    let (ok, stdout, stderr) = inspect(&local_target, &[&call[..], &failing].concat());
+    assert!(!ok, "{stdout}");
     assert!(
-        stdout.contains("ERROR_") || stderr.contains("ERROR_"),
+        stdout.contains("ERROR_PATH_NOT_ALLOWED"),
         "{stdout}\n{stderr}"
     );
     drop(remote);

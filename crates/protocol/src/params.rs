@@ -559,6 +559,33 @@ impl ExtendedParameters {
             .map_err(|e| ToolError::from_ckks(&e, ErrorCode::InvalidParameters))
     }
 
+    /// What a request may ask of the `served` parameter set beyond equality of its fields
+    /// ([`Self::check_matches`]): a scheme other than CKKS is `ERROR_UNSUPPORTED_ALGORITHM`
+    /// (only CKKS is evaluated), a `batch_size` above the images one ciphertext set holds is
+    /// `ERROR_UNSUPPORTED_PACKING` (up to it, the client packs that many images and gets each
+    /// one's outputs), and a `security_level` above the set's is `ERROR_WEAK_PARAMETERS`.
+    pub fn check_served_profile(&self, served: &ExtendedParameters) -> Result<()> {
+        let holds = served.batch_size.unwrap_or(1);
+        if let Some(b) = self.batch_size
+            && b > holds
+        {
+            return Err(ToolError::new(
+                ErrorCode::UnsupportedPacking,
+                format!("batch_size {b}: one ciphertext set of this model holds {holds} image(s)"),
+            )
+            .with_details(serde_json::json!({ "requested": b, "served": holds })));
+        }
+        if let Some(scheme) = self.scheme_context
+            && scheme != SchemeContext::Ckks
+        {
+            return Err(ToolError::new(
+                ErrorCode::UnsupportedAlgorithm,
+                format!("scheme_context {scheme:?}: this server evaluates CKKS only"),
+            ));
+        }
+        check_security_at_least(self.security_level, served.security_level.unwrap_or(128))
+    }
+
     /// Checks the present fields against a reference block (the provisioned key set's or the
     /// model's): any field present in both must be equal. `omp_threads`, `batch_size`,
     /// `max_multiplication_depth` and `security_level` are not compared here.

@@ -328,6 +328,19 @@ impl Registry {
         .with_details(serde_json::json!({ "supported": listed })))
     }
 
+    /// The input object names (`file_name`s) the models of a parameter set take, sorted and
+    /// unique: what a client with keys of that set may upload.
+    pub fn input_objects_for(&self, parameter_id: &str) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .all()
+            .filter(|m| m.info.parameter_id == parameter_id)
+            .flat_map(|m| m.info.input_objects.iter().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// The default model's name.
     pub fn default_model(&self) -> &str {
         &self.default_model

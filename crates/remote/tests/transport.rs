@@ -628,16 +628,7 @@ async fn streamable_http_protocol_errors_are_json_rpc_and_unknown_sessions_404()
     assert_eq!(r.status(), 415);
 
     // A session that was issued can be deleted; one that never was is 404 on DELETE and POST.
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": {"name": "t", "version": "0"}}});
-    let r = http
-        .post(server.url("/mcp"))
-        .header("accept", "application/json, text/event-stream")
-        .json(&init)
-        .send()
-        .await
-        .unwrap();
+    let r = initialize(&http, &server, "2025-11-25").await;
     assert_eq!(r.status(), 200);
     let issued = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
     drop(r);
@@ -668,6 +659,23 @@ async fn streamable_http_protocol_errors_are_json_rpc_and_unknown_sessions_404()
     server.stop().await;
 }
 
+/// POSTs an `initialize` asking for `version` to `/mcp`.
+async fn initialize(
+    http: &reqwest::Client,
+    server: &TestServer,
+    version: &str,
+) -> reqwest::Response {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": version, "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"}}});
+    http.post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The protocol versions docs/protocol.md §1 lists are the ones `initialize` negotiates: the
 /// client's own for each version with an `initialize` handshake, the newest of those for a
 /// version the server does not know (2026-07-28 has no handshake: its requests are stateless).
@@ -683,16 +691,7 @@ async fn initialize_negotiates_the_documented_protocol_versions() {
         ("2026-07-28", "2025-11-25"),
         ("2023-01-01", "2025-11-25"),
     ] {
-        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": asked, "capabilities": {},
-            "clientInfo": {"name": "t", "version": "0"}}});
-        let r = http
-            .post(server.url("/mcp"))
-            .header("accept", "application/json, text/event-stream")
-            .json(&init)
-            .send()
-            .await
-            .unwrap();
+        let r = initialize(&http, &server, asked).await;
         assert_eq!(r.status(), 200, "{asked}");
         let body = r.text().await.unwrap();
         let want = format!("\"protocolVersion\":\"{answered}\"");

@@ -10,12 +10,11 @@ use cipherinfer_ckks::serialization::FromBytes;
 use cipherinfer_ckks::{Ciphertext, EvaluationKeys, Evaluator};
 use cipherinfer_compiler::CompileError;
 use cipherinfer_protocol::integrity::ResultClaim;
-use cipherinfer_protocol::params::{ExtendedParameters, check_security_at_least};
 use cipherinfer_protocol::remote::{
     ObjectStatus, Profile, RemoteInferenceArgs, RemoteInferenceResult, ResultRef, parse_key_ref,
 };
 use cipherinfer_protocol::validate::{encode_base64, sha256_hex};
-use cipherinfer_protocol::{ErrorCode, InferenceTelemetry, SchemeContext, ToolError};
+use cipherinfer_protocol::{ErrorCode, InferenceTelemetry, ToolError};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -402,7 +401,7 @@ impl Service {
             }
         }
         let ext = args.extended_parameters();
-        check_requested_profile(&ext, &served.info.parameters)?;
+        ext.check_served_profile(&served.info.parameters)?;
         ext.check_matches(&served.info.parameters)?;
         ext.check_depth_bound(served.info.multiplicative_depth)?;
         ext.check_galois_available(&record.galois_elements)?;
@@ -559,37 +558,4 @@ impl Service {
             },
         })
     }
-}
-
-/// What a request may ask of the served parameter set beyond equality of its fields: a scheme
-/// other than CKKS is `ERROR_UNSUPPORTED_ALGORITHM` (this server evaluates CKKS only), a
-/// `batch_size` above the images one ciphertext set of the model holds is
-/// `ERROR_UNSUPPORTED_PACKING` (up to it, the client packs that many images in the slots and
-/// gets each one's outputs), and a `security_level` above the set's is `ERROR_WEAK_PARAMETERS`.
-pub(crate) fn check_requested_profile(
-    requested: &ExtendedParameters,
-    served: &ExtendedParameters,
-) -> Result<()> {
-    let holds = served.batch_size.unwrap_or(1);
-    if let Some(b) = requested.batch_size
-        && b > holds
-    {
-        return Err(err(
-            ErrorCode::UnsupportedPacking,
-            format!("batch_size {b}: one ciphertext set of this model holds {holds} image(s)"),
-        )
-        .with_details(serde_json::json!({ "requested": b, "served": holds })));
-    }
-    if let Some(scheme) = requested.scheme_context
-        && scheme != SchemeContext::Ckks
-    {
-        return Err(err(
-            ErrorCode::UnsupportedAlgorithm,
-            format!("scheme_context {scheme:?}: this server evaluates CKKS only"),
-        ));
-    }
-    check_security_at_least(
-        requested.security_level,
-        served.security_level.unwrap_or(128),
-    )
 }

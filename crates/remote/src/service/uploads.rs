@@ -26,14 +26,7 @@ impl Service {
             .await?;
         // Only objects a model of the client's keys takes are staged: a misnamed object is
         // refused now, not found missing at inference after the whole upload.
-        let mut takes: Vec<&str> = self
-            .registry
-            .all()
-            .filter(|m| m.info.parameter_id == record.parameter_id)
-            .flat_map(|m| m.info.input_objects.iter().map(String::as_str))
-            .collect();
-        takes.sort_unstable();
-        takes.dedup();
+        let takes = self.registry.input_objects_for(&record.parameter_id);
         if !takes.contains(&args.file_name.as_str()) {
             return Err(err(
                 ErrorCode::InvalidFileName,
