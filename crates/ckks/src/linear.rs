@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use crate::ciphertext::{Ciphertext, ExtendedPlaintext};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
-use crate::evaluator::{Evaluator, ExtendedCiphertext};
+use crate::evaluator::{Evaluator, ExtendedCiphertext, ExtendedRotations};
 use crate::params::Parameters;
 
 /// Non-zero diagonals of one block: diagonal index `k` -> values (one per slot).
@@ -509,64 +509,104 @@ impl Evaluator {
             .collect::<Result<Vec<_>>>()?;
         // Per output, the giant-step terms are summed in Q ∪ P: each group's inner sum is
         // rotated there (its c_0 never divided by P) and every output pays one division by P,
-        // fused with its rescale.
-        let mut outs: Vec<Option<ExtendedCiphertext>> = vec![None; lt.outputs];
-        for (&(o, j), parts) in &lt.groups {
-            if cancelled() {
-                return Err(Error::Cancelled);
+        // fused with its rescale. Groups run in parallel, each thread summing into its own
+        // per-output accumulators (one task per group: coarse enough to use every core at
+        // small rings), merged at the end.
+        let groups: Vec<(&(usize, usize), &GroupParts)> = lt.groups.iter().collect();
+        type Sums = Vec<Option<ExtendedCiphertext>>;
+        let merge = |acc: &mut Option<ExtendedCiphertext>, x: ExtendedCiphertext| -> Result<()> {
+            match acc.as_mut() {
+                None => *acc = Some(x),
+                Some(a) => self.add_extended_assign(a, &x)?,
             }
-            let mut inner: Option<ExtendedCiphertext> = None;
-            for (i, terms) in parts {
-                let deferred: Vec<Option<ExtendedPlaintext>> = match &lt.encoder {
-                    Some(enc) => terms
-                        .par_iter()
-                        .map(|(_, m)| match m {
-                            Mask::Deferred(d) => Ok(Some(lt.encode_mask(enc, d)?)),
-                            Mask::Cached(d, cell) => {
-                                if cell.get().is_none() {
-                                    // Two evaluations racing encode the same mask; one is kept.
-                                    let _ = cell.set(lt.encode_mask(enc, d)?);
-                                }
-                                Ok(None)
-                            }
-                            Mask::Ready(_) => Ok(None),
-                        })
-                        .collect::<Result<_>>()?,
-                    None => Vec::new(),
-                };
-                let refs = terms
-                    .iter()
-                    .enumerate()
-                    .map(|(t, (b, m))| match (m, deferred.get(t)) {
-                        (Mask::Ready(pt), _) | (Mask::Deferred(_), Some(Some(pt))) => Ok((*b, pt)),
-                        (Mask::Cached(_, cell), _) => cell
-                            .get()
-                            .map(|pt| (*b, pt))
-                            .ok_or_else(|| Error::Encoding("a cached mask was not encoded".into())),
-                        (Mask::Deferred(_), _) => {
-                            Err(Error::Encoding("a deferred mask was not encoded".into()))
+            Ok(())
+        };
+        let outs: Sums = groups
+            .par_iter()
+            .with_max_len(1)
+            .try_fold(
+                || vec![None; lt.outputs],
+                |mut sums: Sums, &(&(o, j), parts)| -> Result<Sums> {
+                    if cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                    if let Some(moved) = self.linear_group(&rots, lt, j, parts)? {
+                        merge(&mut sums[o], moved)?;
+                    }
+                    Ok(sums)
+                },
+            )
+            .try_reduce(
+                || vec![None; lt.outputs],
+                |mut a: Sums, b: Sums| -> Result<Sums> {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        if let Some(y) = y {
+                            merge(x, y)?;
                         }
-                    })
-                    .collect::<Result<Vec<(i64, &ExtendedPlaintext)>>>()?;
-                let part = self.combine_rotations_extended(&rots[*i], &refs)?;
-                match inner.as_mut() {
-                    None => inner = Some(part),
-                    Some(acc) => self.add_extended_assign(acc, &part)?,
-                }
-            }
-            let Some(inner) = inner else { continue };
-            let moved = self.rotate_extended(&inner, (j * lt.giant_unit) as i64)?;
-            match outs[o].as_mut() {
-                None => outs[o] = Some(moved),
-                Some(acc) => self.add_extended_assign(acc, &moved)?,
-            }
-        }
-        outs.into_iter()
+                    }
+                    Ok(a)
+                },
+            )?;
+        outs.into_par_iter()
             .map(|acc| match acc {
                 Some(acc) => self.mod_down_rescale_extended(acc),
                 // A block row without diagonals: the zero vector, at the same level and scale.
                 None => self.rescale(&self.mul_const(&inputs[0], 0.0, lt.scale)?),
             })
             .collect()
+    }
+
+    /// One (output, giant step) group of a linear transform: the baby-step terms of every
+    /// input multiplied by their masks and summed in Q ∪ P, then rotated by the giant step.
+    fn linear_group(
+        &self,
+        rots: &[ExtendedRotations],
+        lt: &EncodedLinearTransform,
+        j: usize,
+        parts: &GroupParts,
+    ) -> Result<Option<ExtendedCiphertext>> {
+        let mut inner: Option<ExtendedCiphertext> = None;
+        for (i, terms) in parts {
+            let deferred: Vec<Option<ExtendedPlaintext>> = match &lt.encoder {
+                Some(enc) => terms
+                    .iter()
+                    .map(|(_, m)| match m {
+                        Mask::Deferred(d) => Ok(Some(lt.encode_mask(enc, d)?)),
+                        Mask::Cached(d, cell) => {
+                            if cell.get().is_none() {
+                                // Two evaluations racing encode the same mask; one is kept.
+                                let _ = cell.set(lt.encode_mask(enc, d)?);
+                            }
+                            Ok(None)
+                        }
+                        Mask::Ready(_) => Ok(None),
+                    })
+                    .collect::<Result<_>>()?,
+                None => Vec::new(),
+            };
+            let refs = terms
+                .iter()
+                .enumerate()
+                .map(|(t, (b, m))| match (m, deferred.get(t)) {
+                    (Mask::Ready(pt), _) | (Mask::Deferred(_), Some(Some(pt))) => Ok((*b, pt)),
+                    (Mask::Cached(_, cell), _) => cell
+                        .get()
+                        .map(|pt| (*b, pt))
+                        .ok_or_else(|| Error::Encoding("a cached mask was not encoded".into())),
+                    (Mask::Deferred(_), _) => {
+                        Err(Error::Encoding("a deferred mask was not encoded".into()))
+                    }
+                })
+                .collect::<Result<Vec<(i64, &ExtendedPlaintext)>>>()?;
+            let part = self.combine_rotations_extended(&rots[*i], &refs)?;
+            match inner.as_mut() {
+                None => inner = Some(part),
+                Some(acc) => self.add_extended_assign(acc, &part)?,
+            }
+        }
+        let Some(inner) = inner else { return Ok(None) };
+        Ok(Some(
+            self.rotate_extended(&inner, (j * lt.giant_unit) as i64)?,
+        ))
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use rayon::prelude::*;
+
 use super::{Decomposition, Evaluator, PreparedGaloisKey};
 use crate::ciphertext::{Ciphertext, ExtendedPlaintext};
 use crate::encoder::check_scale;
@@ -180,33 +182,35 @@ impl Evaluator {
             }
         };
         let n = self.params.n();
-        let mut by_step = HashMap::new();
+        let mut elements: Vec<(u64, i64)> = Vec::with_capacity(steps.len());
         for &step in steps {
             let g = self.params.galois_element(step);
-            if g == 1 || by_step.contains_key(&g) {
-                continue;
+            if g != 1 && !elements.iter().any(|(e, _)| *e == g) {
+                elements.push((g, step));
             }
-            let Some(gk) = self.galois.get(&g) else {
-                // Composed of power-of-two rotations, then held as (0, P·r_1) and r_0: the
-                // same sum once divided by P.
-                let mut r = self.rotate(ct, step)?;
-                let a1 = self.lift_to_extended(&r.polys[1], level);
-                let a0 = vec![0u64; a1.len()];
-                by_step.insert(g, (a0, a1, std::mem::take(&mut r.polys[0])));
-                continue;
-            };
-            let (a0, a1) = self.inner_product(dec, &gk.key, "rotation")?;
-            let ((a0, a1), c0) = rayon::join(
-                || {
-                    (
-                        ring::permute(&a0, &gk.perm, n),
-                        ring::permute(&a1, &gk.perm, n),
-                    )
-                },
-                || ring::permute(&ct.polys[0], &gk.perm, n),
-            );
-            by_step.insert(g, (a0, a1, c0));
         }
+        // One task per step: coarse enough that two or more threads share the work without
+        // the per-limb scheduling of the inner loops dominating at small rings.
+        let by_step = elements
+            .par_iter()
+            .map(|&(g, step)| {
+                let Some(gk) = self.galois.get(&g) else {
+                    // Composed of power-of-two rotations, then held as (0, P·r_1) and r_0:
+                    // the same sum once divided by P.
+                    let mut r = self.rotate(ct, step)?;
+                    let a1 = self.lift_to_extended(&r.polys[1], level);
+                    let a0 = vec![0u64; a1.len()];
+                    return Ok((g, (a0, a1, std::mem::take(&mut r.polys[0]))));
+                };
+                let (a0, a1) = self.inner_product(dec, &gk.key, "rotation")?;
+                let parts = (
+                    ring::permute(&a0, &gk.perm, n),
+                    ring::permute(&a1, &gk.perm, n),
+                    ring::permute(&ct.polys[0], &gk.perm, n),
+                );
+                Ok((g, parts))
+            })
+            .collect::<Result<HashMap<_, _>>>()?;
         Ok(ExtendedRotations {
             ct: ct.clone(),
             by_step,
