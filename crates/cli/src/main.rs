@@ -104,14 +104,23 @@ fn main() -> ExitCode {
         Command::Local(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
+    let json_logs = match &cli.command {
+        #[cfg(feature = "server")]
+        Command::Serve(a) => a.json_logs(),
+        _ => false,
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    if json_logs {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -8,11 +8,20 @@ use std::time::Duration;
 
 use cipherinfer_protocol::AuthToken;
 use cipherinfer_remote::server::check_bind;
-use cipherinfer_remote::{Server, ServerOptions};
+use cipherinfer_remote::{S3Options, Server, ServerOptions, StoreLocation};
 use cipherinfer_transport::{ConnectionLimits, body_limit_for_chunk, load_tls_config};
 use tokio_util::sync::CancellationToken;
 
 use crate::BoxErr;
+
+/// `serve --log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Options of `cipherinfer serve`.
 #[derive(clap::Args, Debug)]
@@ -32,9 +41,46 @@ pub struct ServeArgs {
     /// way to reach it.
     #[arg(long)]
     behind_tls_proxy: bool,
-    /// Directory of the local object store (keys, staged chunks, results).
+    /// Directory of the local object store (keys, staged chunks, results) and of the server
+    /// identity.
     #[arg(long, default_value = "cipherinfer-data")]
     data_dir: PathBuf,
+    /// Keep the state in this object store instead of --data-dir: `s3://bucket/prefix` (an
+    /// S3-compatible bucket several replicas share; credentials and region from the standard
+    /// AWS environment variables) or a directory.
+    #[arg(long, value_name = "URL", value_parser = parse_store)]
+    store: Option<StoreLocation>,
+    /// Endpoint of an S3-compatible server (MinIO, Ceph RGW, ...), e.g. http://127.0.0.1:9000;
+    /// default: AWS (or AWS_ENDPOINT).
+    #[arg(long, value_name = "URL", requires = "store")]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(long, requires = "store")]
+    s3_region: Option<String>,
+    /// Address the bucket as ENDPOINT/BUCKET (path style) instead of BUCKET.ENDPOINT.
+    #[arg(long, requires = "store")]
+    s3_path_style: bool,
+    /// Longest wait for one store operation, retries included, before a call fails with the
+    /// retryable ERROR_UNAVAILABLE.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    store_timeout_s: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics, on a listener of their own (keep it
+    /// private; off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics_bind: Option<SocketAddr>,
+    /// Log format on stderr: text, or json (one object per line, with request ids; never
+    /// tokens, keys or ciphertexts).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// On SIGTERM or Ctrl-C, how long running inferences may take to finish before the server
+    /// stops anyway; new inferences are refused meanwhile with the retryable ERROR_UNAVAILABLE
+    /// and /readyz answers 503.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    drain_timeout_s: u64,
+    /// The server identity's seed file (created if missing; default:
+    /// DATA_DIR/server-identity.key). Replicas behind one address must share one.
+    #[arg(long, value_name = "FILE")]
+    server_identity: Option<PathBuf>,
     /// Served models, the first is the default (repeat or comma-separate): a shipped model's
     /// name (mnist-cnn, fashion-cnn, mnist-relu, colour-shapes), a model package directory
     /// (model.json + model.onnx; served under the card's name) or a compiled model file
@@ -132,6 +178,34 @@ fn connection_room() -> Option<u64> {
     }
 }
 
+impl ServeArgs {
+    /// Whether the log is JSON lines.
+    pub fn json_logs(&self) -> bool {
+        self.log_format == LogFormat::Json
+    }
+}
+
+/// Waits for SIGTERM (what service managers and container runtimes send) or Ctrl-C; names it.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => return "SIGTERM",
+                _ = tokio::signal::ctrl_c() => return "interrupt",
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "interrupt"
+}
+
+/// Parses `--store URL`.
+fn parse_store(s: &str) -> Result<StoreLocation, String> {
+    StoreLocation::parse(s)
+}
+
 /// Parses `--identity CLIENT_ID=HEX`.
 fn registered_identity(
     spec: &str,
@@ -184,6 +258,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
     let mut options = ServerOptions {
         bind: args.bind,
         data_dir: args.data_dir,
+        store: args.store,
+        metrics_bind: args.metrics_bind,
+        s3: S3Options {
+            endpoint: args.s3_endpoint,
+            region: args.s3_region,
+            path_style: args.s3_path_style,
+            request_timeout: Some(Duration::from_secs(args.store_timeout_s)),
+            credentials: None,
+        },
+        identity_file: args.server_identity,
         models: args.model,
         max_key_bytes: args.max_key_mib,
         tls,
@@ -251,8 +335,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxErr> {
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
+        let service = server.service.clone();
+        let deadline = Duration::from_secs(args.drain_timeout_s);
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            let signal = stop_signal().await;
+            eprintln!(
+                "{signal}: draining (no new inference; at most {} s for the running ones)",
+                deadline.as_secs()
+            );
+            if !service.drain(deadline).await {
+                eprintln!("inferences still running at the drain deadline are cut off");
+            }
             shutdown.cancel();
         });
     }

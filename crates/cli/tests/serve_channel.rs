@@ -1,7 +1,7 @@
 //! `cipherinfer serve` and the channel it offers: plain HTTP off loopback is refused before any
 //! model is compiled, the TLS flags go together and bad files are reported, and with a
 //! certificate the server announces an `https://` URL; the connection flags bound slow and
-//! numerous connections.
+//! numerous connections; SIGTERM drains and stops it.
 #![cfg(feature = "server")]
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
@@ -224,4 +224,28 @@ fn connection_flags_out_of_range_are_refused() {
         assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
         assert!(!stderr.contains("compiling models"), "{stderr}");
     }
+}
+
+#[test]
+fn sigterm_drains_and_stops_the_server() {
+    let dir = temp("sigterm");
+    let mut remote = Remote::start(&dir, "mnist-cnn", &[]);
+    // Ready before; after SIGTERM it drains (nothing runs) and exits cleanly, well within the
+    // drain deadline.
+    let base = remote.url.trim_end_matches("/mcp").to_string();
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let (reply, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"status\":\"ready\""), "{reply}");
+    let status = remote
+        .terminate(Duration::from_secs(20))
+        .expect("serve stops after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -197,6 +197,12 @@ impl RemoteHandler {
         mut request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
+        let info = CallInfo {
+            tool: request.name.to_string(),
+            request_id: self.service.next_request_id(),
+            jsonrpc_id: ctx.id.to_string(),
+            started: std::time::Instant::now(),
+        };
         let header = bearer(&ctx);
         let h = header.as_ref();
         // The signature leaves the arguments here, digested over exactly what was received;
@@ -204,7 +210,7 @@ impl RemoteHandler {
         let signed = match request.arguments.as_mut() {
             Some(args) => match SignedCall::take(&request.name, args) {
                 Ok(s) => s,
-                Err(e) => return respond::<()>(Err(e)),
+                Err(e) => return self.finish::<()>(&info, Err(e)),
             },
             None => None,
         };
@@ -212,41 +218,53 @@ impl RemoteHandler {
         let c = &who;
         let s = &self.service;
         match request.name.as_ref() {
-            TOOL_DESCRIBE_CAPABILITIES => {
-                respond(arguments(&request, None).and_then(|a| s.describe_capabilities(&a)))
-            }
-            TOOL_PROVISION_KEYS_BEGIN => {
-                respond(match arguments::<ProvisionKeysBeginArgs>(&request, h) {
+            TOOL_DESCRIBE_CAPABILITIES => self.finish(
+                &info,
+                arguments(&request, None).and_then(|a| s.describe_capabilities(&a)),
+            ),
+            TOOL_PROVISION_KEYS_BEGIN => self.finish(
+                &info,
+                match arguments::<ProvisionKeysBeginArgs>(&request, h) {
                     Ok(a) => s.provision_begin(&a, c).await,
                     Err(e) => Err(e),
-                })
-            }
-            TOOL_PROVISION_KEYS_CHUNK => {
-                respond(match arguments::<ProvisionKeysChunkArgs>(&request, None) {
-                    Ok(a) => s.provision_chunk(&a, c).await,
+                },
+            ),
+            TOOL_PROVISION_KEYS_CHUNK => self.finish(
+                &info,
+                match arguments::<ProvisionKeysChunkArgs>(&request, None) {
+                    Ok(a) => s.provision_chunk(&a, c).await.inspect(|r| {
+                        s.metrics().received(r.chunk_bytes);
+                    }),
                     Err(e) => Err(e),
-                })
-            }
-            TOOL_PROVISION_KEYS_COMMIT => {
-                respond(match arguments::<ProvisionKeysCommitArgs>(&request, None) {
+                },
+            ),
+            TOOL_PROVISION_KEYS_COMMIT => self.finish(
+                &info,
+                match arguments::<ProvisionKeysCommitArgs>(&request, None) {
                     Ok(a) => s.provision_commit(&a, c).await,
                     Err(e) => Err(e),
-                })
-            }
-            TOOL_REVOKE_KEYS => respond(match arguments::<RevokeKeysArgs>(&request, h) {
-                Ok(a) => s.revoke(&a, c).await,
-                Err(e) => Err(e),
-            }),
-            TOOL_UPLOAD_CIPHERTEXT_CHUNK => {
-                respond(match arguments::<UploadCiphertextChunkArgs>(&request, h) {
-                    Ok(a) => s.upload_chunk(&a, c).await,
+                },
+            ),
+            TOOL_REVOKE_KEYS => self.finish(
+                &info,
+                match arguments::<RevokeKeysArgs>(&request, h) {
+                    Ok(a) => s.revoke(&a, c).await,
                     Err(e) => Err(e),
-                })
-            }
+                },
+            ),
+            TOOL_UPLOAD_CIPHERTEXT_CHUNK => self.finish(
+                &info,
+                match arguments::<UploadCiphertextChunkArgs>(&request, h) {
+                    Ok(a) => s.upload_chunk(&a, c).await.inspect(|r| {
+                        s.metrics().received(r.chunk_bytes);
+                    }),
+                    Err(e) => Err(e),
+                },
+            ),
             TOOL_REMOTE_INFERENCE_CNN => {
                 let args = match arguments::<RemoteInferenceArgs>(&request, h) {
                     Ok(a) => a,
-                    Err(e) => return respond::<()>(Err(e)),
+                    Err(e) => return self.finish::<()>(&info, Err(e)),
                 };
                 // Progress goes from the blocking evaluation to the peer through a channel.
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, usize, String)>();
@@ -268,32 +286,80 @@ impl RemoteHandler {
                 // rmcp cancels the request's token on `notifications/cancelled` (and when the
                 // session ends): the service stops waiting or evaluating and keeps no result.
                 let result = s.infer(&args, c, ctx.ct.clone(), progress).await;
+                if let Ok(r) = &result {
+                    s.metrics().inference(info.started.elapsed().as_secs_f64());
+                    if r.encrypted_logit_b64.is_some() {
+                        s.metrics().sent(r.encrypted_logit_bytes);
+                    }
+                }
                 if let Some(f) = forwarder {
                     // The sender is gone with the evaluation: the forwarder drains and ends.
                     let _ = f.await;
                 }
-                respond(result)
+                self.finish(&info, result)
             }
-            TOOL_FETCH_RESULT_CHUNK => {
-                respond(match arguments::<FetchResultChunkArgs>(&request, h) {
-                    Ok(a) => s.fetch_result_chunk(&a, c).await,
+            TOOL_FETCH_RESULT_CHUNK => self.finish(
+                &info,
+                match arguments::<FetchResultChunkArgs>(&request, h) {
+                    Ok(a) => s.fetch_result_chunk(&a, c).await.inspect(|r| {
+                        s.metrics().sent(r.chunk_bytes);
+                    }),
                     Err(e) => Err(e),
-                })
-            }
-            TOOL_GET_SESSION_STATUS => respond(match arguments::<SessionArgs>(&request, h) {
-                Ok(a) => s.session_status(&a, c).await,
-                Err(e) => Err(e),
-            }),
-            TOOL_DELETE_SESSION => respond(match arguments::<SessionArgs>(&request, h) {
-                Ok(a) => s.delete_session(&a, c).await,
-                Err(e) => Err(e),
-            }),
-            other => respond::<()>(Err(ToolError::new(
-                ErrorCode::InvalidArgument,
-                format!("unknown tool {other:?}"),
-            ))),
+                },
+            ),
+            TOOL_GET_SESSION_STATUS => self.finish(
+                &info,
+                match arguments::<SessionArgs>(&request, h) {
+                    Ok(a) => s.session_status(&a, c).await,
+                    Err(e) => Err(e),
+                },
+            ),
+            TOOL_DELETE_SESSION => self.finish(
+                &info,
+                match arguments::<SessionArgs>(&request, h) {
+                    Ok(a) => s.delete_session(&a, c).await,
+                    Err(e) => Err(e),
+                },
+            ),
+            other => self.finish::<()>(
+                &info,
+                Err(ToolError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("unknown tool {other:?}"),
+                )),
+            ),
         }
     }
+
+    /// Counts and logs a finished call (tool, outcome, time; never its arguments), then makes
+    /// its MCP result.
+    fn finish<R: serde::Serialize>(
+        &self,
+        info: &CallInfo,
+        result: Result<R, ToolError>,
+    ) -> CallToolResult {
+        let outcome = result.as_ref().err().map(|e| e.error_code.as_str());
+        self.service.metrics().call(&info.tool, outcome);
+        tracing::info!(
+            request_id = %info.request_id,
+            jsonrpc_id = %info.jsonrpc_id,
+            tool = %info.tool,
+            outcome = outcome.unwrap_or("ok"),
+            ms = info.started.elapsed().as_secs_f64() * 1e3,
+            "tool call"
+        );
+        respond(result)
+    }
+}
+
+/// What the log and the metrics say of a call.
+struct CallInfo {
+    tool: String,
+    /// Unique among this replica's calls: replica name and sequence number.
+    request_id: String,
+    /// The client's JSON-RPC request id (unique within its connection only).
+    jsonrpc_id: String,
+    started: std::time::Instant,
 }
 
 impl ServerHandler for RemoteHandler {

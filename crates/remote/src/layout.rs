@@ -19,6 +19,12 @@
 //! tombstones/sessions/<session_id>                         an expired session removed by GC (JSON)
 //! tombstones/provisioning/<provisioning_id>                an expired Step 0 upload removed by GC
 //! keystore/<segments...>                                   operator-placed bundles for `key_uri`
+//! nonces/<window>/<digest>                                 a signed call's nonce, claimed once by
+//!                                                          whichever replica gets it (shared
+//!                                                          stores; window = timestamp / 60 s,
+//!                                                          digest = SHA-256 of client id and nonce)
+//! leases/gc                                                the replica collecting garbage and
+//!                                                          until when (shared stores, JSON)
 //! server-identity.key                                      the server's signing seed (not an object:
 //!                                                          `server` writes it beside a local store)
 //! ```
@@ -45,6 +51,13 @@ const RESULTS: &str = "results";
 const TOUCHED: &str = "touched";
 const TOMBSTONES: &str = "tombstones";
 const KEYSTORE: &str = "keystore";
+const NONCES: &str = "nonces";
+const LEASES: &str = "leases";
+const GC_LEASE: &str = "gc";
+
+/// Width of a nonce window: nonces are grouped by their request's timestamp so that garbage
+/// collection drops whole windows once no timestamp in them can be accepted.
+pub(crate) const NONCE_WINDOW_MS: u64 = 60_000;
 
 /// Builds a path from validated segments.
 pub fn path(segments: &[&str]) -> Path {
@@ -209,6 +222,29 @@ pub(crate) fn staged_item(client_sessions: &Path, item: &Path, size: u64) -> Opt
 }
 
 // ----------------------------------------------------------------------------------------------
+// nonces/ and leases/
+
+/// Every nonce window, one child per window number.
+pub(crate) fn nonces_root() -> Path {
+    path(&[NONCES])
+}
+
+/// The nonces of one window (timestamps `window · NONCE_WINDOW_MS` onwards).
+pub(crate) fn nonce_window(window: u64) -> Path {
+    path(&[NONCES, &window.to_string()])
+}
+
+/// A signed call's nonce, claimed with create-if-absent.
+pub(crate) fn nonce(timestamp_ms: u64, digest: &str) -> Path {
+    nonce_window(timestamp_ms / NONCE_WINDOW_MS).join(digest)
+}
+
+/// The garbage collector's lease.
+pub(crate) fn gc_lease() -> Path {
+    path(&[LEASES, GC_LEASE])
+}
+
+// ----------------------------------------------------------------------------------------------
 // tombstones/
 
 /// What an expired-and-removed tombstone stands for.
@@ -278,6 +314,10 @@ mod tests {
                 session_result("alice", "s1", "r1"),
                 "sessions/alice/s1/results/r1",
             ),
+            (nonces_root(), "nonces"),
+            (nonce_window(3), "nonces/3"),
+            (nonce(180_001, "ab12"), "nonces/3/ab12"),
+            (gc_lease(), "leases/gc"),
             (tombstones_root(), "tombstones"),
             (
                 tombstone(TombstoneKind::Session, "s1"),

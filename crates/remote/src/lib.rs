@@ -5,6 +5,7 @@
 
 pub mod handler;
 mod layout;
+pub mod metrics;
 pub mod ratelimit;
 pub mod registry;
 pub mod service;
@@ -16,6 +17,6 @@ pub use handler::RemoteHandler;
 pub use ratelimit::Caller;
 pub use registry::{ModelSource, Registry};
 pub use service::{GarbageCollected, InferenceSlot, InferenceStats, Service, ServiceConfig};
-pub use store::Store;
+pub use store::{S3Credentials, S3Options, Store, StoreLocation};
 pub mod server;
 pub use server::{Server, ServerOptions};

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::handler::RemoteHandler;
 use crate::registry::{ModelSource, Registry};
 use crate::service::{Service, ServiceConfig};
-use crate::store::Store;
+use crate::store::{S3Options, Store, StoreLocation};
 use cipherinfer_transport::{ConnectionLimits, HttpConfig, router, serve, serve_tls};
 
 /// File in the data directory holding the server's Ed25519 identity (its 32-byte seed, mode
@@ -62,8 +62,20 @@ pub fn load_or_create_identity(
 pub struct ServerOptions {
     /// Address to listen on (loopback by default).
     pub bind: SocketAddr,
-    /// Root of the local object store.
+    /// Root of the local object store, and where the server identity is kept unless
+    /// `identity_file` says otherwise.
     pub data_dir: PathBuf,
+    /// The object store, when not the local directory `data_dir`: an S3 bucket that several
+    /// replicas share.
+    pub store: Option<StoreLocation>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` on a listener of their own (keep it
+    /// private: counts and timings only, but nobody outside needs them). `None`: no metrics.
+    pub metrics_bind: Option<SocketAddr>,
+    /// How to reach an S3 store (beyond the AWS environment variables).
+    pub s3: S3Options,
+    /// The server identity's seed file (created if missing). Replicas behind one address must
+    /// share it, since clients pin one server key. `None`: `data_dir/server-identity.key`.
+    pub identity_file: Option<PathBuf>,
     /// Served models: shipped names, model package directories or compiled model files
     /// (`ModelSource::parse`); the first is the default.
     pub models: Vec<String>,
@@ -94,6 +106,10 @@ impl Default for ServerOptions {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8750)),
             data_dir: PathBuf::from("cipherinfer-data"),
+            store: None,
+            metrics_bind: None,
+            s3: S3Options::default(),
+            identity_file: None,
             models: vec!["mnist-cnn".into(), "fashion-cnn".into()],
             max_key_bytes: None,
             service,
@@ -138,6 +154,61 @@ pub fn check_bind(
     }
 }
 
+/// Readiness probe: 200 when the store answers and models are loaded, else 503 with the
+/// reason (`/healthz`, from the transport, only says the process is alive).
+pub const READYZ_PATH: &str = "/readyz";
+
+async fn readyz(
+    axum::extract::State(service): axum::extract::State<Arc<Service>>,
+) -> (http::StatusCode, axum::Json<serde_json::Value>) {
+    match service.readiness().await {
+        Ok(models) => (
+            http::StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready", "store": "ok", "models": models})),
+        ),
+        Err(e) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "status": "unavailable",
+                "error_code": e.error_code,
+                "message": e.message,
+            })),
+        ),
+    }
+}
+
+/// Serves `/metrics` on `addr` until `shutdown`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    service: Arc<Service>,
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "metrics at /metrics");
+    eprintln!("metrics at http://{local}/metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let service = service.clone();
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    service.metrics_text(),
+                )
+            }
+        }),
+    );
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    }))
+}
+
 /// A built server, before it listens.
 #[derive(Debug)]
 pub struct Server {
@@ -167,13 +238,23 @@ impl Server {
         options: ServerOptions,
         registry: Arc<Registry>,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let store = Store::local(&options.data_dir)?;
+        let location = options
+            .store
+            .clone()
+            .unwrap_or_else(|| StoreLocation::Local(options.data_dir.clone()));
+        let store = Store::open(&location, &options.s3)?;
         let mut config = options.service.clone();
         if config.server_identity.is_none() {
-            config.server_identity = Some(Arc::new(load_or_create_identity(
-                &options.data_dir.join(SERVER_IDENTITY_FILE),
-            )?));
+            let file = match &options.identity_file {
+                Some(f) => f.clone(),
+                None => {
+                    std::fs::create_dir_all(&options.data_dir)?;
+                    options.data_dir.join(SERVER_IDENTITY_FILE)
+                }
+            };
+            config.server_identity = Some(Arc::new(load_or_create_identity(&file)?));
         }
+        tracing::info!(store = %location, shared = store.is_shared(), "object store opened");
         let service = Arc::new(Service::new(store, registry, config)?);
         Ok(Self { service, options })
     }
@@ -208,6 +289,7 @@ impl Server {
                                 uploads = done.uploads,
                                 tombstones = done.tombstones,
                                 orphans = done.orphans,
+                                nonce_windows = done.nonce_windows,
                                 "expired state removed"
                             );
                         }
@@ -217,11 +299,19 @@ impl Server {
                 }
             })
         };
+        let metrics = match self.options.metrics_bind {
+            Some(addr) => Some(serve_metrics(addr, self.service.clone(), shutdown.clone()).await?),
+            None => None,
+        };
         let handler = RemoteHandler::new(self.service.clone());
         let app = router(
             move || handler.clone(),
             self.options.http.clone(),
             shutdown.clone(),
+        )
+        .route(
+            READYZ_PATH,
+            axum::routing::get(readyz).with_state(self.service.clone()),
         );
         let result = match self.options.tls.clone() {
             Some(tls) => {
@@ -237,6 +327,9 @@ impl Server {
             None => serve(listener, app, self.options.connections.clone(), shutdown).await,
         };
         gc.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         result
     }
 

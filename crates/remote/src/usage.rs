@@ -7,12 +7,16 @@
 //! once and two of them cannot both squeeze under a quota. Deletions bump an epoch that makes a
 //! seed listed before them start over.
 //!
-//! Replicas sharing one store each know their own writes plus their seed: their acknowledgement
-//! counts may lag another replica's chunks, while `get_session_status` and inference list the
+//! Replicas sharing one store each know their own writes plus their seed. So that N replicas do
+//! not give a client N quotas, a replica's entry for a client is listed again once it is older
+//! than the refresh interval ([`Ledger::with_refresh`]): a client can stage at most its quota
+//! plus what the other replicas accepted for it within one interval. Acknowledgement counts may
+//! lag another replica's chunks by as much, while `get_session_status` and inference list the
 //! store and are exact everywhere.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use cipherinfer_protocol::{ErrorCode, Limits, ToolError};
 
@@ -50,6 +54,8 @@ struct ClientUsage {
     sessions: HashMap<String, HashMap<String, Chunks>>,
     bytes: u64,
     last_use: u64,
+    /// When the entry was listed from the store (`None`: in tests, never).
+    seeded: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +90,8 @@ pub(crate) type SeedItem = (String, String, u32, u64);
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     state: Mutex<State>,
+    /// List a client's entry again once it is this old (replicas sharing a store).
+    refresh: Option<Duration>,
 }
 
 fn evict_oldest<T>(map: &mut HashMap<String, T>, last_use: impl Fn(&T) -> u64) {
@@ -100,6 +108,15 @@ fn evict_oldest<T>(map: &mut HashMap<String, T>, last_use: impl Fn(&T) -> u64) {
 }
 
 impl Ledger {
+    /// A ledger whose client entries are listed from the store again once older than
+    /// `refresh` (for replicas sharing a store; `None`: listed once per process).
+    pub(crate) fn with_refresh(refresh: Option<Duration>) -> Self {
+        Self {
+            refresh,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update keeps the sums consistent before it can panic, so a poisoned lock still
         // guards a consistent state.
@@ -130,6 +147,7 @@ impl Ledger {
         s.tick += 1;
         let mut usage = ClientUsage {
             last_use: s.tick,
+            seeded: Some(Instant::now()),
             ..ClientUsage::default()
         };
         for (session, object, index, size) in items {
@@ -166,6 +184,11 @@ impl Ledger {
         let mut s = self.lock();
         s.tick += 1;
         let tick = s.tick;
+        if let (Some(refresh), Some(client)) = (self.refresh, s.clients.get(client_id))
+            && client.seeded.is_some_and(|t| t.elapsed() >= refresh)
+        {
+            s.clients.remove(client_id);
+        }
         let Some(client) = s.clients.get_mut(client_id) else {
             return Ok(Admission::Unseeded);
         };

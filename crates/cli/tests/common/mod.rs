@@ -46,12 +46,20 @@ impl Remote {
 
     /// Spawns any server `command` that announces its URL on its first line of stdout, after
     /// `prefix` (as `serve` and `local --http` do).
-    pub fn spawn(mut command: Command, prefix: &str) -> Self {
+    pub fn spawn(command: Command, prefix: &str) -> Self {
+        Self::spawn_logging(command, prefix, Stdio::inherit())
+    }
+
+    /// [`Remote::spawn`] with the server's stderr (its log) sent to `log`; `RUST_LOG` is
+    /// `warn` unless the command sets it.
+    pub fn spawn_logging(mut command: Command, prefix: &str, log: impl Into<Stdio>) -> Self {
+        if !command.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            command.env("RUST_LOG", "warn");
+        }
         let mut child = command
-            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -64,6 +72,31 @@ impl Remote {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
         Self { child, url }
+    }
+}
+
+impl Remote {
+    /// Sends SIGTERM (a service manager's stop) and waits up to `limit` for the exit status.
+    pub fn terminate(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Kills the server at once (SIGKILL: no shutdown, no flush) and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
     }
 }
 

@@ -38,6 +38,16 @@ pub struct InferenceStats {
     pub busy: u64,
 }
 
+/// What a request for an inference slot gets once the server drains.
+fn draining_error() -> ToolError {
+    err(
+        ErrorCode::Unavailable,
+        "this server is shutting down and takes no new inference; retry (another replica, or \
+         this one once restarted, will serve it)",
+    )
+    .with_retry_after_ms(1000)
+}
+
 /// The atomic counters behind [`InferenceStats`].
 #[derive(Debug, Default)]
 pub(super) struct Counters {
@@ -116,8 +126,35 @@ impl Service {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| err(ErrorCode::Unavailable, "the server is shutting down"))?;
+            .map_err(|_| draining_error())?;
         Ok(InferenceSlot { _permit: permit })
+    }
+
+    /// Stops taking inferences and waits for the running ones, up to `deadline`: every request
+    /// waiting for a slot, and every later one, gets `ERROR_UNAVAILABLE` (retryable: another
+    /// replica, or this one restarted, will serve it), and `/readyz` answers 503 so a load
+    /// balancer stops sending traffic. Returns whether every running inference finished in
+    /// time. Other calls (uploads, results) are served until the process stops.
+    pub async fn drain(&self, deadline: std::time::Duration) -> bool {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inference.close();
+        let permits = self.config.max_concurrent_inferences.max(1);
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            if self.inference.available_permits() >= permits {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether [`Service::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Drops a client's decoded keys from the cache (after rotation or revocation).
@@ -269,9 +306,10 @@ impl Service {
         self.eval_ms.store(new, Ordering::Relaxed);
     }
 
-    /// Waits for an inference slot: `ERROR_BUSY` (retryable, with `retry_after_ms`) after the
+    /// Waits for an inference slot (`ERROR_UNAVAILABLE` once the server drains): `ERROR_BUSY` (retryable, with `retry_after_ms`) after the
     /// queue timeout, `ERROR_CANCELLED` as soon as `cancel` fires.
     async fn inference_slot(&self, cancel: &CancellationToken) -> Result<OwnedSemaphorePermit> {
+        let _queued = self.metrics.queued();
         let acquire = tokio::time::timeout(
             self.config.queue_timeout,
             self.inference.clone().acquire_owned(),
@@ -284,7 +322,7 @@ impl Service {
             }
             waited = acquire => match waited {
                 Ok(Ok(permit)) => Ok(permit),
-                Ok(Err(_)) => Err(err(ErrorCode::Unavailable, "the server is shutting down")),
+                Ok(Err(_)) => Err(draining_error()),
                 Err(_) => {
                     Counters::bump(&self.counters.busy);
                     Err(err(

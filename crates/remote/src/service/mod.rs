@@ -41,6 +41,10 @@ pub use sessions::GarbageCollected;
 
 type Result<T> = std::result::Result<T, ToolError>;
 
+/// On a store shared by replicas, how old a replica's count of a client's staged bytes may get
+/// before it is listed again (the bound on how far N replicas can overrun a quota).
+const USAGE_REFRESH: Duration = Duration::from_secs(2);
+
 /// Server policy: limits, lifetimes, quotas.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -199,6 +203,12 @@ pub struct Service {
     counters: Arc<Counters>,
     replay: Mutex<ReplayGuard>,
     identity: Arc<IdentityKey>,
+    /// This process's name among replicas sharing the store (random), for the GC lease.
+    replica: String,
+    /// Set by [`Service::drain`].
+    draining: std::sync::atomic::AtomicBool,
+    metrics: crate::metrics::Metrics,
+    requests: AtomicU64,
 }
 
 impl std::fmt::Debug for Service {
@@ -233,11 +243,20 @@ impl Service {
             Some(k) => k.clone(),
             None => Arc::new(IdentityKey::generate()?),
         };
+        // Alone on its store, the server refuses calls signed before it started (its window of
+        // seen nonces starts empty); replicas sharing a store claim nonces there, which
+        // survives restarts, so a call signed before this replica started is accepted once.
+        let started = if store.is_shared() {
+            now_ms().saturating_sub(millis(config.max_clock_skew))
+        } else {
+            now_ms()
+        };
         let replay = ReplayGuard::new(
             millis(config.max_clock_skew),
-            now_ms(),
+            started,
             config.max_replay_entries,
         );
+        let shared = store.is_shared();
         Ok(Self {
             replay: Mutex::new(replay),
             identity,
@@ -247,7 +266,11 @@ impl Service {
             config,
             keys: Mutex::new(VecDeque::new()),
             failures: AuthFailures::default(),
-            ledger: Ledger::default(),
+            ledger: Ledger::with_refresh(shared.then_some(USAGE_REFRESH)),
+            replica: random_hex(8)?,
+            draining: std::sync::atomic::AtomicBool::new(false),
+            metrics: crate::metrics::Metrics::default(),
+            requests: AtomicU64::new(0),
             inference: Arc::new(Semaphore::new(permits)),
             eval_ms: AtomicU64::new(0),
             counters: Arc::new(Counters::default()),
@@ -267,6 +290,48 @@ impl Service {
     /// The policy.
     pub fn config(&self) -> &ServiceConfig {
         &self.config
+    }
+
+    /// A new request id, unique among this replica's (its random name and a sequence number)
+    /// and so, in practice, among all replicas'.
+    pub fn next_request_id(&self) -> String {
+        let n = self
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n}", self.replica)
+    }
+
+    /// The replica's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The metrics in the Prometheus text format, gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let permits = self.config.max_concurrent_inferences.max(1);
+        let running = permits.saturating_sub(self.inference.available_permits());
+        let cached = self.keys.lock().map(|k| k.len()).unwrap_or(0);
+        self.metrics.encode(
+            i64::try_from(running).unwrap_or(i64::MAX),
+            i64::try_from(cached).unwrap_or(i64::MAX),
+        )
+    }
+
+    /// Whether the server can take calls: not draining, the store answers (one read of an
+    /// object that need not exist) and models are loaded. Returns the served model names.
+    pub async fn readiness(&self) -> Result<Vec<String>> {
+        if self.is_draining() {
+            return Err(err(
+                ErrorCode::Unavailable,
+                "the server is draining before it stops",
+            ));
+        }
+        self.store.get(&layout::gc_lease()).await?;
+        let names: Vec<String> = self.registry.all().map(|m| m.info.name.clone()).collect();
+        if names.is_empty() {
+            return Err(err(ErrorCode::Unavailable, "no model is loaded"));
+        }
+        Ok(names)
     }
 
     // ------------------------------------------------------------------------------------------
@@ -334,7 +399,8 @@ impl Service {
                         "the keys of this client were revoked",
                     ));
                 }
-                self.verify_request(client_id, r.identity_key.as_ref(), caller)?;
+                self.verify_request(client_id, r.identity_key.as_ref(), caller)
+                    .await?;
                 Ok(r)
             }
             (Err(e), _) => {
@@ -346,16 +412,18 @@ impl Service {
     }
 
     /// Checks the request signature of a call by `client_id`, whose pinned identity is
-    /// `identity`: signed by it, fresh, and never seen before. A client with a pinned identity
-    /// must sign every call; one without may call unsigned only if the server allows it.
-    fn verify_request(
+    /// `identity`: signed by it, fresh, and never seen before — by this process, and, on a
+    /// store shared by replicas, by any of them (the nonce is claimed in the store). A client
+    /// with a pinned identity must sign every call; one without may call unsigned only if the
+    /// server allows it.
+    async fn verify_request(
         &self,
         client_id: &str,
         identity: Option<&PublicIdentity>,
         caller: &Caller,
     ) -> Result<()> {
         let outcome = match (&caller.signed, identity) {
-            (Some(signed), Some(id)) => signed.verify(id).and_then(|()| {
+            (Some(signed), Some(id)) => match signed.verify(id).and_then(|()| {
                 self.replay
                     .lock()
                     .map_err(|_| err(ErrorCode::Internal, "replay window poisoned"))?
@@ -365,7 +433,17 @@ impl Service {
                         signed.signature.timestamp_ms,
                         now_ms(),
                     )
-            }),
+            }) {
+                Ok(()) => {
+                    self.claim_nonce(
+                        client_id,
+                        &signed.signature.nonce,
+                        signed.signature.timestamp_ms,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            },
             (Some(_), None) => Err(err(
                 ErrorCode::BadSignature,
                 "no identity is pinned for this client_id, so its signature cannot be checked",
@@ -386,6 +464,29 @@ impl Service {
             self.record_failure(Some(client_id), caller);
         }
         outcome
+    }
+
+    /// On a store shared by replicas, claims a verified call's nonce there (create-if-absent),
+    /// so that the same signed call sent to another replica, or to this one after a restart,
+    /// is refused. Nothing to do on a store of one process (its replay window is in memory and
+    /// it refuses calls signed before it started).
+    async fn claim_nonce(&self, client_id: &str, nonce: &str, timestamp_ms: u64) -> Result<()> {
+        if !self.store.is_shared() {
+            return Ok(());
+        }
+        let digest = sha256_hex(format!("{client_id}\n{nonce}").as_bytes());
+        let path = layout::nonce(timestamp_ms, &digest);
+        match self
+            .store
+            .put_if_version(&path, timestamp_ms.to_string().into_bytes(), None)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(err(
+                ErrorCode::Replay,
+                "this signed request was already received",
+            )),
+        }
     }
 
     // ------------------------------------------------------------------------------------------

@@ -180,7 +180,8 @@ impl Service {
                     }
                     _ => {}
                 }
-                self.verify_request(&args.client_id, identity.as_ref(), caller)?;
+                self.verify_request(&args.client_id, identity.as_ref(), caller)
+                    .await?;
             }
             ProvisionMode::Rotate => {
                 let record = self
@@ -294,7 +295,8 @@ impl Service {
             .provisioning(&args.client_id, &args.provisioning_id)
             .await?;
         self.rate_limit_check(Some(&args.client_id), caller)?;
-        self.verify_request(&args.client_id, meta.identity_key.as_ref(), caller)?;
+        self.verify_request(&args.client_id, meta.identity_key.as_ref(), caller)
+            .await?;
         if args.total_chunks != meta.total_chunks {
             return Err(err(
                 ErrorCode::TotalChunksMismatch,
@@ -348,7 +350,8 @@ impl Service {
             .provisioning(&args.client_id, &args.provisioning_id)
             .await?;
         self.rate_limit_check(Some(&args.client_id), caller)?;
-        self.verify_request(&args.client_id, meta.identity_key.as_ref(), caller)?;
+        self.verify_request(&args.client_id, meta.identity_key.as_ref(), caller)
+            .await?;
         let bundle = match &meta.key_uri {
             Some(uri) => {
                 let segments = parse_key_store_uri(uri)?;

@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 
+use serde::{Deserialize, Serialize};
+
 use cipherinfer_protocol::ErrorCode;
 use cipherinfer_protocol::remote::{DeleteSessionResult, SessionArgs, SessionStatus};
 
@@ -22,12 +24,31 @@ pub struct GarbageCollected {
     pub tombstones: usize,
     /// Session ownership records without a session.
     pub orphans: usize,
+    /// Windows of claimed nonces no signed call can reuse any more (shared stores).
+    pub nonce_windows: usize,
+    /// Whether this replica skipped the pass because another holds the garbage collector's
+    /// lease (shared stores).
+    pub skipped: bool,
+}
+
+/// How long a replica holds the garbage collector's lease once taken (it renews it on every
+/// pass; another replica takes over this long after the holder stops).
+const GC_LEASE_MS: u64 = 5 * 60 * 1000;
+
+/// The garbage collector's lease on a shared store.
+#[derive(Debug, Serialize, Deserialize)]
+struct GcLease {
+    holder: String,
+    until_ms: u64,
 }
 
 impl GarbageCollected {
     /// Whether anything was removed.
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        Self {
+            skipped: false,
+            ..*self
+        } == Self::default()
     }
 }
 
@@ -311,9 +332,19 @@ impl Service {
     /// lifetime (staged chunks and results with them) and expired Step 0 uploads, leaving a
     /// tombstone for each; removes tombstones past their keeping time and ownership records
     /// whose session never got content. Client records and keys are never touched.
+    ///
+    /// On a store shared by replicas one replica at a time collects: the holder of a lease
+    /// taken by compare-and-swap, renewed on every pass; the others return with `skipped`.
     pub async fn collect_garbage(&self) -> Result<GarbageCollected> {
         let mut done = GarbageCollected::default();
         let now = now_ms();
+        if self.store.is_shared() {
+            if !self.take_gc_lease(now).await? {
+                done.skipped = true;
+                return Ok(done);
+            }
+            done.nonce_windows = self.collect_nonce_windows(now).await?;
+        }
         let ttl = millis(self.config.session_ttl);
         let mut known = HashSet::new();
         for client in self.store.children(&layout::sessions_root()).await? {
@@ -365,5 +396,45 @@ impl Service {
         }
         self.failures.sweep();
         Ok(done)
+    }
+
+    /// Takes or renews the garbage collector's lease; `false` if another replica holds it.
+    async fn take_gc_lease(&self, now: u64) -> Result<bool> {
+        let path = layout::gc_lease();
+        let current = self.store.get_versioned(&path).await?;
+        let version = match &current {
+            Some((bytes, version)) => {
+                match serde_json::from_slice::<GcLease>(bytes) {
+                    Ok(l) if l.holder != self.replica && l.until_ms > now => return Ok(false),
+                    // Ours, expired, or unreadable: replaced if nobody replaces it first.
+                    _ => Some(version),
+                }
+            }
+            None => None,
+        };
+        let lease = GcLease {
+            holder: self.replica.clone(),
+            until_ms: now.saturating_add(GC_LEASE_MS),
+        };
+        let bytes = serde_json::to_vec(&lease)
+            .map_err(|e| err(ErrorCode::Internal, format!("lease: {e}")))?;
+        self.store.put_if_version(&path, bytes, version).await
+    }
+
+    /// Deletes the nonce windows whose every timestamp is beyond the accepted clock skew.
+    async fn collect_nonce_windows(&self, now: u64) -> Result<usize> {
+        let skew = millis(self.config.max_clock_skew);
+        let mut removed = 0;
+        for window in self.store.children(&layout::nonces_root()).await? {
+            let Ok(w) = window.parse::<u64>() else {
+                continue;
+            };
+            let end = w.saturating_add(1).saturating_mul(layout::NONCE_WINDOW_MS);
+            if end.saturating_add(skew) < now {
+                self.store.delete_prefix(&layout::nonce_window(w)).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod fixture;
 pub mod legacy;
+pub mod moto;
 pub mod remote;
 
 use std::{net::SocketAddr, sync::Arc};
