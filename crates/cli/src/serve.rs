@@ -60,8 +60,8 @@ pub struct ServeArgs {
     /// Address the bucket as ENDPOINT/BUCKET (path style) instead of BUCKET.ENDPOINT.
     #[arg(long, requires = "store")]
     s3_path_style: bool,
-    /// Longest wait for one store operation, retries included, before a call fails with the
-    /// retryable ERROR_UNAVAILABLE.
+    /// Longest wait for one store request, and for the retries of one store operation, before
+    /// a call fails with the retryable ERROR_UNAVAILABLE.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
     store_timeout_s: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics, on a listener of their own (keep it

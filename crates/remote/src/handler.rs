@@ -262,6 +262,8 @@ impl RemoteHandler {
                 },
             ),
             TOOL_REMOTE_INFERENCE_CNN => {
+                // Held until the response is made: a drain waits for it.
+                let _in_flight = s.inference_request();
                 let args = match arguments::<RemoteInferenceArgs>(&request, h) {
                     Ok(a) => a,
                     Err(e) => return self.finish::<()>(&info, Err(e)),

@@ -152,13 +152,35 @@ const STORE_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// What a failed store operation means to a caller: a store that does not answer (or answers
 /// with an error) is `ERROR_UNAVAILABLE`, retryable; nothing was acknowledged.
 /// The store's own message (addresses, paths) goes to the operator's log, not to the caller.
-fn internal(e: impl std::fmt::Display) -> ToolError {
+fn unavailable(e: impl std::fmt::Display) -> ToolError {
     tracing::warn!(error = %e, "object store operation failed");
     ToolError::new(
         ErrorCode::Unavailable,
         "the server's storage did not complete the operation; retry shortly",
     )
     .with_retry_after_ms(1000)
+}
+
+/// A stored object that does not decode, or an operation the store does not implement: not a
+/// passing condition, so not retryable.
+fn corrupt(e: impl std::fmt::Display) -> ToolError {
+    tracing::error!(error = %e, "object store content or capability problem");
+    ToolError::new(
+        ErrorCode::Internal,
+        "the server's storage holds an unreadable object or lacks a needed operation",
+    )
+}
+
+/// Maps a store error: what the store itself cannot do is internal, anything else (network,
+/// timeouts, the store's own errors) retryable.
+fn store_error(e: object_store::Error) -> ToolError {
+    match e {
+        object_store::Error::NotImplemented { .. }
+        | object_store::Error::NotSupported { .. }
+        | object_store::Error::InvalidPath { .. }
+        | object_store::Error::UnknownConfigurationKey { .. } => corrupt(e),
+        e => unavailable(e),
+    }
 }
 
 /// A stored object's version, for [`Store::put_if_version`].
@@ -258,9 +280,9 @@ impl Store {
     /// Reads an object; `None` if absent.
     pub async fn get(&self, path: &Path) -> Result<Option<Vec<u8>>, ToolError> {
         match self.inner.get(path).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(internal)?.to_vec())),
+            Ok(r) => Ok(Some(r.bytes().await.map_err(store_error)?.to_vec())),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(internal(e)),
+            Err(e) => Err(store_error(e)),
         }
     }
 
@@ -270,7 +292,7 @@ impl Store {
             .put(path, PutPayload::from(bytes))
             .await
             .map(|_| ())
-            .map_err(internal)
+            .map_err(store_error)
     }
 
     /// Reads an object with its version; `None` if absent.
@@ -284,10 +306,13 @@ impl Store {
                     e_tag: r.meta.e_tag.clone(),
                     version: r.meta.version.clone(),
                 });
-                Ok(Some((r.bytes().await.map_err(internal)?.to_vec(), version)))
+                Ok(Some((
+                    r.bytes().await.map_err(store_error)?.to_vec(),
+                    version,
+                )))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(internal(e)),
+            Err(e) => Err(store_error(e)),
         }
     }
 
@@ -317,7 +342,7 @@ impl Store {
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
             ) => Ok(false),
-            Err(e) => Err(internal(e)),
+            Err(e) => Err(store_error(e)),
         }
     }
 
@@ -341,7 +366,7 @@ impl Store {
                     "a different chunk is already stored at this index; the stored one is kept",
                 )),
             },
-            Err(e) => Err(internal(e)),
+            Err(e) => Err(store_error(e)),
         }
     }
 
@@ -351,7 +376,7 @@ impl Store {
         path: &Path,
     ) -> Result<Option<T>, ToolError> {
         match self.get(path).await? {
-            Some(b) => serde_json::from_slice(&b).map(Some).map_err(internal),
+            Some(b) => serde_json::from_slice(&b).map(Some).map_err(corrupt),
             None => Ok(None),
         }
     }
@@ -362,7 +387,7 @@ impl Store {
         path: &Path,
         value: &T,
     ) -> Result<(), ToolError> {
-        self.put(path, serde_json::to_vec(value).map_err(internal)?)
+        self.put(path, serde_json::to_vec(value).map_err(corrupt)?)
             .await
     }
 
@@ -373,7 +398,7 @@ impl Store {
             .list(Some(prefix))
             .try_collect()
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         Ok(items
             .into_iter()
             .map(|m| {
@@ -389,7 +414,7 @@ impl Store {
             .inner
             .list_with_delimiter(Some(prefix))
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         Ok(r.common_prefixes
             .into_iter()
             .filter_map(|p| p.filename().map(str::to_string))
@@ -400,7 +425,7 @@ impl Store {
     pub async fn delete(&self, path: &Path) -> Result<(), ToolError> {
         match self.inner.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(internal(e)),
+            Err(e) => Err(store_error(e)),
         }
     }
 

@@ -10,7 +10,10 @@
 //! Replicas sharing one store each know their own writes plus their seed. So that N replicas do
 //! not give a client N quotas, a replica's entry for a client is listed again once it is older
 //! than the refresh interval ([`Ledger::with_refresh`]): a client can stage at most its quota
-//! plus what the other replicas accepted for it within one interval. Acknowledgement counts may
+//! plus what the other replicas accepted for it within one interval. Chunks this process admitted
+//! but has not written yet (pending until [`Ledger::confirm_chunk`] or
+//! [`Ledger::release_chunk`]) are carried into the new listing, so a refresh never lets two of
+//! this process's own chunks both squeeze under a quota. Acknowledgement counts may
 //! lag another replica's chunks by as much, while `get_session_status` and inference list the
 //! store and are exact everywhere.
 
@@ -56,6 +59,10 @@ struct ClientUsage {
     last_use: u64,
     /// When the entry was listed from the store (`None`: in tests, never).
     seeded: Option<Instant>,
+    /// Listed too long ago: list again, keeping `pending`.
+    stale: bool,
+    /// Admitted as new by this process, not yet written: (session, object, index) -> bytes.
+    pending: HashMap<(String, String, u32), u64>,
 }
 
 #[derive(Debug, Default)]
@@ -128,22 +135,29 @@ impl Ledger {
         self.lock().epoch
     }
 
-    /// Whether this process has an entry for the client.
+    /// Whether this process has a current entry for the client (not one due for a refresh).
     pub(crate) fn client_seeded(&self, client_id: &str) -> bool {
-        self.lock().clients.contains_key(client_id)
+        self.lock().clients.get(client_id).is_some_and(|c| !c.stale)
     }
 
     /// Installs a client's entry from a listing made after [`Ledger::epoch`] returned `epoch`;
     /// false if something was deleted meanwhile (list again).
     pub(crate) fn seed_client(&self, client_id: &str, epoch: u64, items: Vec<SeedItem>) -> bool {
         let mut s = self.lock();
-        if s.clients.contains_key(client_id) {
-            return true;
-        }
+        let pending = match s.clients.get_mut(client_id) {
+            Some(c) if !c.stale => return true,
+            Some(c) => std::mem::take(&mut c.pending),
+            None => HashMap::new(),
+        };
         if s.epoch != epoch {
+            if let Some(c) = s.clients.get_mut(client_id) {
+                c.pending = pending;
+            }
             return false;
         }
-        evict_oldest(&mut s.clients, |c| c.last_use);
+        if !s.clients.contains_key(client_id) {
+            evict_oldest(&mut s.clients, |c| c.last_use);
+        }
         s.tick += 1;
         let mut usage = ClientUsage {
             last_use: s.tick,
@@ -162,6 +176,21 @@ impl Ledger {
                 usage.bytes += size;
             }
         }
+        // Reservations the listing does not show yet stay counted; one it shows (written since,
+        // by this process or another) is the store's now.
+        for ((session, object, index), size) in pending {
+            if usage
+                .sessions
+                .entry(session.clone())
+                .or_default()
+                .entry(object.clone())
+                .or_default()
+                .insert(index, size)
+            {
+                usage.bytes += size;
+                usage.pending.insert((session, object, index), size);
+            }
+        }
         s.clients.insert(client_id.to_string(), usage);
         true
     }
@@ -169,7 +198,8 @@ impl Ledger {
     /// Admits one chunk of a client's object: an index already staged passes unchecked (the
     /// write tells a duplicate from a conflict); a new one must keep the object within
     /// `max_object_bytes` (`ERROR_OBJECT_TOO_LARGE`) and the client within `max_client_bytes`
-    /// (`ERROR_QUOTA_EXCEEDED`), and is then counted.
+    /// (`ERROR_QUOTA_EXCEEDED`), and is then counted. With `may_refresh`, an entry older than
+    /// the refresh interval is [`Admission::Unseeded`] (list again).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn admit_chunk(
         &self,
@@ -180,16 +210,18 @@ impl Ledger {
         size: u64,
         max_object_bytes: u64,
         max_client_bytes: u64,
+        may_refresh: bool,
     ) -> Result<Admission, ToolError> {
         let mut s = self.lock();
         s.tick += 1;
         let tick = s.tick;
-        if let (Some(refresh), Some(client)) = (self.refresh, s.clients.get(client_id))
+        if let (Some(refresh), Some(client), true) =
+            (self.refresh, s.clients.get_mut(client_id), may_refresh)
             && client.seeded.is_some_and(|t| t.elapsed() >= refresh)
         {
-            s.clients.remove(client_id);
+            client.stale = true;
         }
-        let Some(client) = s.clients.get_mut(client_id) else {
+        let Some(client) = s.clients.get_mut(client_id).filter(|c| !c.stale) else {
             return Ok(Admission::Unseeded);
         };
         client.last_use = tick;
@@ -222,7 +254,25 @@ impl Ledger {
             .or_default()
             .insert(index, size);
         client.bytes += size;
+        client
+            .pending
+            .insert((session_id.to_string(), object.to_string(), index), size);
         Ok(Admission::New)
+    }
+
+    /// A chunk admitted as [`Admission::New`] was written: the store now shows it.
+    pub(crate) fn confirm_chunk(
+        &self,
+        client_id: &str,
+        session_id: &str,
+        object: &str,
+        index: u32,
+    ) {
+        if let Some(client) = self.lock().clients.get_mut(client_id) {
+            client
+                .pending
+                .remove(&(session_id.to_string(), object.to_string(), index));
+        }
     }
 
     /// Takes back a chunk admitted as [`Admission::New`] whose write failed (or was refused),
@@ -238,6 +288,15 @@ impl Ledger {
         let Some(client) = s.clients.get_mut(client_id) else {
             return;
         };
+        // Only this process's own reservation is taken back: after a refresh the index may
+        // hold a chunk another writer stored.
+        if client
+            .pending
+            .remove(&(session_id.to_string(), object.to_string(), index))
+            .is_none()
+        {
+            return;
+        }
         let Some(objects) = client.sessions.get_mut(session_id) else {
             return;
         };
@@ -373,7 +432,7 @@ mod tests {
     fn chunks_count_once_and_quotas_hold() {
         let l = Ledger::default();
         let admit = |session: &str, index, size| {
-            l.admit_chunk("c", session, &object_key("a"), index, size, 100, 150)
+            l.admit_chunk("c", session, &object_key("a"), index, size, 100, 150, true)
         };
         assert_eq!(admit("s", 0, 10).ok(), Some(Admission::Unseeded));
         assert!(l.seed_client("c", l.epoch(), vec![("s".into(), object_key("a"), 0, 40)]));
@@ -415,5 +474,46 @@ mod tests {
             l.admit_upload_chunk("p", 1, 5, 10).ok(),
             Some(Admission::Present)
         );
+    }
+
+    #[test]
+    fn a_refresh_keeps_unwritten_chunks_and_releases_only_them() {
+        let l = Ledger::with_refresh(Some(Duration::ZERO));
+        let admit = |session: &str, index, size, refresh| {
+            l.admit_chunk(
+                "c",
+                session,
+                &object_key("a"),
+                index,
+                size,
+                100,
+                150,
+                refresh,
+            )
+        };
+        assert_eq!(admit("s", 0, 10, true).ok(), Some(Admission::Unseeded));
+        assert!(l.seed_client("c", l.epoch(), Vec::new()));
+        // Admitted, not written yet.
+        assert_eq!(admit("s", 0, 60, false).ok(), Some(Admission::New));
+        // Due for a refresh (interval 0): the next admission lists again, and the listing
+        // shows another replica's chunk but not the one this process is still writing.
+        assert_eq!(admit("s", 1, 60, true).ok(), Some(Admission::Unseeded));
+        assert!(l.seed_client("c", l.epoch(), vec![("s".into(), object_key("a"), 2, 20)]));
+        assert_eq!(l.received("c", "s", &object_key("a")), 2);
+        // Both count against the quota: 60 + 20 staged, 80 more would pass 150.
+        assert_eq!(
+            admit("t", 0, 80, false).map_err(|e| e.error_code),
+            Err(ErrorCode::QuotaExceeded)
+        );
+        // A failed write takes back only this process's own reservation.
+        l.release_chunk("c", "s", &object_key("a"), 2);
+        assert_eq!(l.received("c", "s", &object_key("a")), 2);
+        l.release_chunk("c", "s", &object_key("a"), 0);
+        assert_eq!(l.received("c", "s", &object_key("a")), 1);
+        // A confirmed chunk is the store's: a later release of it is a no-op.
+        assert_eq!(admit("t", 0, 80, false).ok(), Some(Admission::New));
+        l.confirm_chunk("c", "t", &object_key("a"), 0);
+        l.release_chunk("c", "t", &object_key("a"), 0);
+        assert_eq!(l.received("c", "t", &object_key("a")), 1);
     }
 }

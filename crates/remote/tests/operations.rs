@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::remote::{
-    connect, enroll, fails, material, ok, session_args, start, temp_dir, upload_input,
+    call, connect, enroll, fails, material, ok, session_args, start, temp_dir, upload_input,
 };
 use serde_json::{Value, json};
 
@@ -94,6 +94,38 @@ async fn draining_finishes_running_inferences_and_refuses_new_ones() {
     );
     drop(slot);
     assert!(drain.await.unwrap(), "finished within the deadline");
+    server.stop().await;
+
+    // A real inference, queued behind the operator's slot, gets the slot when it is released
+    // and the drain that starts right then waits for its answer, which arrives intact.
+    let server = start(&temp_dir("drain-real")).await;
+    let (peer, _) = connect(&server.url).await;
+    let token = enroll(&peer, "alice").await;
+    upload_input(&peer, "alice", &token, "s1", 2).await;
+    let slot = server.service.hold_inference_slot().await.unwrap();
+    let call = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            call(
+                &peer,
+                "remote_inference_cnn",
+                session_args("alice", "s1", &token, json!({})),
+            )
+            .await
+        })
+    };
+    while !server
+        .service
+        .metrics_text()
+        .contains("cipherinfer_inferences_queued 1")
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(slot);
+    assert!(server.service.drain(Duration::from_secs(30)).await);
+    let (failed, v) = call.await.unwrap();
+    assert!(!failed, "{v}");
+    assert_eq!(v["requires_decryption"], true, "{v}");
     server.stop().await;
 
     // A running inference that outlives the deadline is reported.

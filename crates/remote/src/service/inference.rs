@@ -38,6 +38,16 @@ pub struct InferenceStats {
     pub busy: u64,
 }
 
+/// An inference request in flight ([`Service::inference_request`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// What a request for an inference slot gets once the server drains.
 fn draining_error() -> ToolError {
     err(
@@ -142,7 +152,13 @@ impl Service {
         let permits = self.config.max_concurrent_inferences.max(1);
         let until = tokio::time::Instant::now() + deadline;
         loop {
-            if self.inference.available_permits() >= permits {
+            // Every slot back, and every inference request answered: a result is stored and
+            // its response handed to the transport after the slot is released.
+            if self.inference.available_permits() >= permits
+                && self.in_flight.load(Ordering::SeqCst) == 0
+            {
+                // The transport writes the last responses out before the server stops.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 return true;
             }
             if tokio::time::Instant::now() >= until {
@@ -150,6 +166,13 @@ impl Service {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// Marks an inference request in flight until the guard drops (the handler holds it until
+    /// the call's response is made), so that [`Service::drain`] waits for it.
+    pub fn inference_request(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.in_flight.clone())
     }
 
     /// Whether [`Service::drain`] was called.

@@ -36,7 +36,7 @@ use crate::threads::{EvalPools, available_threads};
 use crate::usage::Ledger;
 
 use inference::Counters;
-pub use inference::{InferenceSlot, InferenceStats, ProgressFn};
+pub use inference::{InFlight, InferenceSlot, InferenceStats, ProgressFn};
 pub use sessions::GarbageCollected;
 
 type Result<T> = std::result::Result<T, ToolError>;
@@ -209,6 +209,8 @@ pub struct Service {
     draining: std::sync::atomic::AtomicBool,
     metrics: crate::metrics::Metrics,
     requests: AtomicU64,
+    /// Inference requests between the handler's start and its response.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Service {
@@ -271,6 +273,7 @@ impl Service {
             draining: std::sync::atomic::AtomicBool::new(false),
             metrics: crate::metrics::Metrics::default(),
             requests: AtomicU64::new(0),
+            in_flight: Arc::default(),
             inference: Arc::new(Semaphore::new(permits)),
             eval_ms: AtomicU64::new(0),
             counters: Arc::new(Counters::default()),
@@ -476,17 +479,21 @@ impl Service {
         }
         let digest = sha256_hex(format!("{client_id}\n{nonce}").as_bytes());
         let path = layout::nonce(timestamp_ms, &digest);
-        match self
+        // A claim of our own, so that a write the store's client retried after it had landed
+        // is told apart from another replica's claim.
+        let claim = format!("{} {timestamp_ms} {}", self.replica, random_hex(8)?).into_bytes();
+        if self
             .store
-            .put_if_version(&path, timestamp_ms.to_string().into_bytes(), None)
+            .put_if_version(&path, claim.clone(), None)
             .await?
+            || self.store.get(&path).await?.as_deref() == Some(claim.as_slice())
         {
-            true => Ok(()),
-            false => Err(err(
-                ErrorCode::Replay,
-                "this signed request was already received",
-            )),
+            return Ok(());
         }
+        Err(err(
+            ErrorCode::Replay,
+            "this signed request was already received",
+        ))
     }
 
     // ------------------------------------------------------------------------------------------

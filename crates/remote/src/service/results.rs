@@ -8,6 +8,7 @@ use cipherinfer_protocol::validate::encode_base64;
 use super::{Result, Service, err};
 use crate::layout;
 use crate::ratelimit::Caller;
+use crate::usage::Admission;
 
 impl Service {
     pub(super) async fn store_result(
@@ -19,7 +20,8 @@ impl Service {
     ) -> Result<()> {
         let key = layout::result_key(result_id);
         let size = bytes.len() as u64;
-        self.admit(client_id, session_id, &key, 0, size, u64::MAX)
+        let admission = self
+            .admit(client_id, session_id, &key, 0, size, u64::MAX)
             .await
             .map_err(|e| {
                 if e.error_code == ErrorCode::QuotaExceeded {
@@ -41,8 +43,11 @@ impl Service {
                 bytes.to_vec(),
             )
             .await;
-        if stored.is_err() {
-            self.ledger.release_chunk(client_id, session_id, &key, 0);
+        if admission == Admission::New {
+            match &stored {
+                Ok(()) => self.ledger.confirm_chunk(client_id, session_id, &key, 0),
+                Err(_) => self.ledger.release_chunk(client_id, session_id, &key, 0),
+            }
         }
         stored
     }

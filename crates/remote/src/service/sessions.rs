@@ -225,6 +225,9 @@ impl Service {
         size: u64,
         max_object_bytes: u64,
     ) -> Result<Admission> {
+        // A refresh is asked for at most once per call: a store so slow that the new listing is
+        // already due again must not keep the call listing forever.
+        let mut refresh = true;
         loop {
             match self.ledger.admit_chunk(
                 client_id,
@@ -234,8 +237,12 @@ impl Service {
                 size,
                 max_object_bytes,
                 self.config.max_bytes_per_client,
+                refresh,
             )? {
-                Admission::Unseeded => self.seed_client_usage(client_id).await?,
+                Admission::Unseeded => {
+                    self.seed_client_usage(client_id).await?;
+                    refresh = false;
+                }
                 a => return Ok(a),
             }
         }
@@ -421,7 +428,9 @@ impl Service {
         self.store.put_if_version(&path, bytes, version).await
     }
 
-    /// Deletes the nonce windows whose every timestamp is beyond the accepted clock skew.
+    /// Deletes the nonce windows whose every timestamp is beyond the accepted clock skew, with
+    /// the skew counted twice: a replica whose clock runs behind the collector's by up to one
+    /// skew still finds every nonce it could accept.
     async fn collect_nonce_windows(&self, now: u64) -> Result<usize> {
         let skew = millis(self.config.max_clock_skew);
         let mut removed = 0;
@@ -430,7 +439,7 @@ impl Service {
                 continue;
             };
             let end = w.saturating_add(1).saturating_mul(layout::NONCE_WINDOW_MS);
-            if end.saturating_add(skew) < now {
+            if end.saturating_add(skew.saturating_mul(2)) < now {
                 self.store.delete_prefix(&layout::nonce_window(w)).await?;
                 removed += 1;
             }

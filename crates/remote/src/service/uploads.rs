@@ -53,9 +53,12 @@ impl Service {
             )
             .await?;
         let result = self.stage_chunk(args, bytes).await;
-        if result.is_err() && admission == Admission::New {
-            self.ledger
-                .release_chunk(&args.client_id, &args.session_id, &object, args.chunk_index);
+        if admission == Admission::New {
+            let (c, s) = (&args.client_id, &args.session_id);
+            match &result {
+                Ok(_) => self.ledger.confirm_chunk(c, s, &object, args.chunk_index),
+                Err(_) => self.ledger.release_chunk(c, s, &object, args.chunk_index),
+            }
         }
         let write = result?;
         self.touch(&args.client_id, &args.session_id).await?;
